@@ -1,0 +1,147 @@
+"""Repairs that RecBole 1.2.1 needs on today's NumPy / SciPy / torch / pandas.
+
+RecBole 1.2.1 is the newest release and is no longer updated for its dependencies. Each repair
+below is one named function with a one-line reason; :func:`apply_all` runs them once, on
+``import recbole_llm``. Every repair is guarded so that it is a no-op where the bug is absent, and
+each has a test in ``tests/test_compat.py`` that fails without it.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable
+
+import numpy as np
+
+# name -> original object, so tests can prove that the unrepaired code fails.
+ORIGINALS: dict[str, Any] = {}
+_APPLIED: list[str] = []
+
+
+def _remember(name: str, obj: Any) -> None:
+    ORIGINALS.setdefault(name, obj)
+
+
+def repair_numpy_aliases() -> None:
+    """Config.compatibility_settings reads np.float_ / np.complex_ / np.unicode_, removed in NumPy 2."""
+    from recbole.config import Config
+
+    _remember("Config.compatibility_settings", Config.compatibility_settings)
+
+    def compatibility_settings(self: Any = None) -> None:
+        # RecBole's code uses the old aliases (np.float, np.int ...); point them at the types
+        # that still exist instead of at the removed ``*_`` names.
+        for old, new in {
+            "bool": np.bool_, "int": np.int_, "float": np.float64, "complex": np.complex128,
+            "object": np.object_, "str": np.str_, "long": np.int_, "unicode": np.str_,
+        }.items():
+            if old not in np.__dict__:
+                setattr(np, old, new)
+
+    Config.compatibility_settings = compatibility_settings
+    compatibility_settings()
+
+
+def repair_scipy_dok_update() -> None:
+    """Seven graph models (LightGCN, NGCF, NCL, ...) call dok_matrix._update, removed in SciPy 1.12+."""
+    import scipy.sparse as sp
+
+    if hasattr(sp.dok_matrix, "_update"):
+        return
+
+    def _update(self: Any, data: dict) -> None:
+        # The removed method was a bulk dict.update with no index checks, used to fill the
+        # adjacency in one call; the entries live in ``_dict`` in today's SciPy.
+        self._dict.update(data)
+
+    sp.dok_matrix._update = _update
+
+
+def _recbole_checkpoint_types() -> list[Any]:
+    """Exactly the non-tensor globals a RecBole checkpoint pickles: its Config, the enums in the
+    config, and Config.yaml_loader (a yaml loader class). The model class (Config.model_class) is
+    added per class by :func:`allow_checkpoint_class`."""
+    import yaml
+    from recbole.config import Config
+    from recbole.utils import enum_type
+
+    enums = [
+        obj for obj in vars(enum_type).values()
+        if isinstance(obj, type) and issubclass(obj, enum.Enum) and obj.__module__ == enum_type.__name__
+    ]
+    return [Config, yaml.loader.FullLoader, *enums]
+
+
+def allow_checkpoint_class(cls: type) -> None:
+    """Allow one model class (pickled as Config.model_class) in weights-only checkpoint loading."""
+    import torch
+
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([cls])
+
+
+def repair_torch_weights_only() -> None:
+    """torch>=2.6 loads checkpoints weights-only, which refuses RecBole's pickled Config (and its protocol 4)."""
+    import torch
+    from recbole.trainer import Trainer
+    from recbole.utils import set_color
+
+    if not hasattr(torch.serialization, "add_safe_globals"):
+        return
+    # An allow-list, not weights_only=False: any other pickled global still raises on load.
+    torch.serialization.add_safe_globals(_recbole_checkpoint_types())
+    _remember("Trainer._save_checkpoint", Trainer._save_checkpoint)
+
+    def _save_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+        # RecBole's state, saved with torch's default pickle protocol (the weights-only unpickler
+        # cannot read protocol 4's FRAME opcode) and the score as a float, not a NumPy scalar.
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        torch.save(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    Trainer._save_checkpoint = _save_checkpoint
+
+
+def check_pandas_below_3() -> None:
+    """pandas 3 breaks RecBole's dataset code in several places, so setup.cfg pins pandas<3.
+
+    Copy-on-write turns ``df[f].fillna(..., inplace=True)`` (in ``_load_feat`` and ``_fill_nan``)
+    into a no-op that leaves NaNs, and ``Series.agg(len)`` (in ``_remap``) stops being element-wise,
+    which mangles every token_seq column. Repairing each would mean rewriting RecBole's loader, so
+    the pin is the repair; this check makes a pandas 3 environment fail loudly instead of silently.
+    """
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) >= 3:
+        raise ImportError(
+            f"recbole-llm needs pandas<3 (found {pd.__version__}): RecBole 1.2.1's dataset loader "
+            "relies on pre-copy-on-write pandas; run: pip install 'pandas>=2.2,<3'"
+        )
+
+
+REPAIRS: tuple[Callable[[], None], ...] = (
+    repair_numpy_aliases,
+    repair_scipy_dok_update,
+    repair_torch_weights_only,
+    check_pandas_below_3,
+)
+
+
+def apply_all() -> list[str]:
+    """Apply every repair once; returns the names applied so far."""
+    for repair in REPAIRS:
+        if repair.__name__ not in _APPLIED:
+            repair()
+            _APPLIED.append(repair.__name__)
+    return list(_APPLIED)
