@@ -19,6 +19,8 @@ from recbole_llm.registry import install_recbole_hooks as _install_recbole_hooks
 
 _install_recbole_hooks()
 
+from recbole_llm.errors import UserError  # noqa: E402
 from recbole_llm.registry import get_model_class, list_models, register_model  # noqa: E402
+from recbole_llm.runner import run  # noqa: E402
 
-__all__ = ["__version__", "get_model_class", "list_models", "register_model"]
+__all__ = ["UserError", "__version__", "get_model_class", "list_models", "register_model", "run"]

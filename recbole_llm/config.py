@@ -85,10 +85,10 @@ def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
     """The dataset YAML's shared settings merged with its section for ``protocol``."""
     path = dataset_properties_file(dataset)
     if path is None:
-        # An unconfigured dataset still gets the toolkit's protocol, taken from ml-100k's YAML
-        # minus what is specific to ml-100k (its text columns).
+        # An unconfigured dataset still gets the toolkit's protocol and filtering, taken from
+        # ml-100k's YAML minus what is specific to ml-100k (its text columns).
         settings = dataset_settings("ml-100k", protocol)
-        for key in ("item_text_fields", "item_text_template", "load_col"):
+        for key in ("item_text_fields", "item_text_template"):
             settings.pop(key, None)
         return settings
     data = load_yaml(path)
@@ -171,5 +171,9 @@ def build_config_dict(
     if overrides:
         check_overrides(overrides, {**recbole_defaults(), **config})
         config.update(overrides)
+    if config.get("loss_type") == "CE" and "train_neg_sample_args" not in config:
+        # RecBole refuses its default negative sampling with a cross-entropy loss over all items
+        # (SASRec, BERT4Rec ...) and expects the user to switch it off; do it for them.
+        config["train_neg_sample_args"] = None
     config["data_path"] = str(Path(data_root).resolve())
     return config

@@ -204,6 +204,11 @@ def _train_and_evaluate(
             "(expected RecBole atomic files whose values match their header types)"
         ) from exc
     logger.info(data)
+    if max(config["topk"]) >= data.item_num:
+        raise UserError(
+            f"topk {config['topk']} asks for more items than dataset '{dataset}' has "
+            f"({data.item_num - 1}); expected every k below the number of items (--set topk=[...])"
+        )
     train_data, valid_data, test_data = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

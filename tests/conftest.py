@@ -28,13 +28,14 @@ def _isolated(session_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 # A tiny dataset in the Amazon 2014 atomic format (header as RecBole's Amazon_Beauty files):
-# 12 users x 10 items, every user with 6 interactions, so 5-core filtering keeps everything.
+# 40 users x 30 items, every user with 6 interactions and every item with 8, so 5-core filtering
+# keeps everything and full ranking at k=20 is meaningful.
 AMAZON_ITEM_HEADER = (
     "item_id:token\ttitle:token\tsales_type:token\tsales_rank:float\tcategories:token_seq\tprice:float\tbrand:token"
 )
 
 
-def write_amazon_fixture(root: Path, name: str = "amazon-beauty", n_users: int = 12, n_items: int = 10) -> Path:
+def write_amazon_fixture(root: Path, name: str = "amazon-beauty", n_users: int = 40, n_items: int = 30) -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]

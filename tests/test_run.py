@@ -1,0 +1,52 @@
+"""`run` end to end on the embedded ml-100k: valid records, and RecBole's own numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import recbole_llm  # noqa: F401
+from recbole_llm.records import read_records
+from recbole_llm.runner import prepare, run
+
+METRICS = {"recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "hit@10", "mrr@10"}
+
+
+@pytest.mark.parametrize("model", ["BPR", "LightGCN"])
+def test_run_writes_a_complete_record(model: str, tmp_path: Path) -> None:
+    out = tmp_path / "runs.jsonl"
+    record = run(model, "ml-100k", epochs=1, seed=7, output=out, verbose=False)
+    [stored] = list(read_records(out))
+    assert stored == json.loads(json.dumps(record))
+    assert record["model"] == model and record["dataset"] == "ml-100k" and record["protocol"] == "general"
+    assert record["seed"] == 7 and record["config"]["seed"] == 7 and record["config"]["epochs"] == 1
+    assert METRICS <= set(record["test"]) and METRICS <= set(record["valid"])
+    assert all(0.0 <= v <= 1.0 for v in record["test"].values())
+    assert record["best_epoch"] == 0 and record["epochs_run"] == 1
+    assert record["wall_time_s"] > 0 and record["peak_rss_mb"] > 0
+    assert {"recbole", "torch", "numpy", "python"} <= set(record["versions"])
+    assert record["hardware"]["cpu_count"] >= 1
+    run_dir = Path(record["run_dir"])
+    assert (run_dir / "run.log").is_file() and Path(record["checkpoint"]).is_file()
+    assert not (tmp_path / "log").exists() and not (tmp_path / "saved").exists()
+
+
+def test_lightgcn_numbers_equal_recboles_run_recbole(tmp_path: Path) -> None:
+    """The wrapper must not change RecBole's numbers: same config dict + seed -> same metrics."""
+    from recbole.quick_start import run_recbole
+
+    record = run("LightGCN", "ml-100k", epochs=2, seed=3, output=None, verbose=False, run_dir=tmp_path / "ours")
+    _, config_dict = prepare("LightGCN", "ml-100k", epochs=2, seed=3)
+    config_dict["checkpoint_dir"] = str(tmp_path / "theirs")
+    theirs = run_recbole(model="LightGCN", dataset="ml-100k", config_dict=config_dict)
+    assert {k: float(v) for k, v in theirs["test_result"].items()} == record["test"]
+    assert float(theirs["best_valid_score"]) == record["best_valid_score"]
+
+
+def test_sequential_model_uses_the_sequential_protocol(tmp_path: Path) -> None:
+    record = run("SASRec", "ml-100k", epochs=1, output=None, verbose=False,
+                 overrides=["n_layers=1", "hidden_size=32", "inner_size=64", "MAX_ITEM_LIST_LENGTH=10"])
+    assert record["protocol"] == "sequential"
+    assert record["config"]["eval_args"]["split"] == {"LS": "valid_and_test"}
+    assert {"recall@5", "ndcg@5", "ndcg@10"} <= set(record["test"])
