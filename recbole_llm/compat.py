@@ -130,11 +130,40 @@ def check_pandas_below_3() -> None:
         )
 
 
+def repair_alias_features_follow_filtering() -> None:
+    """Rows of an extra feature file (alias_of_item_id / alias_of_user_id) survive RecBole's
+    filtering, so ids filtered out of (or never in) the interactions came back as phantom items
+    that every model then had to rank; drop such rows after filtering, before ids are assigned."""
+    from recbole.data.dataset.dataset import Dataset
+
+    _remember("Dataset._data_filtering", Dataset._data_filtering)
+    original = Dataset._data_filtering
+
+    def _data_filtering(self: Any) -> None:
+        original(self)
+        for id_field, alias_key in ((self.iid_field, "alias_of_item_id"), (self.uid_field, "alias_of_user_id")):
+            aliases = self.config[alias_key] or []
+            if not aliases or id_field is None:
+                continue
+            kept = set(self.inter_feat[id_field].values)
+            for feat_name in self.feat_name_list:
+                feat = getattr(self, feat_name)
+                if feat is None or feat is self.inter_feat:
+                    continue
+                for alias in aliases:
+                    if alias in feat.columns:
+                        feat = feat[feat[alias].isin(kept)].reset_index(drop=True)
+                setattr(self, feat_name, feat)
+
+    Dataset._data_filtering = _data_filtering
+
+
 REPAIRS: tuple[Callable[[], None], ...] = (
     repair_numpy_aliases,
     repair_scipy_dok_update,
     repair_torch_weights_only,
     check_pandas_below_3,
+    repair_alias_features_follow_filtering,
 )
 
 

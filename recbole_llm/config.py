@@ -19,8 +19,6 @@ from recbole_llm.errors import UserError
 
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 PROTOCOLS = ("general", "sequential")
-# Keys this toolkit reads itself; RecBole ignores them.
-TOOLKIT_KEYS = ("item_text_fields", "item_text_template", "protocol")
 
 
 def yaml_loader() -> type:
@@ -88,7 +86,7 @@ def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
         # An unconfigured dataset still gets the toolkit's protocol and filtering, taken from
         # ml-100k's YAML minus what is specific to ml-100k (its text columns).
         settings = dataset_settings("ml-100k", protocol)
-        for key in ("item_text_fields", "item_text_template"):
+        for key in ("item_text_template", "item_text_list_fields"):
             settings.pop(key, None)
         return settings
     data = load_yaml(path)

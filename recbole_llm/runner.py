@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from tqdm.auto import tqdm
+
 from recbole_llm.config import build_config_dict, parse_overrides
 from recbole_llm.data.datasets import home, resolve_dataset
 from recbole_llm.errors import UserError
@@ -29,18 +31,27 @@ EpochCallback = Callable[[int, float, dict], None]
 
 
 @contextlib.contextmanager
-def _inside(run_dir: Path) -> Iterator[None]:
-    """Work inside the run folder: RecBole writes log_tensorboard/ etc. relative to the cwd."""
-    previous_cwd, previous_argv = os.getcwd(), sys.argv
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.chdir(run_dir)
-    # RecBole's Config parses sys.argv for --key=value; our own CLI flags must not leak into it.
+def recbole_argv() -> Iterator[None]:
+    """RecBole's Config parses sys.argv for --key=value: hide our own CLI flags from it."""
+    previous_argv = sys.argv
     sys.argv = sys.argv[:1]
     try:
         yield
     finally:
-        os.chdir(previous_cwd)
         sys.argv = previous_argv
+
+
+@contextlib.contextmanager
+def _inside(run_dir: Path) -> Iterator[None]:
+    """Work inside the run folder: RecBole writes log_tensorboard/ etc. relative to the cwd."""
+    previous_cwd = os.getcwd()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(run_dir)
+    try:
+        with recbole_argv():
+            yield
+    finally:
+        os.chdir(previous_cwd)
 
 
 @contextlib.contextmanager
@@ -56,7 +67,10 @@ def _log_to(run_dir: Path, verbose: bool) -> Iterator[None]:
     file_handler.addFilter(RemoveColorFilter())
     handlers.append(file_handler)
     if verbose:
+        # The terminal gets recbole-llm's own lines and warnings; RecBole's per-epoch metric dumps
+        # stay in run.log, and an epoch progress bar shows training instead.
         stream = logging.StreamHandler()
+        stream.addFilter(lambda r: r.name.startswith("recbole_llm") or r.levelno >= logging.WARNING)
         stream.setFormatter(colorlog.ColoredFormatter(
             "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M",
             log_colors=log_colors_config))
@@ -129,7 +143,41 @@ def prepare(
     overrides = {**(overrides or {}), **_flag_overrides(seed, device, epochs)}
     folder = resolve_dataset(dataset, data_path)
     config_dict = build_config_dict(model_class, dataset, folder.parent, config_files, overrides)
+    config_dict = attach_llm_features(model_class, folder, dataset, config_dict)
     return model_class, config_dict
+
+
+def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """For a model that declares ``llm_features`` (e.g. ``("item",)``): build the feature files its
+    ``llm_encoder`` needs when missing or stale, and add the RecBole settings that load them.
+
+    The model then finds the RecBole field of each kind in ``config["llm_feature_fields"]`` and
+    reads the aligned matrix with ``dataset.get_preload_weight(field)``.
+    """
+    kinds = tuple(getattr(model_class, "llm_features", ()) or ())
+    if not kinds:
+        return config_dict
+    from recbole_llm.data.features import ensure_item_features, merge_recbole_config
+    from recbole_llm.data.text import TextTemplate
+
+    encoder = config_dict.get("llm_encoder") or "minilm"
+    files = []
+    for kind in kinds:
+        if kind == "item":
+            if not config_dict.get("item_text_template"):
+                raise UserError(f"dataset '{dataset}' has no item_text_template; expected one in its "
+                                "properties/dataset YAML or a --config file to render item text")
+            template = TextTemplate.from_config(config_dict["item_text_template"],
+                                                config_dict.get("item_text_list_fields") or ())
+            files.append(ensure_item_features(
+                folder, dataset, template, encoder=encoder, device=config_dict.get("llm_device"),
+                batch_size=int(config_dict.get("llm_batch_size") or 32)))
+        else:
+            raise UserError(f"model {model_class.__name__} asks for LLM features of kind '{kind}'; "
+                            "expected 'item'")
+    config_dict = merge_recbole_config(config_dict, files)
+    config_dict["llm_feature_fields"] = {ff.kind: ff.id_field for ff in files}
+    return config_dict
 
 
 def run(
@@ -164,7 +212,8 @@ def run(
     fresh_dir = not run_dir.exists()
     try:
         with _inside(run_dir), _log_to(run_dir, verbose):
-            record = _train_and_evaluate(model, dataset, config_dict, on_epoch)
+            logger.info("run folder: %s", run_dir)
+            record = _train_and_evaluate(model, dataset, config_dict, on_epoch, verbose)
     except UserError:
         if fresh_dir:  # bad input: leave nothing half-written behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -186,7 +235,8 @@ def run(
 
 
 def _train_and_evaluate(
-    model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None
+    model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
@@ -194,8 +244,13 @@ def _train_and_evaluate(
     from recbole.utils import get_flops, get_model, get_trainer, init_seed
 
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    logger.info(config)
+    # The data split is seeded by split_seed (default: fixed), so runs with different seeds share
+    # one split and differ only in initialisation and training order. With split_seed equal to
+    # seed this is exactly run_recbole's seeding.
+    split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    init_seed(split_seed, config["reproducibility"])
+    logging.getLogger().info(config)
+    logger.info("loading %s (%s protocol, split seed %s)", dataset, config_dict.get("protocol"), split_seed)
     try:
         data = create_dataset(config)
     except (ValueError, KeyError, TypeError) as exc:
@@ -203,7 +258,7 @@ def _train_and_evaluate(
             f"could not load dataset '{dataset}' from {config['data_path']}: {exc} "
             "(expected RecBole atomic files whose values match their header types)"
         ) from exc
-    logger.info(data)
+    logging.getLogger().info(data)
     if max(config["topk"]) >= data.item_num:
         raise UserError(
             f"topk {config['topk']} asks for more items than dataset '{dataset}' has "
@@ -213,24 +268,37 @@ def _train_and_evaluate(
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(net)
+    logging.getLogger().info(net)
     flops = get_flops(net, data, config["device"], logger, construct_transform(config))
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
 
     curve: list[dict[str, Any]] = []
+    logger.info("training %s on %s: %d users, %d items, %d training interactions, up to %d epochs",
+                config["model"], dataset, data.user_num - 1, data.item_num - 1,
+                len(train_data.dataset), config["epochs"])
+    bar = tqdm(total=config["epochs"], desc=f"{config['model']} epochs", unit="epoch",
+               disable=not progress, dynamic_ncols=True, leave=False)
 
     def epoch_done(epoch: int, valid_score: float) -> None:
         improved = trainer.cur_step == 0
         curve.append({"epoch": epoch, "valid_score": float(valid_score), "best": improved})
+        bar.update(epoch + 1 - bar.n)
+        bar.set_postfix_str(f"valid {config['valid_metric']} {valid_score:.4f}, "
+                            f"best {trainer.best_valid_score:.4f}")
         if on_epoch is not None:
             on_epoch(epoch, float(valid_score), dict(trainer.best_valid_result or {}))
 
     fit_started = time.time()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=True, show_progress=config["show_progress"],
-        callback_fn=epoch_done,
-    )
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, show_progress=config["show_progress"],
+            callback_fn=epoch_done,
+        )
+    finally:
+        bar.close()
     train_time = time.time() - fit_started
+    logger.info("trained %d epochs in %.1f s; evaluating the best checkpoint on the test split",
+                len(trainer.train_loss_dict), train_time)
     test_started = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     best = [point["epoch"] for point in curve if point["best"]]
@@ -239,6 +307,7 @@ def _train_and_evaluate(
         "dataset": config["dataset"],
         "protocol": config_dict.get("protocol"),
         "seed": config["seed"],
+        "split_seed": split_seed,
         "valid_metric": config["valid_metric"],
         "best_valid_score": best_valid_score,
         "valid": dict(best_valid_result or {}),

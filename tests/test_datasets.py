@@ -8,6 +8,7 @@ import pytest
 import recbole_llm  # noqa: F401
 from recbole_llm.config import dataset_settings
 from recbole_llm.data import datasets
+from recbole_llm.data.text import TextTemplate
 from recbole_llm.errors import UserError
 
 
@@ -67,7 +68,7 @@ def test_amazon_fixture_loads_with_its_configuration(amazon_root: Path) -> None:
     # The configured text columns exist in the Amazon 2014 .item header.
     header = (folder / "amazon-beauty.item").read_text().splitlines()[0]
     fields = {column.split(":")[0] for column in header.split("\t")}
-    assert set(config_dict["item_text_fields"]) <= fields
+    assert set(TextTemplate.from_config(config_dict["item_text_template"]).fields) <= fields
 
 
 @pytest.mark.parametrize("dataset", ["ml-100k", "amazon-beauty"])
@@ -86,7 +87,8 @@ def test_ml100k_text_columns_exist() -> None:
     settings = dataset_settings("ml-100k", "general")
     header = (datasets.embedded_copy() / "ml-100k.item").read_text().splitlines()[0]
     fields = {column.split(":")[0] for column in header.split("\t")}
-    assert set(settings["item_text_fields"]) == {"movie_title", "release_year", "class"} <= fields
+    template = TextTemplate.from_config(settings["item_text_template"])
+    assert set(template.fields) == {"movie_title", "release_year", "class"} <= fields
 
 
 def test_list_datasets(amazon_root: Path) -> None:

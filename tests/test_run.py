@@ -36,8 +36,10 @@ def test_lightgcn_numbers_equal_recboles_run_recbole(tmp_path: Path) -> None:
     """The wrapper must not change RecBole's numbers: same config dict + seed -> same metrics."""
     from recbole.quick_start import run_recbole
 
-    record = run("LightGCN", "ml-100k", epochs=2, seed=3, output=None, verbose=False, run_dir=tmp_path / "ours")
-    _, config_dict = prepare("LightGCN", "ml-100k", epochs=2, seed=3)
+    # run_recbole seeds the split with the seed, recbole-llm with split_seed: make them equal.
+    record = run("LightGCN", "ml-100k", epochs=2, seed=3, overrides={"split_seed": 3}, output=None,
+                 verbose=False, run_dir=tmp_path / "ours")
+    _, config_dict = prepare("LightGCN", "ml-100k", epochs=2, seed=3, overrides={"split_seed": 3})
     config_dict["checkpoint_dir"] = str(tmp_path / "theirs")
     theirs = run_recbole(model="LightGCN", dataset="ml-100k", config_dict=config_dict)
     assert {k: float(v) for k, v in theirs["test_result"].items()} == record["test"]
@@ -50,3 +52,19 @@ def test_sequential_model_uses_the_sequential_protocol(tmp_path: Path) -> None:
     assert record["protocol"] == "sequential"
     assert record["config"]["eval_args"]["split"] == {"LS": "valid_and_test"}
     assert {"recall@5", "ndcg@5", "ndcg@10"} <= set(record["test"])
+
+
+def test_split_seed_fixes_the_split_across_seeds(tmp_path: Path) -> None:
+    """Different seeds, same split_seed: the same test users/items, different training."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    splits = []
+    for seed in (1, 2):
+        _, config_dict = prepare("BPR", "ml-100k", seed=seed)
+        config = Config(model="BPR", dataset="ml-100k", config_dict=config_dict)
+        init_seed(config["split_seed"], True)
+        _, _, test = data_preparation(config, create_dataset(config))
+        splits.append(test.dataset.inter_feat.numpy()["item_id"].tolist())
+    assert splits[0] == splits[1]

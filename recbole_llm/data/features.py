@@ -1,0 +1,261 @@
+"""LLM feature files: vectors per item or user as RecBole atomic files, loaded by RecBole itself.
+
+One file per (kind, encoder) so several encoders coexist beside the dataset::
+
+    ml-100k.item_minilm        item_minilm_id:token   item_minilm_emb:float_seq
+    ml-100k.item_minilm.json   metadata: encoder, dimension, template, hash of the texts, ...
+
+RecBole reads it through ``additional_feat_suffix``, ``alias_of_item_id`` (or ``_user_id``) and
+``preload_weight`` (see :meth:`FeatureFile.recbole_config`), and
+``dataset.get_preload_weight(id_field)`` gives the matrix aligned to RecBole's internal ids (row 0
+is padding). Files are written to a temporary name and renamed, so a crash never leaves half a file.
+A file without metadata is the user's own: it is validated (ids, dimension, NaN) and used as is.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from recbole_llm.data.text import TextTemplate, item_texts, texts_hash
+from recbole_llm.errors import UserError
+
+logger = logging.getLogger("recbole_llm")
+KINDS = {"item": "item", "item_profile": "item", "user_profile": "user"}  # kind -> entity
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """Where one kind of vectors from one encoder lives, and the RecBole fields naming it."""
+
+    folder: Path
+    dataset: str
+    kind: str     # item | item_profile | user_profile
+    encoder: str  # encoder slug
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown feature kind {self.kind!r}; expected one of {sorted(KINDS)}")
+
+    @property
+    def suffix(self) -> str:
+        return f"{self.kind}_{self.encoder}"
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.dataset}.{self.suffix}"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / f"{self.dataset}.{self.suffix}.json"
+
+    @property
+    def entity(self) -> str:
+        return KINDS[self.kind]
+
+    @property
+    def id_field(self) -> str:
+        return f"{self.suffix}_id"
+
+    @property
+    def vector_field(self) -> str:
+        return f"{self.suffix}_emb"
+
+    def recbole_config(self) -> dict[str, Any]:
+        """The RecBole settings that load this file (merge several with :func:`merge_recbole_config`)."""
+        return {
+            "additional_feat_suffix": [self.suffix],
+            f"alias_of_{self.entity}_id": [self.id_field],
+            "preload_weight": {self.id_field: self.vector_field},
+            "load_col": {self.suffix: [self.id_field, self.vector_field]},
+        }
+
+    def meta(self) -> dict[str, Any] | None:
+        if not self.meta_path.is_file():
+            return None
+        try:
+            return json.loads(self.meta_path.read_text())
+        except ValueError:
+            return None
+
+
+def merge_recbole_config(base: dict[str, Any], files: Iterable[FeatureFile]) -> dict[str, Any]:
+    """``base`` (an external config dict) plus the settings that load ``files``."""
+    out = dict(base)
+    for ff in files:
+        for key, value in ff.recbole_config().items():
+            current = out.get(key)
+            if isinstance(value, list):
+                out[key] = list(dict.fromkeys([*(current or []), *value]))
+            elif key == "load_col" and current is None:
+                continue  # load_col None means "load every column of every file": nothing to add
+            else:
+                out[key] = {**(current or {}), **value}
+    return out
+
+
+def _atomic_write_text(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_feature_file(ff: FeatureFile, ids: Sequence[str], vectors: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write vectors (one row per id) and then their metadata, each atomically."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids but vectors of shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        bad = [ids[i] for i in np.where(~np.isfinite(vectors).all(1))[0][:3]]
+        raise UserError(f"the encoder produced NaN/inf vectors for {ff.entity}s {', '.join(bad)}; "
+                        "expected finite values (try --dtype float32)")
+    ff.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(f: Any) -> None:
+        f.write(f"{ff.id_field}:token\t{ff.vector_field}:float_seq\n")
+        for token, row in zip(ids, vectors):
+            # 9 significant digits round-trip a float32 exactly
+            f.write(token + "\t" + " ".join(f"{x:.9g}" for x in row.tolist()) + "\n")
+
+    _atomic_write_text(ff.path, write)
+    full_meta = {**meta, "kind": ff.kind, "dim": int(vectors.shape[1]), "count": len(ids),
+                 "id_field": ff.id_field, "vector_field": ff.vector_field,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _atomic_write_text(ff.meta_path, lambda f: json.dump(full_meta, f, indent=2))
+
+
+def read_feature_file(ff: FeatureFile) -> tuple[list[str], np.ndarray]:
+    """(ids, matrix) of a feature file; UserError if malformed, ragged or not finite."""
+    if not ff.path.is_file():
+        raise UserError(f"feature file {ff.path} is missing")
+    with open(ff.path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        expected = [f"{ff.id_field}:token", f"{ff.vector_field}:float_seq"]
+        if header != expected:
+            raise UserError(f"{ff.path}: header {header} does not match; expected {expected}")
+        ids, rows = [], []
+        for number, line in enumerate(f, start=2):
+            token, _, values = line.rstrip("\n").partition("\t")
+            try:
+                rows.append(np.array(values.split(), dtype=np.float32))
+            except ValueError:
+                raise UserError(f"{ff.path}:{number}: values are not numbers; expected space-separated floats") from None
+            ids.append(token)
+    dims = {row.shape[0] for row in rows}
+    if len(dims) > 1:
+        raise UserError(f"{ff.path}: rows have different dimensions {sorted(dims)}; expected one dimension for all {ff.entity}s")
+    matrix = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        bad = ids[int(np.where(~np.isfinite(matrix).all(1))[0][0])]
+        raise UserError(f"{ff.path}: NaN or inf in the vector of {ff.entity} {bad}; expected finite values")
+    return ids, matrix
+
+
+def check_feature_file(ff: FeatureFile, expected_ids: Iterable[str], expected_dim: int | None = None) -> int:
+    """Validate a feature file against the dataset's ids (and a dimension); returns its dimension."""
+    ids, matrix = read_feature_file(ff)
+    missing = sorted(set(expected_ids) - set(ids))
+    if missing:
+        raise UserError(f"{ff.path} has no vector for {len(missing)} {ff.entity}s of the dataset "
+                        f"(e.g. {', '.join(missing[:3])}); expected one row per {ff.entity} id "
+                        f"(rebuild it with `recbole-llm encode --force`)")
+    dim = int(matrix.shape[1])
+    if expected_dim is not None and dim != expected_dim:
+        raise UserError(f"{ff.path} holds {dim}-d vectors; expected {expected_dim}-d ({ff.encoder})")
+    return dim
+
+
+def dataset_ids(folder: Path, dataset: str, entity: str) -> list[str]:
+    """Every user or item token of the dataset's .inter (and .item for items), in first-seen order."""
+    import csv
+
+    field = f"{entity}_id"
+    out: dict[str, None] = {}
+    for suffix in ("inter", entity):
+        path = folder / f"{dataset}.{suffix}"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            names = [c.split(":")[0] for c in next(reader, [])]
+            if field not in names:
+                continue
+            column = names.index(field)
+            for row in reader:
+                if len(row) > column:
+                    out.setdefault(row[column], None)
+    return list(out)
+
+
+def ensure_text_features(
+    ff: FeatureFile,
+    texts: dict[str, str],
+    wanted: dict[str, Any],
+    encoder: str = "minilm",
+    device: str | None = "cpu",
+    batch_size: int = 32,
+    dtype: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> FeatureFile:
+    """Encode ``texts`` (id -> text) into ``ff`` unless it already holds exactly these inputs.
+
+    ``wanted`` is the metadata that identifies the inputs (encoder, template, hashes ...); a file
+    whose metadata differs is rebuilt, a file without metadata is the user's own and only validated.
+    """
+    wanted = {"encoder": encoder, "texts_hash": texts_hash(texts), **wanted}
+    meta = ff.meta()
+    if not force and ff.path.is_file():
+        if meta is None:  # the user's own file: validate, never overwrite
+            check_feature_file(ff, texts)
+            logger.info("using %s (no metadata: a user-supplied feature file)", ff.path)
+            return ff
+        if all(meta.get(k) == v for k, v in wanted.items()) and meta.get("count") == len(texts):
+            logger.info("reusing %s (%d %ss, %d-d, same encoder and texts)", ff.path, meta["count"], ff.entity, meta["dim"])
+            return ff
+        changed = [k for k, v in wanted.items() if meta.get(k) != v] or [f"{ff.entity} set"]
+        logger.info("rebuilding %s: %s changed", ff.path, ", ".join(changed))
+    empty = [token for token, text in texts.items() if not text]
+    if empty:
+        logger.warning("%d %ss have no text (e.g. %s); they are encoded from an empty string",
+                       len(empty), ff.entity, ", ".join(empty[:3]))
+    from recbole_llm.llm.encoders import load_encoder
+
+    text_encoder = load_encoder(encoder, device=device, dtype=dtype)
+    ids = list(texts)
+    started = time.time()
+    vectors = text_encoder.encode([texts[i] for i in ids], batch_size=batch_size, progress=progress)
+    seconds = time.time() - started
+    write_feature_file(ff, ids, vectors, {**wanted, **text_encoder.describe(), "encode_seconds": round(seconds, 2)})
+    logger.info("wrote %s: %d %ss x %d-d in %.1f s", ff.path, len(ids), ff.entity, vectors.shape[1], seconds)
+    return ff
+
+
+def ensure_item_features(
+    folder: Path,
+    dataset: str,
+    template: TextTemplate,
+    encoder: str = "minilm",
+    **encode_options: Any,
+) -> FeatureFile:
+    """The item feature file of ``encoder``: item texts rendered with ``template``, encoded when
+    the file is missing or its encoder, template or texts changed."""
+    from recbole_llm.llm.encoders import slug
+
+    texts = item_texts(folder, dataset, template)
+    for token in dataset_ids(folder, dataset, "item"):  # items of .inter without a .item row
+        texts.setdefault(token, "")
+    ff = FeatureFile(folder, dataset, "item", slug(encoder))
+    return ensure_text_features(ff, texts, {"template": template.describe()}, encoder, **encode_options)
