@@ -198,7 +198,8 @@ def run(
     """Train and evaluate MODEL on DATASET; return the run record (appended to ``output`` if given).
 
     ``overrides`` are RecBole settings (a dict, or ``key=value`` strings as on the command line);
-    ``on_epoch(epoch, valid_score, valid_result)`` is called after each validation (Ray Tune uses it).
+    ``on_epoch(epoch, valid_score, best_valid_result)`` is called after each validation (Ray Tune
+    reports from it).
     """
     started = time.time()
     model_class, config_dict = prepare(
