@@ -82,6 +82,8 @@ def protocol_of(model_class: type) -> str:
 def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
     """The dataset YAML's shared settings merged with its section for ``protocol``."""
     path = dataset_properties_file(dataset)
+    if path is None and dataset == "ml-100k":
+        raise FileNotFoundError("recbole_llm/properties/dataset/ml-100k.yaml is missing from the installation")
     if path is None:
         # An unconfigured dataset still gets the toolkit's protocol and filtering, taken from
         # ml-100k's YAML minus what is specific to ml-100k (its text columns).
