@@ -22,5 +22,6 @@ _install_recbole_hooks()
 from recbole_llm.errors import UserError  # noqa: E402
 from recbole_llm.registry import get_model_class, list_models, register_model  # noqa: E402
 from recbole_llm.runner import run  # noqa: E402
+from recbole_llm import model as _models  # noqa: E402,F401  (registers the models)
 
 __all__ = ["UserError", "__version__", "get_model_class", "list_models", "register_model", "run"]

@@ -158,12 +158,33 @@ def repair_alias_features_follow_filtering() -> None:
     Dataset._data_filtering = _data_filtering
 
 
+def repair_ml100k_data_path() -> None:
+    """Config points ml-100k at the copy inside the wheel whatever data_path says, so feature files
+    written beside a user's copy were never found; honour an explicit data_path holding ml-100k/."""
+    import os
+
+    from recbole.config import Config
+
+    _remember("Config._set_default_parameters", Config._set_default_parameters)
+    original = Config._set_default_parameters
+
+    def _set_default_parameters(self: Any) -> None:
+        original(self)
+        explicit = self.external_config_dict.get("data_path")
+        if self.dataset == "ml-100k" and explicit and os.path.isfile(
+                os.path.join(explicit, "ml-100k", "ml-100k.inter")):
+            self.final_config_dict["data_path"] = os.path.join(explicit, "ml-100k")
+
+    Config._set_default_parameters = _set_default_parameters
+
+
 REPAIRS: tuple[Callable[[], None], ...] = (
     repair_numpy_aliases,
     repair_scipy_dok_update,
     repair_torch_weights_only,
     check_pandas_below_3,
     repair_alias_features_follow_filtering,
+    repair_ml100k_data_path,
 )
 
 

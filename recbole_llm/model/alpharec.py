@@ -1,0 +1,99 @@
+"""AlphaRec: Sheng et al., "Language Representations Can be What Recommenders Need: Findings and
+Potentials" (ICLR 2025); reference implementation LehengTHU/AlphaRec.
+
+No ID embeddings at all. An item's input is the frozen LLM vector of its text, z_i; a user's is the
+mean of z_i over the user's *training* items. One shared projector (a 2-layer MLP with LeakyReLU,
+or a bias-free linear map) maps both into a 64-d space, LightGCN propagation over the normalised
+user-item graph refines them (mean over layers 0..L), and scores are cosine similarities trained
+with InfoNCE (temperature tau) against ``num_negs`` uniformly sampled negatives per positive that
+exclude the user's training items. As in the reference, training draws users uniformly and one of
+their training items per step (``train_sampling: user``); ``interaction`` uses RecBole's batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType, ModelType
+
+from recbole_llm.model.layers import (
+    TrainPositives,
+    build_projector,
+    cosine,
+    light_propagate,
+    normalized_adjacency,
+    sampled_info_nce,
+)
+from recbole_llm.registry import register_model
+
+
+def mean_of_items(interactions: sp.spmatrix, item_vectors: np.ndarray) -> np.ndarray:
+    """Each user's mean item vector over their training interactions (zeros for users without)."""
+    binary = sp.csr_matrix(interactions, dtype=np.float32)
+    binary.data[:] = 1.0
+    counts = np.asarray(binary.sum(axis=1)).ravel()
+    sums = binary @ item_vectors
+    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+
+
+@register_model
+class AlphaRec(GeneralRecommender):
+    input_type = InputType.POINTWISE  # negatives are sampled inside the model, not by RecBole
+    type = ModelType.GENERAL
+    llm_features = ("item",)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.tau = float(config["tau"])
+        self.num_negs = int(config["num_negs"])
+        self.n_layers = int(config["n_layers"])
+        self.train_sampling = config["train_sampling"]
+        if self.train_sampling not in ("user", "interaction"):
+            raise ValueError(f"train_sampling '{self.train_sampling}': expected user or interaction")
+
+        item_vectors = np.asarray(dataset.get_preload_weight(config["llm_feature_fields"]["item"]), dtype=np.float32)
+        interactions = dataset.inter_matrix(form="csr").astype(np.float32)
+        # Frozen inputs: buffers, never parameters (no gradient reaches them).
+        self.register_buffer("item_llm", torch.from_numpy(item_vectors))
+        self.register_buffer("user_llm", torch.from_numpy(mean_of_items(interactions, item_vectors)))
+        self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
+                                         float(config["projector_hidden_multiplier"]))
+        self.register_buffer("adjacency", normalized_adjacency(interactions, self.n_users, self.n_items), persistent=False)
+        self.positives = TrainPositives(interactions, self.n_items)
+        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ego = self.projector(torch.cat([self.user_llm, self.item_llm], dim=0))
+        out = light_propagate(self.adjacency, ego, self.n_layers)
+        return torch.split(out, [self.n_users, self.n_items])
+
+    def calculate_loss(self, interaction):
+        self._cached = None
+        if self.train_sampling == "user":
+            users, positives = self.positives.sample_user_positive_pairs(len(interaction))
+        else:
+            users, positives = interaction[self.USER_ID].cpu(), interaction[self.ITEM_ID].cpu()
+        negatives = self.positives.sample_negatives(users, self.num_negs)
+        user_all, item_all = self.forward()
+        device = user_all.device
+        users, positives, negatives = users.to(device), positives.to(device), negatives.to(device)
+        return sampled_info_nce(cosine(user_all[users]), cosine(item_all), positives, negatives, self.tau)
+
+    def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cached is None or self.training:
+            user_all, item_all = self.forward()
+            self._cached = (cosine(user_all), cosine(item_all))
+        return self._cached
+
+    def predict(self, interaction):
+        users, items = self._embeddings()
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        users, items = self._embeddings()
+        return (users[interaction[self.USER_ID]] @ items.T).view(-1)
+
+    def train(self, mode: bool = True):
+        self._cached = None  # parameters change between evaluations
+        return super().train(mode)

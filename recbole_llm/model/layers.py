@@ -1,0 +1,129 @@
+"""Pieces the LLM-enhanced models share: the normalised user-item graph and its propagation,
+InfoNCE over sampled negatives, uniform negative sampling that excludes training positives, and
+the LLM-vector projectors."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite user-item graph (users first), as a sparse COO tensor.
+
+    Built directly with COO/CSR (LightGCN's normalisation; isolated nodes keep degree 0 -> 0).
+    """
+    inter = sp.coo_matrix(interactions, shape=(n_users, n_items))
+    inter = sp.coo_matrix((np.ones_like(inter.data, dtype=np.float32), (inter.row, inter.col)), shape=inter.shape)
+    inter.sum_duplicates()
+    inter.data[:] = 1.0  # a repeated interaction is one edge
+    rows = np.concatenate([inter.row, inter.col + n_users])
+    cols = np.concatenate([inter.col + n_users, inter.row])
+    n = n_users + n_items
+    adj = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
+    degree = np.asarray(adj.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    norm = sp.diags(inv_sqrt) @ adj @ sp.diags(inv_sqrt)
+    norm = norm.tocoo()
+    index = torch.from_numpy(np.vstack([norm.row, norm.col]).astype(np.int64))
+    values = torch.from_numpy(norm.data.astype(np.float32))
+    return torch.sparse_coo_tensor(index, values, (n, n), check_invariants=False).coalesce()
+
+
+def light_propagate(adjacency: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """LightGCN propagation: the mean of layers 0..n_layers of repeated multiplication by the graph."""
+    layers = [ego]
+    for _ in range(n_layers):
+        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+    return torch.stack(layers, dim=1).mean(dim=1)
+
+
+def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
+                     negatives: torch.Tensor, tau: float) -> torch.Tensor:
+    """Sampled-softmax InfoNCE: mean of -log e^{s(u,i+)/tau} / (e^{s(u,i+)/tau} + sum_j e^{s(u,j)/tau}).
+
+    ``users`` [B, d] are the batch's user vectors, ``items`` [N, d] all item vectors, ``positives``
+    [B] and ``negatives`` [B, K] item ids; s is the dot product (pass normalised vectors for cosine).
+    For a catalogue smaller than K x d the scores against all items are one matrix product and the
+    sampled ones are picked from it (much faster on CPU than gathering B x K item vectors).
+    """
+    if items.shape[0] <= negatives.shape[1] * items.shape[1]:
+        scores = users @ items.T
+        pos = scores.gather(1, positives.view(-1, 1))
+        neg = scores.gather(1, negatives)
+    else:
+        pos = (users * items[positives]).sum(-1, keepdim=True)
+        neg = torch.einsum("bd,bkd->bk", users, items[negatives])
+    logits = torch.cat([pos, neg], dim=1) / tau
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()  # stable form of the ratio
+
+
+class TrainPositives:
+    """The training interactions as sorted keys, for sampling positives and excluding them."""
+
+    def __init__(self, interactions: sp.spmatrix, n_items: int) -> None:
+        csr = sp.csr_matrix(interactions)
+        csr.sum_duplicates()
+        self.n_items = n_items
+        self.indptr = torch.from_numpy(csr.indptr.astype(np.int64))
+        self.items = torch.from_numpy(csr.indices.astype(np.int64))
+        users = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        self.keys = torch.from_numpy(users.astype(np.int64) * n_items + csr.indices.astype(np.int64))  # sorted
+        self.active_users = torch.nonzero(torch.from_numpy(np.diff(csr.indptr)) > 0).view(-1)
+        # A dense user x item mask answers membership ~10x faster than a binary search; keep it
+        # while it is small (<= 64 MB), e.g. ml-100k's 943 x 1,683.
+        self.mask = None
+        if csr.shape[0] * n_items <= 64 * 2**20:
+            self.mask = torch.zeros(csr.shape[0] * n_items, dtype=torch.bool)
+            self.mask[self.keys] = True
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users * self.n_items + items
+        if self.mask is not None:
+            return self.mask[keys]
+        pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.keys[pos] == keys
+
+    def sample_negatives(self, users: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, k] items drawn uniformly (with replacement) from 1..n_items-1, none a training
+        positive of its user (item 0 is RecBole's padding)."""
+        users = users.cpu()
+        out = torch.randint(1, self.n_items, (len(users) * k,), generator=generator)
+        owners = users.repeat_interleave(k)
+        todo = torch.nonzero(self.contains(owners, out)).view(-1)
+        while len(todo):  # redraw only the collisions
+            out[todo] = torch.randint(1, self.n_items, (len(todo),), generator=generator)
+            todo = todo[self.contains(owners[todo], out[todo])]
+        return out.view(len(users), k)
+
+    def sample_user_positive_pairs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n (user, positive) pairs: users uniform over users with training items, then one of
+        their training items uniformly (AlphaRec's reference sampler)."""
+        users = self.active_users[torch.randint(len(self.active_users), (n,), generator=generator)]
+        start, count = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
+        offset = (torch.rand(n, generator=generator) * count).long().clamp(max=count - 1)
+        return users, self.items[start + offset]
+
+
+class MLPProjector(nn.Sequential):
+    """AlphaRec's projector: Linear -> LeakyReLU -> Linear (no activation after the last layer)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_hidden), nn.LeakyReLU(), nn.Linear(d_hidden, d_out))
+
+
+def build_projector(kind: str, d_in: int, d_out: int, hidden_multiplier: float) -> nn.Module:
+    """``mlp`` (2 layers, hidden width ``int(hidden_multiplier * d_in)``) or ``linear`` (no bias,
+    the paper's linear-mapping finding)."""
+    if kind == "linear":
+        return nn.Linear(d_in, d_out, bias=False)
+    if kind == "mlp":
+        return MLPProjector(d_in, max(1, int(hidden_multiplier * d_in)), d_out)
+    raise ValueError(f"projector '{kind}': expected mlp or linear")
+
+
+def cosine(a: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a, dim=-1)
