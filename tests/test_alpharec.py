@@ -50,11 +50,11 @@ def test_user_vector_is_the_mean_of_training_items_only(amazon_root: Path) -> No
 
 def test_negatives_exclude_training_positives(amazon_root: Path) -> None:
     *_, model = _build(amazon_root)
-    users, positives = model.positives.sample_user_positive_pairs(512)
-    assert model.positives.contains(users, positives).all()
-    negatives = model.positives.sample_negatives(users, 64)
+    users, positives = model.objective.positives.sample_user_positive_pairs(512)
+    assert model.objective.positives.contains(users, positives).all()
+    negatives = model.objective.positives.sample_negatives(users, 64)
     assert negatives.shape == (512, 64) and negatives.min() >= 1 and negatives.max() < model.n_items
-    assert not model.positives.contains(users.view(-1, 1).expand_as(negatives), negatives).any()
+    assert not model.objective.positives.contains(users.view(-1, 1).expand_as(negatives), negatives).any()
 
 
 def test_loss_decreases(amazon_root: Path) -> None:
@@ -85,3 +85,11 @@ def test_checkpoint_reload_gives_identical_scores(amazon_root: Path, tmp_path: P
     fresh.load_state_dict(state["state_dict"])
     fresh.eval()
     torch.testing.assert_close(fresh.full_sort_predict(batch), first, rtol=0, atol=0)
+
+
+def test_lightgcn_infonce_baseline_runs(amazon_root: Path) -> None:
+    """RecBole's LightGCN embeddings trained with AlphaRec's objective, through `run`."""
+    record = run("LightGCNInfoNCE", "amazon-beauty", data_path=amazon_root, epochs=2, output=None,
+                 verbose=False, overrides={"num_negs": 16})
+    assert record["config"]["tau"] == 0.15 and record["test"]["recall@20"] > 0
+    assert record["n_params"] == (40 + 1 + 30 + 1) * 64  # user + item ID embeddings (with padding rows)

@@ -18,12 +18,11 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
 from recbole_llm.model.layers import (
-    TrainPositives,
+    SampledInfoNCE,
     build_projector,
     cosine,
     light_propagate,
     normalized_adjacency,
-    sampled_info_nce,
 )
 from recbole_llm.registry import register_model
 
@@ -45,13 +44,7 @@ class AlphaRec(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.tau = float(config["tau"])
-        self.num_negs = int(config["num_negs"])
         self.n_layers = int(config["n_layers"])
-        self.train_sampling = config["train_sampling"]
-        if self.train_sampling not in ("user", "interaction"):
-            raise ValueError(f"train_sampling '{self.train_sampling}': expected user or interaction")
-
         item_vectors = np.asarray(dataset.get_preload_weight(config["llm_feature_fields"]["item"]), dtype=np.float32)
         interactions = dataset.inter_matrix(form="csr").astype(np.float32)
         # Frozen inputs: buffers, never parameters (no gradient reaches them).
@@ -60,7 +53,7 @@ class AlphaRec(GeneralRecommender):
         self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
                                          float(config["projector_hidden_multiplier"]))
         self.register_buffer("adjacency", normalized_adjacency(interactions, self.n_users, self.n_items), persistent=False)
-        self.positives = TrainPositives(interactions, self.n_items)
+        self.objective = SampledInfoNCE(config, interactions, self.n_items)
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,15 +63,8 @@ class AlphaRec(GeneralRecommender):
 
     def calculate_loss(self, interaction):
         self._cached = None
-        if self.train_sampling == "user":
-            users, positives = self.positives.sample_user_positive_pairs(len(interaction))
-        else:
-            users, positives = interaction[self.USER_ID].cpu(), interaction[self.ITEM_ID].cpu()
-        negatives = self.positives.sample_negatives(users, self.num_negs)
         user_all, item_all = self.forward()
-        device = user_all.device
-        users, positives, negatives = users.to(device), positives.to(device), negatives.to(device)
-        return sampled_info_nce(cosine(user_all[users]), cosine(item_all), positives, negatives, self.tau)
+        return self.objective.loss(user_all, item_all, interaction[self.USER_ID], interaction[self.ITEM_ID])
 
     def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cached is None or self.training:

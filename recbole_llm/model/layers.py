@@ -108,6 +108,34 @@ class TrainPositives:
         return users, self.items[start + offset]
 
 
+class SampledInfoNCE:
+    """AlphaRec's training signal, shared by every model trained with it: ``num_negs`` uniform
+    negatives per positive that exclude the user's training items, cosine scores, temperature
+    ``tau``; pairs drawn user-uniformly (``train_sampling: user``, the reference) or taken from
+    RecBole's batch (``interaction``)."""
+
+    def __init__(self, config, interactions: sp.spmatrix, n_items: int) -> None:
+        self.tau = float(config["tau"])
+        self.num_negs = int(config["num_negs"])
+        self.train_sampling = config["train_sampling"]
+        if self.train_sampling not in ("user", "interaction"):
+            raise ValueError(f"train_sampling '{self.train_sampling}': expected user or interaction")
+        self.positives = TrainPositives(interactions, n_items)
+
+    def pairs(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, positives, negatives) for one step; ``users``/``items`` are RecBole's batch."""
+        if self.train_sampling == "user":
+            users, items = self.positives.sample_user_positive_pairs(len(users))
+        else:
+            users, items = users.cpu(), items.cpu()
+        return users, items, self.positives.sample_negatives(users, self.num_negs)
+
+    def loss(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
+             items: torch.Tensor) -> torch.Tensor:
+        users, positives, negatives = (t.to(user_all.device) for t in self.pairs(users, items))
+        return sampled_info_nce(cosine(user_all[users]), cosine(item_all), positives, negatives, self.tau)
+
+
 class MLPProjector(nn.Sequential):
     """AlphaRec's projector: Linear -> LeakyReLU -> Linear (no activation after the last layer)."""
 
