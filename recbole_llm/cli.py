@@ -45,6 +45,9 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--output", default=None, metavar="FILE", help="results file to append the record to (default results/runs.jsonl)")
     p.add_argument("--no-record", action="store_true", help="do not append a record to any results file")
     p.add_argument("--quiet", action="store_true", help="no training log on the terminal (it still goes to the run folder)")
+    p.add_argument("--zero-shot-from", metavar="RUN_OR_CHECKPOINT",
+                   help="evaluate, without training, a model trained on another dataset (AlphaRec: a run "
+                        "folder or .pth; the encoder and architecture are taken from it)")
 
 
 EPILOG_ENCODE = """\
@@ -110,6 +113,52 @@ def _add_profile_parser(sub: Any) -> None:
     p.add_argument("--data-path", help="folder holding one sub-folder per dataset")
 
 
+def _add_recommend_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "recommend", help="top-k items for a user from a trained model, optionally steered by an intention",
+        description="Load a trained model and print a user's top items (never their training items).",
+        epilog="examples:\n"
+               "  recbole-llm recommend -m AlphaRec -d ml-100k --user 196\n"
+               "  recbole-llm recommend -m AlphaRec -d ml-100k --user 196 --intent \"a light-hearted animated film\" -k 5\n"
+               "  recbole-llm recommend --checkpoint ~/.recbole-llm/runs/AlphaRec-ml-100k-.../ --user 196\n\n"
+               "Without --checkpoint the newest run folder of MODEL on DATASET under $RECBOLE_LLM_HOME/runs is used.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-m", "--model", default="AlphaRec", help="model name (default AlphaRec)")
+    p.add_argument("-d", "--dataset", help="dataset name (to find the newest run)")
+    p.add_argument("--checkpoint", metavar="RUN_OR_PTH", help="a run folder or checkpoint file")
+    p.add_argument("--user", required=True, help="user id as written in the .inter file")
+    p.add_argument("--intent", help="free-text intention, e.g. 'a scary movie for tonight' (AlphaRec)")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the intention, 0..1 (default 0.5)")
+    p.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from recbole_llm.data.datasets import home
+    from recbole_llm.inference import load_trained, recommend
+
+    _console_logging()
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        if not args.dataset:
+            raise UserError("recommend needs --checkpoint RUN_OR_PTH or -d DATASET (to use the newest run)")
+        runs = sorted((home() / "runs").glob(f"{args.model}-{args.dataset}-*/checkpoints/*.pth"),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UserError(f"no trained {args.model} on {args.dataset} under {home() / 'runs'}; expected a run "
+                            f"first: recbole-llm run -m {args.model} -d {args.dataset}")
+        checkpoint = runs[-1]
+    trained = load_trained(checkpoint)
+    rows = recommend(trained, args.user, k=args.k, intent=args.intent, alpha=args.alpha)
+    steer = f", intention {args.intent!r} (alpha {args.alpha})" if args.intent else ""
+    print(f"{trained.config['model']} ({trained.checkpoint}): top {len(rows)} for user {args.user}{steer}")
+    print(tabulate([[i + 1, r["item"], r["text"], f"{r['score']:.4f}"] for i, r in enumerate(rows)],
+                   headers=["#", "item", "text", "score"], tablefmt="github"))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recbole-llm",
@@ -121,6 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_encode_parser(sub)
     _add_profile_parser(sub)
+    _add_recommend_parser(sub)
     p = sub.add_parser("models", help="list the models a run can use, and where each comes from")
     p.add_argument("--all", action="store_true", help="also list RecBole's context-aware and knowledge-aware models")
     p = sub.add_parser("datasets", help="list known datasets and whether their files are present")
@@ -143,9 +193,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     record = run(
         args.model, args.dataset, config_files=args.config, overrides=args.overrides,
         seed=args.seed, device=args.device, epochs=args.epochs, data_path=args.data_path,
-        output=output, verbose=not args.quiet,
+        output=output, verbose=not args.quiet, zero_shot_from=args.zero_shot_from,
     )
     print()
+    if record.get("zero_shot"):
+        print(f"zero-shot: trained on {record['zero_shot']['source_dataset']} "
+              f"({record['zero_shot']['source_checkpoint']}), no training on {record['dataset']}")
     print(f"{record['model']} on {record['dataset']} ({record['protocol']} protocol, seed {record['seed']}): "
           f"best epoch {record['best_epoch']} of {record['epochs_run']}, {record['wall_time_s']:.1f} s, "
           f"peak memory {record['peak_rss_mb']:.0f} MB")
@@ -232,7 +285,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "encode": _cmd_encode, "profile": _cmd_profile, "models": _cmd_models,
+COMMANDS = {"run": _cmd_run, "encode": _cmd_encode, "profile": _cmd_profile, "recommend": _cmd_recommend,
+            "models": _cmd_models,
             "datasets": _cmd_datasets}
 
 

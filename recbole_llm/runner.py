@@ -147,6 +147,73 @@ def prepare(
     return model_class, config_dict
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the newest checkpoint inside a run folder; UserError otherwise."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("checkpoints/*.pth")) + sorted(path.glob("*.pth"))
+        if not found:
+            raise UserError(f"{path} holds no checkpoint; expected a run folder with checkpoints/*.pth")
+        return max(found, key=lambda p: p.stat().st_mtime)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; expected a .pth file or a run folder")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A RecBole checkpoint, loaded weights-only (the allow-list of compat.py), plus its path."""
+    import pickle
+
+    import torch
+
+    file = resolve_checkpoint(path)
+    _allow_model_class_of(file)
+    try:
+        state = torch.load(file, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise UserError(f"{file} is not a loadable RecBole checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
+        raise UserError(f"{file} is not a RecBole checkpoint; expected 'config' and 'state_dict' in it")
+    return {**state, "path": str(file)}
+
+
+def _allow_model_class_of(file: Path) -> None:
+    """Allow the checkpoint's model class (pickled as Config.model_class) for weights-only loading
+    when it names a known model. torch matches the exact module path, so a file naming any other
+    class, even one with the same name, is still refused."""
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception:  # not a torch zip file: torch.load reports it
+        return
+    for name in names:
+        try:
+            get_model_class(name.rsplit(".", 1)[-1])  # allow-lists the known class
+        except UserError:
+            continue
+
+
+def _zero_shot_source(model: str, source_path: str | os.PathLike,
+                      overrides: dict[str, Any] | Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The source checkpoint, and overrides that rebuild its architecture and encoder on the target."""
+    model_class = get_model_class(model)
+    if not getattr(model_class, "zero_shot", False):
+        raise UserError(f"model {model} cannot be used zero-shot; expected a model without ID embeddings (AlphaRec)")
+    source = load_checkpoint(source_path)
+    source_config = source["config"]
+    if source_config["model"] != model:
+        raise UserError(f"{source['path']} holds a {source_config['model']} model; expected {model}")
+    overrides = parse_overrides(overrides) if overrides is not None and not isinstance(overrides, dict) else dict(overrides or {})
+    for key in model_class.transfer_keys:
+        wanted = source_config[key]
+        if key in overrides and overrides[key] != wanted:
+            raise UserError(f"zero-shot needs the source's {key}: the source was trained with {key}={wanted}, "
+                            f"got --set {key}={overrides[key]}")
+        overrides[key] = wanted
+    return source, overrides
+
+
 def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:
     """For a model that declares ``llm_features`` (e.g. ``("item",)``): build the feature files its
     ``llm_encoder`` needs when missing or stale, and add the RecBole settings that load them.
@@ -194,14 +261,21 @@ def run(
     run_dir: str | os.PathLike | None = None,
     verbose: bool = True,
     on_epoch: EpochCallback | None = None,
+    zero_shot_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate MODEL on DATASET; return the run record (appended to ``output`` if given).
+
+    ``zero_shot_from`` (a checkpoint or a run folder of the same model trained on another dataset)
+    evaluates that model on DATASET without any training (models with ``zero_shot = True``).
 
     ``overrides`` are RecBole settings (a dict, or ``key=value`` strings as on the command line);
     ``on_epoch(epoch, valid_score, best_valid_result)`` is called after each validation (Ray Tune
     reports from it).
     """
     started = time.time()
+    source = None
+    if zero_shot_from is not None:
+        source, overrides = _zero_shot_source(model, zero_shot_from, overrides)
     model_class, config_dict = prepare(
         model, dataset, config_files=config_files, overrides=overrides, seed=seed,
         device=device, epochs=epochs, data_path=data_path,
@@ -214,11 +288,15 @@ def run(
     try:
         with _inside(run_dir), _log_to(run_dir, verbose):
             logger.info("run folder: %s", run_dir)
-            record = _train_and_evaluate(model, dataset, config_dict, on_epoch, verbose)
+            record = _train_and_evaluate(model, dataset, config_dict, on_epoch, verbose,
+                                         zero_shot_state=source["state_dict"] if source else None)
     except UserError:
         if fresh_dir:  # bad input: leave nothing half-written behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if source is not None:
+        record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
+                               "source_seed": source["config"]["seed"]}
     record.update({
         "record_id": uuid.uuid4().hex,
         "status": "ok",
@@ -235,23 +313,39 @@ def run(
     return record
 
 
-def _train_and_evaluate(
-    model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.data.transform import construct_transform
-    from recbole.utils import get_flops, get_model, get_trainer, init_seed
+def _zero_shot_evaluate(config: Any, net: Any, trainer: Any, state: dict[str, Any], valid_data: Any,
+                        test_data: Any, flops: Any) -> dict[str, Any]:
+    """Evaluate a model trained elsewhere: its transferable weights, this dataset's inputs, no training."""
+    net.load_transferable_state(state)
+    net.eval()
+    logger.info("zero-shot: evaluating without any training on %s", config["dataset"])
+    started = time.time()
+    valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+    return {
+        "model": config["model"], "dataset": config["dataset"], "protocol": config["protocol"],
+        "seed": config["seed"], "split_seed": config["split_seed"], "valid_metric": config["valid_metric"],
+        "best_valid_score": valid_result.get(config["valid_metric"].lower()),
+        "valid": dict(valid_result), "test": dict(test_result), "best_epoch": None, "epochs_run": 0,
+        "valid_curve": [], "train_time_s": 0.0, "test_time_s": round(time.time() - started, 2),
+        "flops": flops, "n_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "checkpoint": None, "config": dict(config.final_config_dict),
+    }
 
-    config = Config(model=model, dataset=dataset, config_dict=config_dict)
+
+def load_split(config: Any) -> tuple[Any, Any, Any, Any]:
+    """RecBole's dataset and its (train, valid, test) loaders for ``config``, the split seeded by
+    ``split_seed``; the same for training, zero-shot evaluation and reloading a checkpoint."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
     # The data split is seeded by split_seed (default: fixed), so runs with different seeds share
     # one split and differ only in initialisation and training order. With split_seed equal to
     # seed this is exactly run_recbole's seeding.
     split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
     init_seed(split_seed, config["reproducibility"])
-    logging.getLogger().info(config)
-    logger.info("loading %s (%s protocol, split seed %s)", dataset, config_dict.get("protocol"), split_seed)
+    dataset = config["dataset"]
+    logger.info("loading %s (%s protocol, split seed %s)", dataset, config["protocol"], split_seed)
     try:
         data = create_dataset(config)
     except (ValueError, KeyError, TypeError) as exc:
@@ -266,12 +360,29 @@ def _train_and_evaluate(
             f"({data.item_num - 1}); expected every k below the number of items (--set topk=[...])"
         )
     train_data, valid_data, test_data = data_preparation(config, data)
+    return data, train_data, valid_data, test_data
+
+
+def _train_and_evaluate(
+    model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None,
+    progress: bool = False, zero_shot_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    from recbole.config import Config
+    from recbole.data.transform import construct_transform
+    from recbole.utils import get_flops, get_model, get_trainer, init_seed
+
+    config = Config(model=model, dataset=dataset, config_dict=config_dict)
+    logging.getLogger().info(config)
+    data, train_data, valid_data, test_data = load_split(config)
+    split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logging.getLogger().info(net)
     flops = get_flops(net, data, config["device"], logger, construct_transform(config))
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if zero_shot_state is not None:
+        return _zero_shot_evaluate(config, net, trainer, zero_shot_state, valid_data, test_data, flops)
 
     curve: list[dict[str, Any]] = []
     logger.info("training %s on %s: %d users, %d items, %d training interactions, up to %d epochs",

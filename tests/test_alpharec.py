@@ -93,3 +93,67 @@ def test_lightgcn_infonce_baseline_runs(amazon_root: Path) -> None:
                  verbose=False, overrides={"num_negs": 16})
     assert record["config"]["tau"] == 0.15 and record["test"]["recall@20"] > 0
     assert record["n_params"] == (40 + 1 + 30 + 1) * 64  # user + item ID embeddings (with padding rows)
+
+
+@pytest.fixture
+def trained_source(amazon_root: Path, tmp_path: Path) -> dict:
+    return run("AlphaRec", "amazon-beauty", data_path=amazon_root, epochs=2, output=None, verbose=False,
+               run_dir=tmp_path / "source", overrides={"num_negs": 16})
+
+
+def test_zero_shot_on_another_dataset(trained_source: dict, tmp_path: Path) -> None:
+    from tests.conftest import write_amazon_fixture
+
+    target_root = tmp_path / "target"
+    write_amazon_fixture(target_root, n_users=50, n_items=36)
+    record = run("AlphaRec", "amazon-beauty", data_path=target_root, output=None, verbose=False,
+                 zero_shot_from=tmp_path / "source")
+    assert record["epochs_run"] == 0 and record["zero_shot"]["source_checkpoint"] == trained_source["checkpoint"]
+    assert record["config"]["llm_encoder"] == "minilm" and 0 < record["test"]["recall@20"] <= 1
+    # The projector is the source's: the same item text gets the same projected vector.
+    from recbole_llm.inference import load_trained
+
+    source = load_trained(trained_source["checkpoint"]).model
+    state = torch.load(trained_source["checkpoint"])["state_dict"]
+    for key, value in source.projector.state_dict().items():
+        torch.testing.assert_close(value, state[f"projector.{key}"])
+
+
+def test_zero_shot_refuses_another_encoder(trained_source: dict, tmp_path: Path) -> None:
+    from recbole_llm.errors import UserError
+
+    with pytest.raises(UserError, match="source was trained with llm_encoder=minilm"):
+        run("AlphaRec", "amazon-beauty", data_path=tmp_path, output=None, verbose=False,
+            zero_shot_from=trained_source["checkpoint"], overrides={"llm_encoder": "smollm2"})
+    with pytest.raises(UserError, match="cannot be used zero-shot"):
+        run("BPR", "amazon-beauty", zero_shot_from=trained_source["checkpoint"], output=None)
+
+
+def test_intention_blend(trained_source: dict) -> None:
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.inference import load_trained, recommend
+
+    trained = load_trained(trained_source["checkpoint"])
+    model = trained.model
+    users = torch.tensor([1, 2, 3])
+    intent = torch.randn(384)
+    with torch.no_grad():
+        plain = model.full_sort_predict(Interaction({"user_id": users})).view(3, -1)
+        torch.testing.assert_close(model.intent_scores(users, intent, 0.0), plain)  # alpha 0 = plain scores
+        assert not torch.allclose(model.intent_scores(users, intent, 0.7), plain)
+    rows = recommend(trained, "U003", k=5, intent="a gentle face lotion", alpha=0.5)
+    history = {trained.dataset.id2token("item_id", i) for i in
+               trained.train.inter_feat["item_id"][trained.train.inter_feat["user_id"] == trained.dataset.token2id("user_id", "U003")].tolist()}
+    assert len(rows) == 5 and not {r["item"] for r in rows} & history
+    assert all(r["text"].startswith("Title: Product") for r in rows)
+
+
+def test_recommend_cli(trained_source: dict, capsys: pytest.CaptureFixture) -> None:
+    from recbole_llm.cli import main
+
+    assert main(["recommend", "--checkpoint", trained_source["checkpoint"], "--user", "U001", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top 3 for user U001" in out and "Title: Product" in out
+    assert main(["recommend", "--checkpoint", trained_source["checkpoint"], "--user", "nobody"]) == 2
+    assert "user 'nobody' is not in dataset" in capsys.readouterr().err

@@ -41,6 +41,10 @@ class AlphaRec(GeneralRecommender):
     input_type = InputType.POINTWISE  # negatives are sampled inside the model, not by RecBole
     type = ModelType.GENERAL
     llm_features = ("item",)
+    # Without ID embeddings a model trained on one dataset scores another: only the projector is
+    # carried over, with the settings that shape it (and the encoder that defines its input).
+    zero_shot = True
+    transfer_keys = ("llm_encoder", "embedding_size", "n_layers", "projector", "projector_hidden_multiplier")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -79,6 +83,27 @@ class AlphaRec(GeneralRecommender):
     def full_sort_predict(self, interaction):
         users, items = self._embeddings()
         return (users[interaction[self.USER_ID]] @ items.T).view(-1)
+
+    def intent_scores(self, users: torch.Tensor, intent_llm: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Scores of all items for users steered by an intention (the paper's intention-aware use):
+        e~_u = (1 - alpha) e_u + alpha e_intent, with e_intent the projected LLM vector of the text."""
+        user_all, item_all = self.forward()
+        intent = self.projector(intent_llm.view(1, -1).to(self.item_llm.dtype))
+        blended = (1.0 - alpha) * user_all[users] + alpha * intent
+        return cosine(blended) @ cosine(item_all).T
+
+    def load_transferable_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the projector of a model trained on another dataset (its data buffers stay ours)."""
+        from recbole_llm.errors import UserError
+
+        projector = {k[len("projector."):]: v for k, v in state_dict.items() if k.startswith("projector.")}
+        source_dim = next(v for k, v in projector.items() if k.endswith("weight")).shape[1]
+        if source_dim != self.item_llm.shape[1]:
+            raise UserError(
+                f"the source model was trained on {source_dim}-d LLM vectors but this dataset's item "
+                f"vectors are {self.item_llm.shape[1]}-d; expected features from the same encoder")
+        self.projector.load_state_dict(projector)
+        self._cached = None
 
     def train(self, mode: bool = True):
         self._cached = None  # parameters change between evaluations

@@ -1,0 +1,99 @@
+"""Using a trained model: reload it from its checkpoint and recommend, optionally steered by a
+free-text intention (AlphaRec's intention-aware recommendation)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recbole_llm.errors import UserError
+from recbole_llm.runner import load_checkpoint, load_split
+
+
+@dataclass
+class TrainedModel:
+    config: Any
+    dataset: Any  # the whole RecBole dataset (ids, tokens)
+    train: Any    # the training split's dataset (history to exclude)
+    model: torch.nn.Module
+    checkpoint: str
+
+
+def load_trained(checkpoint: str | os.PathLike) -> TrainedModel:
+    """Rebuild the dataset split and the model of a run, with its trained weights, in eval mode."""
+    from recbole.utils import get_model, init_seed
+
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    if str(config["device"]).startswith("cuda") and not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
+    data, train, _, _ = load_split(config)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train._dataset).to(config["device"])
+    model.load_state_dict(state["state_dict"])
+    model.load_other_parameter(state.get("other_parameter"))
+    model.eval()
+    return TrainedModel(config, data, train._dataset, model, state["path"])
+
+
+def recommend(
+    trained: TrainedModel,
+    user: str,
+    k: int = 10,
+    intent: str | None = None,
+    alpha: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Top-k items for ``user`` (a user token), never one of their training items.
+
+    With ``intent`` (models with ``intent_scores``), the user's representation is blended with the
+    projected LLM vector of the text: e~_u = (1 - alpha) e_u + alpha e_intent.
+    """
+    from recbole.data.interaction import Interaction
+
+    config, data, model = trained.config, trained.dataset, trained.model
+    uid_field, iid_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
+    try:
+        uid = int(data.token2id(uid_field, str(user)))
+    except ValueError:
+        raise UserError(f"user '{user}' is not in dataset '{config['dataset']}'; expected a {uid_field} "
+                        "token of its .inter file") from None
+    if k < 1:
+        raise UserError(f"-k {k}: expected a positive number of items")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha {alpha}: expected a weight between 0 and 1")
+    device = config["device"]
+    with torch.no_grad():
+        if intent:
+            if not hasattr(model, "intent_scores"):
+                raise UserError(f"model {config['model']} cannot take an intention; expected AlphaRec")
+            from recbole_llm.llm.encoders import load_encoder
+
+            vector = load_encoder(config["llm_encoder"], device=str(device)).encode([intent], progress=False)
+            scores = model.intent_scores(torch.tensor([uid], device=device), torch.as_tensor(vector, device=device), alpha)
+        else:
+            scores = model.full_sort_predict(Interaction({uid_field: torch.tensor([uid], device=device)}).to(device))
+    scores = scores.view(-1).float().cpu().clone()
+    inter = trained.train.inter_feat
+    seen = inter[iid_field][inter[uid_field] == uid]
+    scores[seen] = -float("inf")
+    scores[0] = -float("inf")  # padding
+    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.tolist()
+    texts = _item_texts(config)
+    return [{"item": str(data.id2token(iid_field, i)), "text": texts.get(str(data.id2token(iid_field, i)), ""),
+             "score": float(scores[i])} for i in top]
+
+
+def _item_texts(config: Any) -> dict[str, str]:
+    from pathlib import Path
+
+    from recbole_llm.data.text import TextTemplate, item_texts
+
+    if not config["item_text_template"]:
+        return {}
+    template = TextTemplate.from_config(config["item_text_template"], config["item_text_list_fields"] or ())
+    try:
+        return item_texts(Path(config["data_path"]), config["dataset"], template)
+    except UserError:
+        return {}
