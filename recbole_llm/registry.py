@@ -72,7 +72,8 @@ def register_model(
         _REGISTRY[model_name] = ModelEntry(
             name=model_name,
             cls=model_cls,
-            source=source or f"register_model ({model_cls.__module__})",
+            source=source or ("recbole-llm" if model_cls.__module__.startswith("recbole_llm.")
+                              else f"register_model ({model_cls.__module__})"),
             trainer=trainer or getattr(model_cls, "trainer_class", None),
             config_file=Path(cfg) if cfg else None,
         )
