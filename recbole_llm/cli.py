@@ -139,7 +139,6 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from recbole_llm.data.datasets import home
     from recbole_llm.inference import load_trained, recommend
 
-    _console_logging()
     checkpoint = args.checkpoint
     if checkpoint is None:
         if not args.dataset:
@@ -215,7 +214,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from recbole_llm.data.features import ensure_item_features
     from recbole_llm.data.text import TextTemplate, item_texts
 
-    _console_logging()
     folder = resolve_dataset(args.dataset, args.data_path)
     settings = dataset_settings(args.dataset, "general")
     segments = args.template or settings.get("item_text_template")
@@ -238,7 +236,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_profile(args: argparse.Namespace) -> int:
     from recbole_llm.llm.profiles import ProfileSettings, build_profiles
 
-    _console_logging()
     for name in ("max_new_tokens", "history", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive number")
@@ -248,13 +245,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console_logging() -> None:
-    """recbole-llm's own INFO lines on the terminal (commands other than `run`)."""
+def _console_logging() -> logging.Handler:
+    """recbole-llm's own INFO lines on the terminal (commands other than `run`, which logs itself)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("recbole_llm")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -296,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*sparse.*deprecated.*")
     warnings.filterwarnings("ignore", message=r".*NumPy array is not writable.*")
+    console = _console_logging() if args.command != "run" else None
     try:
         import recbole_llm  # noqa: F401  (applies the RecBole repairs, registers the models)
 
@@ -309,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("recbole-llm: interrupted", file=sys.stderr)
         return 130
     finally:
-        logging.shutdown()
+        if console is not None:
+            logging.getLogger("recbole_llm").removeHandler(console)
 
 
 if __name__ == "__main__":
