@@ -17,8 +17,7 @@ import yaml
 from recbole_llm.data.datasets import dataset_properties_file
 from recbole_llm.errors import UserError
 
-PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
-PROTOCOLS = ("general", "sequential")
+from recbole_llm.paths import PROPERTIES_DIR
 
 
 def yaml_loader() -> type:

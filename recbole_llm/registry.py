@@ -26,7 +26,7 @@ from typing import Any, Callable
 from recbole_llm.errors import UserError
 
 ENTRY_POINT_GROUP = "recbole_llm.models"
-PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
+from recbole_llm.paths import PROPERTIES_DIR
 _RECBOLE_SUBMODULES = (
     "general_recommender",
     "context_aware_recommender",

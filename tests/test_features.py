@@ -13,7 +13,6 @@ from recbole.utils import InputType, ModelType
 
 import recbole_llm  # noqa: F401
 from recbole_llm.cli import main
-from recbole_llm.data import features
 from recbole_llm.data.features import FeatureFile, ensure_item_features, merge_recbole_config, read_feature_file
 from recbole_llm.data.text import TextTemplate, item_texts
 from recbole_llm.errors import UserError

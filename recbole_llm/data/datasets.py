@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from recbole_llm.errors import UserError
+from recbole_llm.paths import PROPERTIES_DIR
 
 EMBEDDED = "ml-100k"
 ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")
@@ -59,7 +60,7 @@ def download_urls() -> dict[str, str]:
 
 def dataset_properties_file(name: str) -> Path | None:
     """This toolkit's properties/dataset/NAME.yaml, if it defines the dataset."""
-    path = Path(__file__).resolve().parent.parent / "properties" / "dataset" / f"{name}.yaml"
+    path = PROPERTIES_DIR / "dataset" / f"{name}.yaml"
     return path if path.is_file() else None
 
 
@@ -163,7 +164,7 @@ def list_datasets(data_path: str | os.PathLike | None = None) -> list[DatasetInf
     """Known names: configured ones, present ones and RecBole's downloadable ones."""
     root = data_root(data_path)
     names = {EMBEDDED}
-    names |= {p.stem for p in (Path(__file__).resolve().parent.parent / "properties" / "dataset").glob("*.yaml")}
+    names |= {p.stem for p in (PROPERTIES_DIR / "dataset").glob("*.yaml")}
     if root.is_dir():
         names |= {p.name for p in root.iterdir() if p.is_dir() and _atomic_present(p, p.name)}
     urls = download_urls()

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -251,7 +250,7 @@ def build_profiles(
     user_fp = settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}")
     user_profiles = generate_profiles(users_path, user_inputs, USER_SYSTEM_PROMPT, model, settings,
                                       user_fp, "user profiles", progress)
-    del loaded
+    loaded.clear()  # free the generator before the encoder loads
 
     name = f"{slug(settings.generator)}_{slug(encoder)}"
     files = []
