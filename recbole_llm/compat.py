@@ -178,6 +178,23 @@ def repair_ml100k_data_path() -> None:
     Config._set_default_parameters = _set_default_parameters
 
 
+def repair_pop_counts() -> None:
+    """Pop's ``cnt[item] = cnt[item] + 1`` counts an item once per batch, not once per interaction
+    (duplicate indices collapse), so MostPop depended on the shuffle; count with index_add_."""
+    import torch
+    from recbole.model.general_recommender.pop import Pop
+
+    _remember("Pop.calculate_loss", Pop.calculate_loss)
+
+    def calculate_loss(self: Any, interaction: Any) -> Any:
+        item = interaction[self.ITEM_ID]
+        self.item_cnt.index_add_(0, item, torch.ones(len(item), 1, dtype=self.item_cnt.dtype, device=item.device))
+        self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
+        return torch.nn.Parameter(torch.zeros(1)).to(self.device)
+
+    Pop.calculate_loss = calculate_loss
+
+
 REPAIRS: tuple[Callable[[], None], ...] = (
     repair_numpy_aliases,
     repair_scipy_dok_update,
@@ -185,6 +202,7 @@ REPAIRS: tuple[Callable[[], None], ...] = (
     check_pandas_below_3,
     repair_alias_features_follow_filtering,
     repair_ml100k_data_path,
+    repair_pop_counts,
 )
 
 

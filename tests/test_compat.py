@@ -117,3 +117,20 @@ def test_pandas_pin_keeps_recbole_loader_correct(tmp_path: Path) -> None:
     rows = {dataset.id2token("item_id", i): [str(tokens[t]) for t in list(tags[i]) if t] for i in range(1, 4)}
     assert rows == {"1": ["a", "b"], "2": [], "3": ["c"]}
     assert not dataset.item_feat["price"].isna().any()  # NaN filled with the column mean
+
+
+def test_pop_counts_interactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MostPop must count every interaction, also when an item repeats inside one batch."""
+    from recbole.data.interaction import Interaction
+    from recbole.model.general_recommender.pop import Pop
+
+    fake = Pop.__new__(Pop)
+    torch.nn.Module.__init__(fake)
+    fake.ITEM_ID, fake.device = "item_id", torch.device("cpu")
+    fake.item_cnt = torch.zeros(5, 1, dtype=torch.long)
+    batch = Interaction({"item_id": torch.tensor([1, 1, 1, 2, 4, 4])})
+    Pop.calculate_loss(fake, batch)
+    assert fake.item_cnt.view(-1).tolist() == [0, 3, 1, 0, 2]
+    fake.item_cnt.zero_()
+    compat.ORIGINALS["Pop.calculate_loss"](fake, batch)
+    assert fake.item_cnt.view(-1).tolist() == [0, 1, 1, 0, 1]  # RecBole's own: once per batch
