@@ -54,7 +54,6 @@ def test_no_validation_or_test_interaction_enters_a_profile(amazon_root: Path, r
         for u, i in zip(inter["user_id"].tolist(), inter["item_id"].tolist()):
             held_out.setdefault(data.id2token("user_id", u), set()).add(data.id2token("item_id", i))
     histories, _ = training_histories("amazon-beauty", amazon_root)
-    texts = {line.split("\t")[0]: line for line in (amazon_root / "amazon-beauty" / "amazon-beauty.item").read_text().splitlines()}
     checked = 0
     for user, items in held_out.items():
         assert not items & set(histories[user])
@@ -63,7 +62,7 @@ def test_no_validation_or_test_interaction_enters_a_profile(amazon_root: Path, r
         for item in items - set(histories[user]):
             assert f'"Title: Product {int(item[1:])} lotion.' not in prompt
             checked += 1
-    assert checked > 0 and len(texts) > 0
+    assert checked > 0
 
 
 def test_profiles_resume_after_an_interruption(amazon_root: Path, recording: RecordingGenerator) -> None:
