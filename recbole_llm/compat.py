@@ -180,7 +180,8 @@ def repair_ml100k_data_path() -> None:
 
 def repair_pop_counts() -> None:
     """Pop's ``cnt[item] = cnt[item] + 1`` counts an item once per batch, not once per interaction
-    (duplicate indices collapse), so MostPop depended on the shuffle; count with index_add_."""
+    (duplicate indices collapse), and also counts the sampled negatives RecBole adds to its
+    batches, so MostPop depended on the seed; count the positive rows with index_add_."""
     import torch
     from recbole.model.general_recommender.pop import Pop
 
@@ -188,6 +189,8 @@ def repair_pop_counts() -> None:
 
     def calculate_loss(self: Any, interaction: Any) -> Any:
         item = interaction[self.ITEM_ID]
+        if "label" in interaction.columns:  # point-wise negatives carry label 0
+            item = item[interaction["label"] > 0]
         self.item_cnt.index_add_(0, item, torch.ones(len(item), 1, dtype=self.item_cnt.dtype, device=item.device))
         self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
         return torch.nn.Parameter(torch.zeros(1)).to(self.device)

@@ -132,5 +132,8 @@ def test_pop_counts_interactions(monkeypatch: pytest.MonkeyPatch) -> None:
     Pop.calculate_loss(fake, batch)
     assert fake.item_cnt.view(-1).tolist() == [0, 3, 1, 0, 2]
     fake.item_cnt.zero_()
+    Pop.calculate_loss(fake, Interaction({"item_id": torch.tensor([1, 3, 1, 2]), "label": torch.tensor([1.0, 0.0, 1.0, 0.0])}))
+    assert fake.item_cnt.view(-1).tolist() == [0, 2, 0, 0, 0]  # sampled negatives are not popularity
+    fake.item_cnt.zero_()
     compat.ORIGINALS["Pop.calculate_loss"](fake, batch)
     assert fake.item_cnt.view(-1).tolist() == [0, 1, 1, 0, 1]  # RecBole's own: once per batch
