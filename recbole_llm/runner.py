@@ -333,7 +333,12 @@ def _zero_shot_evaluate(config: Any, net: Any, trainer: Any, state: dict[str, An
     }
 
 
-def load_split(config: Any) -> tuple[Any, Any, Any, Any]:
+def split_seed_of(config: Any) -> int:
+    """The seed of the data split: ``split_seed``, or ``seed`` when it is unset."""
+    return config["split_seed"] if config["split_seed"] is not None else config["seed"]
+
+
+def load_split(config: Any, check_topk: bool = True) -> tuple[Any, Any, Any, Any]:
     """RecBole's dataset and its (train, valid, test) loaders for ``config``, the split seeded by
     ``split_seed``; the same for training, zero-shot evaluation and reloading a checkpoint."""
     from recbole.data import create_dataset, data_preparation
@@ -342,7 +347,7 @@ def load_split(config: Any) -> tuple[Any, Any, Any, Any]:
     # The data split is seeded by split_seed (default: fixed), so runs with different seeds share
     # one split and differ only in initialisation and training order. With split_seed equal to
     # seed this is exactly run_recbole's seeding.
-    split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    split_seed = split_seed_of(config)
     init_seed(split_seed, config["reproducibility"])
     dataset = config["dataset"]
     logger.info("loading %s (%s protocol, split seed %s)", dataset, config["protocol"], split_seed)
@@ -354,7 +359,7 @@ def load_split(config: Any) -> tuple[Any, Any, Any, Any]:
             "(expected RecBole atomic files whose values match their header types)"
         ) from exc
     logging.getLogger().info(data)
-    if max(config["topk"]) >= data.item_num:
+    if check_topk and max(config["topk"]) >= data.item_num:
         raise UserError(
             f"topk {config['topk']} asks for more items than dataset '{dataset}' has "
             f"({data.item_num - 1}); expected every k below the number of items (--set topk=[...])"
@@ -374,7 +379,7 @@ def _train_and_evaluate(
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
     logging.getLogger().info(config)
     data, train_data, valid_data, test_data = load_split(config)
-    split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    split_seed = split_seed_of(config)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])

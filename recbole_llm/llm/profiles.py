@@ -165,18 +165,13 @@ def training_histories(dataset: str, data_path: str | Path | None = None) -> tup
     """user token -> item tokens of their *training* interactions (general protocol, oldest first),
     and a fingerprint of that split. Built by RecBole with the same config as a general run."""
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
 
-    from recbole_llm.runner import prepare, recbole_argv
+    from recbole_llm.runner import load_split, prepare, recbole_argv
 
     _, config_dict = prepare("Pop", dataset, data_path=data_path)
     with recbole_argv():
         config = Config(model="Pop", dataset=dataset, config_dict=config_dict)
-    split_seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
-    init_seed(split_seed, config["reproducibility"])
-    data = create_dataset(config)
-    train, _, _ = data_preparation(config, data)
+    data, train, _, _ = load_split(config, check_topk=False)  # the very split a general run trains on
     inter = train.dataset.inter_feat
     users = inter[config["USER_ID_FIELD"]].numpy()
     items = inter[config["ITEM_ID_FIELD"]].numpy()
