@@ -224,24 +224,14 @@ def attach_llm_features(model_class: type, folder: Path, dataset: str, config_di
     kinds = tuple(getattr(model_class, "llm_features", ()) or ())
     if not kinds:
         return config_dict
-    from recbole_llm.data.features import ensure_item_features, merge_recbole_config
-    from recbole_llm.data.text import TextTemplate
+    from recbole_llm.data.features import FEATURE_BUILDERS, merge_recbole_config
 
-    encoder = config_dict.get("llm_encoder") or "minilm"
     files = []
     for kind in kinds:
-        if kind == "item":
-            if not config_dict.get("item_text_template"):
-                raise UserError(f"dataset '{dataset}' has no item_text_template; expected one in its "
-                                "properties/dataset YAML or a --config file to render item text")
-            template = TextTemplate.from_config(config_dict["item_text_template"],
-                                                config_dict.get("item_text_list_fields") or ())
-            files.append(ensure_item_features(
-                folder, dataset, template, encoder=encoder, device=config_dict.get("llm_device"),
-                batch_size=int(config_dict.get("llm_batch_size") or 32)))
-        else:
+        if kind not in FEATURE_BUILDERS:
             raise UserError(f"model {model_class.__name__} asks for LLM features of kind '{kind}'; "
-                            "expected 'item'")
+                            f"expected one of {sorted(FEATURE_BUILDERS)}")
+        files.append(FEATURE_BUILDERS[kind](folder, dataset, config_dict))
     config_dict = merge_recbole_config(config_dict, files)
     config_dict["llm_feature_fields"] = {ff.kind: ff.id_field for ff in files}
     return config_dict
@@ -262,8 +252,12 @@ def run(
     verbose: bool = True,
     on_epoch: EpochCallback | None = None,
     zero_shot_from: str | os.PathLike | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate MODEL on DATASET; return the run record (appended to ``output`` if given).
+
+    ``label`` names the row in leaderboards (e.g. ``AlphaRec (smollm2)``); by default the model's
+    ``run_label(config)`` classmethod when it has one (variants such as ``RLMRecCon(SGL)``), else MODEL.
 
     ``zero_shot_from`` (a checkpoint or a run folder of the same model trained on another dataset)
     evaluates that model on DATASET without any training (models with ``zero_shot = True``).
@@ -297,7 +291,11 @@ def run(
     if source is not None:
         record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
                                "source_seed": source["config"]["seed"]}
+    if label is None:
+        run_label = getattr(model_class, "run_label", None)
+        label = run_label(record["config"]) if run_label else model
     record.update({
+        "label": label,
         "record_id": uuid.uuid4().hex,
         "status": "ok",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

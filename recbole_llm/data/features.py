@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,20 @@ from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
 KINDS = {"item": "item", "item_profile": "item", "user_profile": "user"}  # kind -> entity
+
+# kind -> builder(folder, dataset, config_dict) returning the FeatureFile a model of that kind needs;
+# models declare the kinds in ``llm_features`` and the runner calls the builders (attach_llm_features).
+FeatureBuilder = Callable[[Path, str, dict], "FeatureFile"]
+FEATURE_BUILDERS: dict[str, FeatureBuilder] = {}
+
+
+def feature_builder(kind: str, entity: str) -> Callable[[FeatureBuilder], FeatureBuilder]:
+    """Register how the feature file of ``kind`` (vectors per ``entity``: item or user) is built."""
+    def decorate(fn: FeatureBuilder) -> FeatureBuilder:
+        KINDS[kind] = entity
+        FEATURE_BUILDERS[kind] = fn
+        return fn
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -259,3 +273,16 @@ def ensure_item_features(
         texts.setdefault(token, "")
     ff = FeatureFile(folder, dataset, "item", slug(encoder))
     return ensure_text_features(ff, texts, {"template": template.describe()}, encoder, **encode_options)
+
+
+@feature_builder("item", "item")
+def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
+    """The item text vectors of the run's ``llm_encoder``, built when missing or stale."""
+    if not config_dict.get("item_text_template"):
+        raise UserError(f"dataset '{dataset}' has no item_text_template; expected one in its "
+                        "properties/dataset YAML or a --config file to render item text")
+    template = TextTemplate.from_config(config_dict["item_text_template"],
+                                        config_dict.get("item_text_list_fields") or ())
+    return ensure_item_features(
+        folder, dataset, template, encoder=config_dict.get("llm_encoder") or "minilm",
+        device=config_dict.get("llm_device"), batch_size=int(config_dict.get("llm_batch_size") or 32))

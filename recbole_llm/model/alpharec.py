@@ -46,6 +46,13 @@ class AlphaRec(GeneralRecommender):
     zero_shot = True
     transfer_keys = ("llm_encoder", "embedding_size", "n_layers", "projector", "projector_hidden_multiplier")
 
+    @classmethod
+    def run_label(cls, config: dict) -> str:
+        """Leaderboard name: the encoder, and the projector when it is the linear one."""
+        encoder = str(config.get("llm_encoder") or "minilm")
+        encoder = encoder.rstrip("/").rsplit("/", 1)[-1]
+        return f"AlphaRec({'linear, ' if config.get('projector') == 'linear' else ''}{encoder})"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.n_layers = int(config["n_layers"])
