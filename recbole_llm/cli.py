@@ -158,6 +158,88 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_BENCH = """\
+examples:
+  recbole-llm bench benchmarks/grids/ml-100k.yaml                 # local Ray, all cores
+  recbole-llm bench benchmarks/grids/ml-100k.yaml --resume        # after an interruption: skip finished trials
+  recbole-llm bench grid.yaml --ray-address auto                  # on a node of an existing Ray cluster
+  recbole-llm bench grid.yaml --dry-run                           # list the trials and stop
+
+A grid is datasets x models x search space x seeds (see benchmarks/grids/ml-100k.yaml). For each
+(dataset, model) a search phase runs num_samples configurations under ASHA on the per-epoch validation
+metric, then the best configuration runs on the final seeds. Every finished trial (ok, pruned or
+failed, with its error) is appended to the results file at once; the leaderboard reads it. On a
+cluster every node needs the datasets and feature files at the same path.
+"""
+
+EPILOG_LEADERBOARD = """\
+examples:
+  recbole-llm leaderboard                                  # results/runs.jsonl -> results/leaderboard.{md,html}
+  recbole-llm leaderboard my-runs.jsonl -o reports/
+
+One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
+t-test over seeds against the best baseline, the protocol, tuning budget, hardware and versions.
+"""
+
+
+def _add_bench_parsers(sub: Any) -> None:
+    p = sub.add_parser("bench", help="run a benchmark grid (search + seeds) with Ray Tune",
+                       description="Run the grid GRID with Ray Tune and append every trial's record to the results file.",
+                       epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", metavar="GRID", help="grid spec YAML, e.g. benchmarks/grids/ml-100k.yaml")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="auto or ray://HOST:PORT to use an existing Ray cluster (default: start Ray locally)")
+    p.add_argument("--resume", action="store_true", help="skip trials already finished in the results file (failed ones run again)")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as many as the resources allow)")
+    p.add_argument("--output", "-o", default=None, metavar="FILE", help="results file (default results/runs.jsonl)")
+    p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")
+    p.add_argument("--dry-run", action="store_true", help="print the search trials and stop")
+    p = sub.add_parser("leaderboard", help="tables and plots from a results file",
+                       description="Write leaderboard.md and leaderboard.html from the run records in RESULTS.",
+                       epilog=EPILOG_LEADERBOARD, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="?", default=None, metavar="RESULTS", help="results file (default results/runs.jsonl)")
+    p.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="where to write them (default: the results file's folder)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from recbole_llm.bench.grid import load_grid
+    from recbole_llm.bench.tuner import plan, run_grid
+    from recbole_llm.records import DEFAULT_RESULTS
+
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        rows = [[dataset, entry.name, len(trials) or "-", t.describe() if trials else "(nothing to tune)"]
+                for dataset, entry, trials in plan(grid) for t in (trials or [None])]
+        print(tabulate(rows, headers=["dataset", "model", "trials", "search trial"], tablefmt="github"))
+        print(f"\nthen the best configuration of each on seeds {grid.final_seeds}")
+        return 0
+    output = args.output or DEFAULT_RESULTS
+    summary = run_grid(grid, output, ray_address=args.ray_address, resume=args.resume,
+                       max_concurrent=args.max_concurrent, data_path=args.data_path)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
+    print(f"\ngrid {grid.name}: {counts}; {summary.skipped} skipped as already finished")
+    for (dataset, name), best in summary.best.items():
+        print(f"  best {name} on {dataset}: {best or '(defaults)'}")
+    print(f"records in {output}; tables: recbole-llm leaderboard {output}")
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recbole_llm.bench.leaderboard import leaderboard, render_markdown
+    from recbole_llm.records import DEFAULT_RESULTS
+
+    results = Path(args.results or DEFAULT_RESULTS)
+    boards, written, bad = leaderboard(results, args.output_dir or results.parent)
+    print(render_markdown(boards, results.name))
+    if bad:
+        print(f"skipped {len(bad)} corrupt line(s): " + ", ".join(f"{b.path.name}:{b.line_number}" for b in bad))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recbole-llm",
@@ -170,6 +252,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_encode_parser(sub)
     _add_profile_parser(sub)
     _add_recommend_parser(sub)
+    _add_bench_parsers(sub)
     p = sub.add_parser("models", help="list the models a run can use, and where each comes from")
     p.add_argument("--all", action="store_true", help="also list RecBole's context-aware and knowledge-aware models")
     p = sub.add_parser("datasets", help="list known datasets and whether their files are present")
@@ -284,7 +367,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "encode": _cmd_encode, "profile": _cmd_profile, "recommend": _cmd_recommend,
-            "models": _cmd_models,
+            "bench": _cmd_bench, "leaderboard": _cmd_leaderboard, "models": _cmd_models,
             "datasets": _cmd_datasets}
 
 

@@ -267,9 +267,12 @@ def run(
     reports from it).
     """
     started = time.time()
+    config_files = list(config_files)
     source = None
     if zero_shot_from is not None:
         source, overrides = _zero_shot_source(model, zero_shot_from, overrides)
+    if overrides is not None and not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
     model_class, config_dict = prepare(
         model, dataset, config_files=config_files, overrides=overrides, seed=seed,
         device=device, epochs=epochs, data_path=data_path,
@@ -296,6 +299,11 @@ def run(
         label = run_label(record["config"]) if run_label else model
     record.update({
         "label": label,
+        # What was asked on top of the defaults (the full config is in "config"); with "label" it
+        # identifies a configuration across seeds for the leaderboard.
+        "overrides": {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})},
+        "config_files": [str(Path(f).resolve()) for f in config_files],
+        "llm_enhanced": bool(getattr(model_class, "llm_features", ())),
         "record_id": uuid.uuid4().hex,
         "status": "ok",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

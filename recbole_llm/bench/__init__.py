@@ -1,0 +1,1 @@
+"""The benchmark grid (Ray Tune) and the leaderboard built from its run records."""

@@ -1,0 +1,379 @@
+"""The leaderboard: per dataset and protocol, mean +- std over seeds of each model's test metrics,
+the best value per metric marked, and a paired t-test over seeds against the best baseline.
+
+Rows come from the ``ok`` records of a results file. A row is one configuration of one label (the
+same settings on several seeds); when a label has several configurations (a grid's search trials
+and its final runs, or hand runs with different settings) the one with the most seeds is shown,
+then the one with the best mean validation score. Baselines are the models that use no LLM
+features; the test compares each row with the baseline whose mean is highest on that metric, over
+the seeds both have. Output: Markdown (tabulate) and one self-contained HTML page with sortable
+tables and plotly charts.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recbole_llm.bench.grid import stable_hash
+from recbole_llm.errors import UserError
+from recbole_llm.records import BadLine, read_records
+
+METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
+           "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]}
+SIGNIFICANCE = 0.05
+RUN_KEYS = ("seed", "checkpoint_dir")  # settings that differ between seeds of one configuration
+
+
+@dataclass
+class Row:
+    label: str
+    model: str
+    llm_enhanced: bool
+    records: list[dict[str, Any]]  # one per seed, sorted by seed
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.records]
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r["test"][metric]) for r in self.records if r.get("test", {}).get(metric) is not None]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        return {r["seed"]: float(r["test"][metric]) for r in self.records if r.get("test", {}).get(metric) is not None}
+
+    def average(self, key: str) -> float | None:
+        values = [float(r[key]) for r in self.records if isinstance(r.get(key), (int, float))]
+        return statistics.fmean(values) if values else None
+
+
+@dataclass
+class Board:
+    """One table: a dataset under one protocol."""
+
+    dataset: str
+    protocol: str
+    rows: list[Row]
+    metrics: list[str]
+    main_metric: str
+    extra_metrics: list[str] = field(default_factory=list)  # long-tail / cold-start groups, if any
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def best(self, metric: str) -> float | None:
+        means = [m for m in (row.mean(metric) for row in self.rows) if m is not None]
+        return max(means) if means else None
+
+    def best_baseline(self, metric: str) -> Row | None:
+        baselines = [r for r in self.rows if not r.llm_enhanced and r.mean(metric) is not None]
+        return max(baselines, key=lambda r: r.mean(metric)) if baselines else None
+
+    def p_value(self, row: Row, metric: str) -> float | None:
+        """Paired t-test over the seeds ``row`` shares with the best baseline (None if < 2 shared)."""
+        base = self.best_baseline(metric)
+        if base is None or base is row:
+            return None
+        mine, theirs = row.by_seed(metric), base.by_seed(metric)
+        shared = sorted(set(mine) & set(theirs))
+        if len(shared) < 2:
+            return None
+        from scipy.stats import ttest_rel
+
+        a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
+        if all(x == y for x, y in zip(a, b)):
+            return 1.0
+        p = float(ttest_rel(a, b).pvalue)
+        return None if math.isnan(p) else p
+
+
+def _config_key(record: dict[str, Any]) -> str:
+    bench = record.get("bench") or {}
+    if bench.get("config_key"):
+        return bench["config_key"]
+    overrides = {k: v for k, v in (record.get("overrides") or {}).items() if k not in RUN_KEYS}
+    return stable_hash({"model": record.get("model"), "label": record.get("label"),
+                        "overrides": overrides, "config_files": record.get("config_files") or [],
+                        "zero_shot": (record.get("zero_shot") or {}).get("source_checkpoint")})
+
+
+def _label(record: dict[str, Any]) -> str:
+    label = record.get("label") or record.get("model") or "?"
+    zero_shot = record.get("zero_shot")
+    if zero_shot:
+        label += f" (zero-shot from {zero_shot.get('source_dataset')})"
+    return label
+
+
+def _llm_enhanced(record: dict[str, Any]) -> bool:
+    if "llm_enhanced" in record:
+        return bool(record["llm_enhanced"])
+    try:  # records written before the field existed
+        from recbole_llm.registry import get_model_class
+
+        return bool(getattr(get_model_class(record["model"]), "llm_features", ()))
+    except Exception:
+        return False
+
+
+def select_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """One row per label: its configuration with the most seeds (then the best mean validation)."""
+    configs: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        if record.get("status", "ok") != "ok" or not isinstance(record.get("test"), dict) or record.get("seed") is None:
+            continue
+        # The newest record of a seed wins (a re-run replaces an older one).
+        configs[_label(record)][_config_key(record)][int(record["seed"])] = record
+    rows = []
+    for label, by_config in configs.items():
+        def rank(seeds: dict[int, dict[str, Any]]) -> tuple[int, float]:
+            scores = [float(r["best_valid_score"]) for r in seeds.values() if r.get("best_valid_score") is not None]
+            return len(seeds), statistics.fmean(scores) if scores else -math.inf
+        chosen = max(by_config.values(), key=rank)
+        ordered = [chosen[s] for s in sorted(chosen)]
+        rows.append(Row(label, ordered[0].get("model", label), _llm_enhanced(ordered[0]), ordered))
+    return rows
+
+
+def _protocol_note(records: list[dict[str, Any]]) -> str:
+    config = records[0].get("config") or {}
+    eval_args = config.get("eval_args") or {}
+    split = eval_args.get("split") or {}
+    split_text = ", ".join(f"{k} {v}" for k, v in split.items()) if isinstance(split, dict) else str(split)
+    order, mode = eval_args.get("order"), eval_args.get("mode")
+    mode = mode.get("test") if isinstance(mode, dict) else mode
+    filters = [f"{k} {config[k]}" for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval")
+               if config.get(k)]
+    parts = [f"split {split_text} ({order} order, split seed {records[0].get('split_seed')})" if split else "",
+             f"ranking: {mode}" if mode else "",
+             f"filters: {'; '.join(filters)}" if filters else "",
+             f"model selection: best validation {records[0].get('valid_metric')} with early stopping "
+             f"(patience {config.get('stopping_step')})" if config else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _tuning_note(all_records: list[dict[str, Any]], dataset: str, rows: list[Row]) -> str:
+    trials: dict[str, int] = defaultdict(int)
+    grids = set()
+    for record in all_records:
+        bench = record.get("bench") or {}
+        if record.get("dataset") == dataset and bench.get("phase") == "search":
+            trials[_label(record)] += 1
+            grids.add(bench.get("grid"))
+    if not trials:
+        return "no tuning recorded in these results (each row is the configuration it was run with)"
+    parts = [f"{row.label} {trials.get(row.label, 0) or 'no'} trial{'s' if trials.get(row.label, 0) != 1 else ''}"
+             for row in rows]
+    return (f"grid {', '.join(sorted(map(str, grids)))}: search trials per model (ASHA-pruned included; models "
+            f"with nothing to tune have none): {', '.join(parts)}; the best validation configuration is "
+            "reported on the seeds shown")
+
+
+def _environment_note(records: list[dict[str, Any]]) -> tuple[str, str]:
+    hardware, versions = set(), set()
+    for r in records:
+        hw = r.get("hardware") or {}
+        if hw:
+            gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"
+            hardware.add(f"{hw.get('cpu_count')} CPU cores ({hw.get('processor')}), {hw.get('memory_gb')} GB{gpu}")
+        v = r.get("versions") or {}
+        if v:
+            versions.add(", ".join(f"{k} {v[k]}" for k in ("recbole-llm", "recbole", "torch", "python") if k in v))
+    return "; ".join(sorted(hardware)) or "not recorded", "; ".join(sorted(versions)) or "not recorded"
+
+
+def build_boards(records: list[dict[str, Any]]) -> list[Board]:
+    """The tables, one per (dataset, protocol), rows sorted by the main metric (best first)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record.get("dataset"):
+            groups[(record["dataset"], record.get("protocol") or "general")].append(record)
+    boards = []
+    for (dataset, protocol), group in sorted(groups.items()):
+        rows = select_rows(group)
+        if not rows:
+            continue
+        present = {m for row in rows for r in row.records for m in r["test"]}
+        metrics = [m for m in METRICS.get(protocol, []) if m in present] or sorted(
+            m for m in present if "_" not in m)[:6]
+        extra = sorted(m for m in present if "_tail" in m or "_head" in m or "cold" in m)
+        valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
+        main = valid_metric if valid_metric in present else metrics[-1]
+        rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
+        ok_records = [r for row in rows for r in row.records]
+        hardware, versions = _environment_note(ok_records)
+        notes = {"protocol": _protocol_note(ok_records), "tuning": _tuning_note(records, dataset, rows),
+                 "hardware": hardware, "versions": versions}
+        boards.append(Board(dataset, protocol, rows, metrics, main, extra, notes))
+    return boards
+
+
+def _cell(board: Board, row: Row, metric: str, bold: tuple[str, str] = ("**", "**")) -> str:
+    mean, std = row.mean(metric), row.std(metric)
+    if mean is None:
+        return "-"
+    text = f"{mean:.4f} ± {std:.4f}" if len(row.values(metric)) > 1 else f"{mean:.4f}"
+    best = board.best(metric)
+    if best is not None and math.isclose(mean, best, rel_tol=0, abs_tol=1e-12):
+        text = f"{bold[0]}{text}{bold[1]}"
+    p = board.p_value(row, metric)
+    base = board.best_baseline(metric)
+    if p is not None and p < SIGNIFICANCE and base is not None:
+        text += " ▲" if mean > (base.mean(metric) or 0) else " ▼"
+    return text
+
+
+def _columns(board: Board) -> list[str]:
+    return ["model", "seeds", *board.metrics, f"p ({board.main_metric})", "train s", "epochs", "params"]
+
+
+def _row_cells(board: Board, row: Row, bold: tuple[str, str]) -> list[str]:
+    p = board.p_value(row, board.main_metric)
+    train, epochs, params = row.average("train_time_s"), row.average("epochs_run"), row.average("n_params")
+    return [row.label + ("" if row.llm_enhanced else " ◦"), str(len(row.records)),
+            *(_cell(board, row, m, bold) for m in board.metrics),
+            "-" if p is None else f"{p:.3f}",
+            "-" if train is None else f"{train:.1f}" if train < 100 else f"{train:.0f}",
+            "-" if epochs is None else f"{epochs:.0f}",
+            "-" if params is None else f"{params:.0f}" if params < 1000 else f"{params / 1e3:.0f}k"]
+
+
+LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; ◦: baseline (no LLM features); "
+          f"▲/▼: better/worse than the best baseline on that metric, paired t-test over shared seeds, p < {SIGNIFICANCE}; "
+          "p: that test's p-value on the main metric.")
+
+
+def render_markdown(boards: list[Board], source: str) -> str:
+    from tabulate import tabulate
+
+    out = ["# recbole-llm leaderboard", "", f"From `{source}`. {LEGEND}", ""]
+    for board in boards:
+        out += [f"## {board.dataset}, {board.protocol} protocol", ""]
+        out += [f"- **Protocol:** {board.notes['protocol']}; main metric {board.main_metric}",
+                f"- **Tuning:** {board.notes['tuning']}",
+                f"- **Hardware:** {board.notes['hardware']}",
+                f"- **Versions:** {board.notes['versions']}", ""]
+        rows = [_row_cells(board, row, ("**", "**")) for row in board.rows]
+        out += [tabulate(rows, headers=_columns(board), tablefmt="github", disable_numparse=True), ""]
+        if board.extra_metrics:
+            out += [f"Groups ({board.dataset}, {board.protocol}):", ""]
+            extra = [[row.label, *(_cell(board, row, m) for m in board.extra_metrics)] for row in board.rows]
+            out += [tabulate(extra, headers=["model", *board.extra_metrics], tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(out)
+
+
+SORT_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const table = th.closest('table'), body = table.tBodies[0];
+  const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+  const key = tr => { const c = tr.children[col]; const v = parseFloat(c.dataset.sort ?? c.textContent);
+                      return isNaN(v) ? c.textContent : v; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }).forEach(tr => body.appendChild(tr));
+}));
+"""
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f0f3f7; cursor: pointer; user-select: none; }
+th:hover { background: #dde5f0; }
+td:first-child, th:first-child { text-align: left; }
+tr.baseline td:first-child { color: #555; }
+.note { color: #444; font-size: 13px; margin: 2px 0; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+"""
+
+
+def _html_table(board: Board) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _columns(board))
+    body = []
+    for row in board.rows:
+        cells = _row_cells(board, row, ("<b>", "</b>"))
+        sort_values = [row.label, len(row.records), *(row.mean(m) for m in board.metrics),
+                       board.p_value(row, board.main_metric), row.average("train_time_s"),
+                       row.average("epochs_run"), row.average("n_params")]
+        tds = "".join(
+            f'<td data-sort="{"" if v is None else v}">{c if "<b>" in c else html.escape(c)}</td>'
+            for c, v in zip(cells, sort_values))
+        body.append(f'<tr class="{"llm" if row.llm_enhanced else "baseline"}">{tds}</tr>')
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _figures(board: Board, include_js: bool) -> str:
+    import plotly.graph_objects as go
+
+    labels = [row.label for row in board.rows]
+    bars = go.Figure()
+    for metric in board.metrics:
+        bars.add_bar(name=metric, x=labels, y=[row.mean(metric) for row in board.rows],
+                     error_y={"type": "data", "array": [row.std(metric) for row in board.rows]})
+    bars.update_layout(title=f"{board.dataset}: test metrics (mean ± std over seeds)", barmode="group",
+                       height=420, width=1150, margin={"b": 130})
+    scatter = go.Figure(go.Scatter(
+        x=[row.average("train_time_s") for row in board.rows], y=[row.mean(board.main_metric) for row in board.rows],
+        error_y={"type": "data", "array": [row.std(board.main_metric) for row in board.rows]},
+        mode="markers+text", text=labels, textposition="top center",
+        marker={"size": 11, "color": ["#d62728" if row.llm_enhanced else "#1f77b4" for row in board.rows]}))
+    scatter.update_layout(title=f"{board.dataset}: {board.main_metric} against training time "
+                                "(red: LLM-enhanced, blue: baselines)",
+                          xaxis={"title": "mean training time per run (s, log)", "type": "log"},
+                          yaxis={"title": board.main_metric}, height=460, width=1150)
+    return (bars.to_html(full_html=False, include_plotlyjs=include_js)
+            + scatter.to_html(full_html=False, include_plotlyjs=False))
+
+
+def render_html(boards: list[Board], source: str) -> str:
+    parts = [f"<h1>recbole-llm leaderboard</h1><p class='note'>From <code>{html.escape(source)}</code>. "
+             f"{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')} Click a column header to sort.</p>"]
+    for i, board in enumerate(boards):
+        parts.append(f"<h2>{html.escape(board.dataset)}, {html.escape(board.protocol)} protocol</h2>")
+        for name in ("protocol", "tuning", "hardware", "versions"):
+            parts.append(f"<p class='note'><b>{name.capitalize()}:</b> {html.escape(board.notes[name])}</p>")
+        parts.append(_html_table(board))
+        if board.extra_metrics:
+            head = "".join(f"<th>{html.escape(m)}</th>" for m in ["model", *board.extra_metrics])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in
+                                            [row.label, *(_cell(board, row, m, ("", "")) for m in board.extra_metrics)])
+                           + "</tr>" for row in board.rows)
+            parts.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+        parts.append(f"<div class='plots'>{_figures(board, include_js=(i == 0))}</div>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recbole-llm leaderboard</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SORT_SCRIPT}</script></body></html>")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[list[Board], list[Path], list[BadLine]]:
+    """Read ``results``, write leaderboard.md and leaderboard.html into ``out_dir``."""
+    results = Path(results)
+    if not results.is_file():
+        raise UserError(f"results file {results} does not exist; expected the JSONL written by "
+                        "`recbole-llm run` or `recbole-llm bench`")
+    bad: list[BadLine] = []
+    records = list(read_records(results, bad))
+    boards = build_boards(records)
+    if not boards:
+        raise UserError(f"{results} holds no finished run ({len(records)} records); expected records with status ok")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, page = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
+    _write_atomic(md, render_markdown(boards, results.name))
+    _write_atomic(page, render_html(boards, results.name))
+    return boards, [md, page], bad
+

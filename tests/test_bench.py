@@ -1,0 +1,116 @@
+"""The benchmark grid: spec expansion, real Ray Tune runs on the fixture, resume and failures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import recbole_llm  # noqa: F401
+from recbole_llm.bench.grid import load_grid, sample_space
+from recbole_llm.bench.tuner import run_grid
+from recbole_llm.cli import main
+from recbole_llm.errors import UserError
+from recbole_llm.records import read_records
+
+GRID = """\
+name: fixture
+datasets: [amazon-beauty]
+data_path: data
+overrides: {epochs: 1}
+search:
+  num_samples: 2
+  seed: 7
+  scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+final:
+  seeds: [7]
+models:
+  - model: BPR
+    fixed: {embedding_size: 16}
+    space:
+      learning_rate: {loguniform: [0.0001, 0.01]}
+  - model: BPR
+    label: BPR-broken
+    fixed: {learning_rate: -1.0}     # passes the config checks, fails when the optimizer is built
+"""
+
+
+def _write_grid(folder: Path, text: str = GRID) -> Path:
+    path = folder / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_expansion_is_deterministic_and_crosses_grid_dimensions(tmp_path: Path) -> None:
+    import numpy as np
+
+    space = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "n_layers": {"grid": [1, 2, 3]}}
+    draws = sample_space(space, 2, np.random.default_rng(0))
+    assert len(draws) == 6 and sorted({d["n_layers"] for d in draws}) == [1, 2, 3]
+    assert all(1e-4 <= d["learning_rate"] <= 1e-2 for d in draws)
+    assert draws == sample_space(space, 2, np.random.default_rng(0))
+
+    grid = load_grid(_write_grid(tmp_path))
+    bpr, broken = grid.models
+    first = [t.key for t in grid.search_trials("amazon-beauty", bpr)]
+    assert len(first) == 2 and first == [t.key for t in load_grid(tmp_path / "grid.yaml").search_trials("amazon-beauty", bpr)]
+    assert not grid.needs_search(broken)
+    final = grid.final_trials("amazon-beauty", bpr, {"learning_rate": 0.001})
+    assert [t.seed for t in final] == [7] and final[0].overrides["embedding_size"] == 16
+
+
+@pytest.mark.parametrize("change, message", [
+    ("num_samples: 2", "num_samples: 0"),
+    ("loguniform: [0.0001, 0.01]", "logunifrm: [0.0001, 0.01]"),
+    ("name: fixture", "name: fixture\nworkers: 3"),
+    ("fixed: {embedding_size: 16}", "fixed: {learning_rate: 0.1}"),
+])
+def test_bad_grid_specs_name_the_problem(tmp_path: Path, change: str, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        load_grid(_write_grid(tmp_path, GRID.replace(change, message, 1)))
+    assert "grid.yaml" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def ray_session(session_home: Path):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RECBOLE_LLM_HOME": str(session_home)}})
+    yield
+    ray.shutdown()
+
+
+def test_grid_runs_on_ray_tune_records_failures_and_resumes(tmp_path: Path, amazon_root: Path, ray_session) -> None:
+    grid = load_grid(_write_grid(tmp_path))
+    results = tmp_path / "results" / "runs.jsonl"
+    summary = run_grid(grid, results, progress=False)
+    records = list(read_records(results))
+    by_label = {}
+    for record in records:
+        by_label.setdefault(record["label"], []).append(record)
+    # two search trials of BPR (the final run on seed 7 is the best search trial itself), one failure
+    assert len(by_label["BPR"]) == 2 and {r["bench"]["phase"] for r in by_label["BPR"]} == {"search"}
+    assert {r["status"] for r in by_label["BPR"]} <= {"ok", "pruned"}
+    ok = [r for r in by_label["BPR"] if r["status"] == "ok"]
+    assert ok and all(r["epochs_run"] == 1 and r["test"]["ndcg@20"] > 0 for r in ok)
+    [failed] = by_label["BPR-broken"]
+    assert failed["status"] == "failed" and "learning rate" in failed["error"].lower()
+    assert summary.counts["failed"] == 1 and summary.skipped == 1  # the final seed reuses the search trial
+
+    with pytest.raises(UserError, match="--resume"):
+        run_grid(grid, results, progress=False)
+    again = run_grid(grid, results, resume=True, progress=False)
+    assert again.skipped == 3 and dict(again.counts) == {"failed": 1}  # failed trials are tried again
+    after = list(read_records(results))
+    assert len(after) == len(records) + 1 and after[-1]["label"] == "BPR-broken"
+
+
+def test_bench_cli_dry_run_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _write_grid(tmp_path)
+    assert main(["bench", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "BPR-broken" in out and "learning_rate=" in out and "seeds [7]" in out
+    assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,95 @@
+"""The leaderboard from a handmade results file: numbers, selection, marks, corrupt lines, HTML."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recbole_llm.bench.leaderboard import build_boards, leaderboard
+from recbole_llm.cli import main
+from recbole_llm.records import read_records
+
+NDCG = {  # label -> seed -> test ndcg@20
+    "LightGCN": {1: 0.30, 2: 0.31, 3: 0.32},
+    "AlphaRec(minilm)": {1: 0.33, 2: 0.35, 3: 0.34},
+    "Pop": {1: 0.20, 2: 0.20, 3: 0.20},
+}
+
+
+def _record(label: str, seed: int, ndcg: float, llm: bool, **extra) -> dict:
+    return {"model": label.split("(")[0], "label": label, "dataset": "ml-100k", "protocol": "general",
+            "seed": seed, "split_seed": 2020, "status": "ok", "llm_enhanced": llm,
+            "valid_metric": "NDCG@20", "best_valid_score": ndcg - 0.01,
+            "test": {"recall@20": ndcg + 0.05, "ndcg@20": ndcg}, "train_time_s": 10.0 * (2 if llm else 1),
+            "epochs_run": 20, "n_params": 12345, "overrides": {"learning_rate": 0.001},
+            "hardware": {"cpu_count": 2, "processor": "x86_64", "memory_gb": 24}, "versions": {"recbole": "1.2.1"},
+            "config": {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": {"test": "full"}},
+                       "stopping_step": 10},
+            **extra}
+
+
+def _results(tmp_path: Path) -> Path:
+    lines = []
+    for label, seeds in NDCG.items():
+        for seed, value in seeds.items():
+            lines.append(json.dumps(_record(label, seed, value, llm=label.startswith("AlphaRec"))))
+    # A search trial of LightGCN with another config and one seed: not the row shown.
+    lines.append(json.dumps(_record("LightGCN", 1, 0.99, False, overrides={"learning_rate": 0.1},
+                                    bench={"phase": "search", "grid": "g", "config_key": "other"})))
+    lines.insert(2, '{"model": "BPR", "dataset": "ml-1')  # a corrupt (truncated) line: line 3
+    lines.append(json.dumps({"model": "BPR", "label": "BPR", "dataset": "ml-100k", "status": "failed", "seed": 1,
+                             "error": "boom"}))
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
+    from scipy.stats import ttest_rel
+
+    path = _results(tmp_path)
+    bad = []
+    [board] = build_boards(list(read_records(path, bad)))
+    assert [b.line_number for b in bad] == [3]
+    assert [row.label for row in board.rows] == ["AlphaRec(minilm)", "LightGCN", "Pop"]  # by ndcg@20
+    alpha, lightgcn, pop = board.rows
+    assert lightgcn.seeds == [1, 2, 3] and lightgcn.mean("ndcg@20") == pytest.approx(0.31)
+    assert alpha.std("ndcg@20") == pytest.approx(statistics.stdev([0.33, 0.35, 0.34]))
+    assert board.best_baseline("ndcg@20") is lightgcn
+    expected_p = ttest_rel([0.33, 0.35, 0.34], [0.30, 0.31, 0.32]).pvalue
+    assert board.p_value(alpha, "ndcg@20") == pytest.approx(expected_p)
+    assert board.main_metric == "ndcg@20" and board.metrics == ["recall@20", "ndcg@20"]
+
+    boards, written, bad = leaderboard(path, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    alpha_line = next(line for line in md.splitlines() if line.startswith("| AlphaRec(minilm)"))
+    assert "**0.3400 ± 0.0100**" in alpha_line and "▲" in alpha_line and f"{expected_p:.3f}" in alpha_line
+    assert "| LightGCN ◦" in md and "0.3100 ± 0.0100" in md and "0.99" not in md
+    assert "LightGCN 1 trial" in md and "RS [0.8, 0.1, 0.1]" in md and "2 CPU cores" in md
+    page = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
+
+
+def test_leaderboard_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _results(tmp_path)
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board")]) == 0
+    out = capsys.readouterr()
+    assert "AlphaRec(minilm)" in out.out and "runs.jsonl:3" in out.out
+    assert (tmp_path / "board" / "leaderboard.html").is_file()
+    assert main(["leaderboard", str(tmp_path / "nothing.jsonl")]) == 2
+    assert "nothing.jsonl does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_leaderboard_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    leaderboard(_results(tmp_path), tmp_path)
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600",
+                    f"--screenshot={shot}", (tmp_path / "leaderboard.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    # A rendered page with tables and charts: a PNG far larger than a blank one (~5 kB).
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 40_000
