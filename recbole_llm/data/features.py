@@ -120,6 +120,9 @@ def _atomic_write_text(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; feature files are data to share
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
