@@ -20,6 +20,7 @@ data_path: data
 overrides: {epochs: 1}
 search:
   num_samples: 2
+  include_defaults: false
   seed: 7
   scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
 final:
@@ -49,6 +50,11 @@ def test_grid_expansion_is_deterministic_and_crosses_grid_dimensions(tmp_path: P
     assert len(draws) == 6 and sorted({d["n_layers"] for d in draws}) == [1, 2, 3]
     assert all(1e-4 <= d["learning_rate"] <= 1e-2 for d in draws)
     assert draws == sample_space(space, 2, np.random.default_rng(0))
+
+    with_defaults = load_grid(_write_grid(tmp_path, GRID.replace("include_defaults: false", "include_defaults: true")))
+    trials = with_defaults.search_trials("amazon-beauty", with_defaults.models[0])
+    assert len(trials) == 3 and "learning_rate" not in trials[0].overrides  # the model's defaults first
+    assert "model defaults" in trials[0].describe()
 
     grid = load_grid(_write_grid(tmp_path))
     bpr, broken = grid.models

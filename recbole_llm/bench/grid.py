@@ -8,6 +8,7 @@ A grid is datasets x models x search space x seeds::
     overrides: {epochs: 300}             # every trial of every model
     search:
       num_samples: 4                     # random draws per (model, dataset): the same for every model
+      include_defaults: true             # plus the model's own defaults as one more candidate
       seed: 2020                         # training seed of the search trials
       sampler_seed: 0                    # seed of the draws, so a grid always expands the same way
       scheduler: {name: asha, grace_period: 10, reduction_factor: 3}
@@ -46,7 +47,7 @@ SAMPLERS = ("choice", "uniform", "loguniform", "quniform", "qloguniform", "randi
 SCHEDULERS = ("asha", "fifo")
 GRID_KEYS = {"name", "description", "datasets", "data_path", "resources", "overrides", "search", "final", "models"}
 MODEL_KEYS = {"model", "label", "fixed", "space"}
-SEARCH_KEYS = {"num_samples", "seed", "sampler_seed", "scheduler", "overrides"}
+SEARCH_KEYS = {"num_samples", "seed", "sampler_seed", "scheduler", "overrides", "include_defaults"}
 FINAL_KEYS = {"seeds", "overrides"}
 
 
@@ -87,6 +88,8 @@ class Trial:
     def describe(self) -> str:
         tuned = {k: v for k, v in self.overrides.items() if k in self.entry.space}
         settings = ", ".join(f"{k}={_short(v)}" for k, v in tuned.items())
+        if self.entry.space and not tuned:
+            settings = "model defaults"
         return f"{self.entry.name} on {self.dataset} seed {self.seed}" + (f" ({settings})" if settings else "")
 
     def spec(self, grid: str, data_path: str | None) -> dict[str, Any]:
@@ -107,6 +110,7 @@ class Grid:
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     overrides: dict[str, Any] = field(default_factory=dict)
     num_samples: int = 1
+    include_defaults: bool = True
     search_seed: int = 2020
     sampler_seed: int = 0
     scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "asha"})
@@ -117,7 +121,10 @@ class Grid:
     def search_trials(self, dataset: str, entry: ModelEntry) -> list[Trial]:
         """The configurations tried for ``entry`` (one if it has nothing to tune)."""
         out: dict[str, Trial] = {}
-        for sampled in sample_space(entry.space, self.num_samples, self._rng(dataset, entry)):
+        draws = sample_space(entry.space, self.num_samples, self._rng(dataset, entry))
+        # The model's own defaults (its YAML: the paper's settings) are one more candidate for every
+        # model, so a tuned model is never worse on validation than the untuned one.
+        for sampled in ([{}] if self.include_defaults else []) + draws:
             overrides = {**self.overrides, **self.search_overrides, **entry.fixed, **sampled}
             trial = Trial("search", dataset, entry, overrides, self.search_seed)
             out.setdefault(trial.key, trial)
@@ -260,7 +267,8 @@ def load_grid(path: str | os.PathLike) -> Grid:
         data_path=str((path.parent / Path(data_path).expanduser()).resolve()) if data_path else None,
         resources={k: float(v) for k, v in resources.items()},
         overrides=_mapping(f"{path}: overrides", raw.get("overrides")),
-        num_samples=num_samples, search_seed=int(search.get("seed", 2020)),
+        num_samples=num_samples, include_defaults=bool(search.get("include_defaults", True)),
+        search_seed=int(search.get("seed", 2020)),
         sampler_seed=int(search.get("sampler_seed", 0)), scheduler=scheduler,
         search_overrides=_mapping(f"{path}: search.overrides", search.get("overrides")),
         final_seeds=seeds, final_overrides=_mapping(f"{path}: final.overrides", final.get("overrides")),

@@ -170,7 +170,7 @@ def best_settings(entry: ModelEntry, trials: list[Trial], finished: dict[str, di
     if not scored:
         return None
     _, _, trial = max(scored, key=lambda t: (t[0], t[1]))
-    return {k: trial.overrides[k] for k in entry.space}
+    return {k: trial.overrides[k] for k in entry.space if k in trial.overrides}
 
 
 def _tune(trials: list[Trial], grid: Grid, output: Path, data_path: str | None, scheduler: dict[str, Any],
