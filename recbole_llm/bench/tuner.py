@@ -202,6 +202,8 @@ def _tune(trials: list[Trial], grid: Grid, output: Path, data_path: str | None, 
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
     tuner.fit()
+    if len(recorder.recorded) < len(trials):  # Ray Tune returns quietly after Ctrl+C
+        raise KeyboardInterrupt(f"{len(trials) - len(recorder.recorded)} trials in flight were not recorded")
     return recorder.counts
 
 
