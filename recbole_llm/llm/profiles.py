@@ -10,6 +10,9 @@ The training interactions come from the general protocol's split (seeded by ``sp
 by RecBole itself, so no validation or test interaction can reach a profile. Profiles are appended
 to a JSONL file one record per id as they are generated: an interrupted run resumes without
 redoing finished ids. A change of generator, prompts, sample size or split starts afresh.
+
+The feature kinds ``user_profile`` / ``item_profile`` (RLMRec models) find these files for a run;
+they never generate them inside a run: a missing file is a UserError naming the command.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from recbole_llm.data.features import FeatureFile, feature_builder, read_feature_file
 from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
@@ -216,9 +220,8 @@ def build_profiles(
     """
     from recbole_llm.config import dataset_settings
     from recbole_llm.data.datasets import resolve_dataset
-    from recbole_llm.data.features import FeatureFile, ensure_text_features
+    from recbole_llm.data.features import ensure_text_features
     from recbole_llm.data.text import TextTemplate, item_texts, texts_hash
-    from recbole_llm.llm.encoders import slug
 
     folder = resolve_dataset(dataset, data_path)
     config = dataset_settings(dataset, "general")
@@ -247,11 +250,57 @@ def build_profiles(
                                       user_fp, "user profiles", progress)
     loaded.clear()  # free the generator before the encoder loads
 
-    name = f"{slug(settings.generator)}_{slug(encoder)}"
     files = []
     for kind, profiles, fp in (("item_profile", item_profiles, item_fp), ("user_profile", user_profiles, user_fp)):
-        ff = FeatureFile(folder, dataset, kind, name)
+        ff = profile_feature_file(folder, dataset, kind, settings.generator, encoder)
         files.append(ensure_text_features(
             ff, profiles, {"generator": settings.generator, "profiles_fingerprint": fp},
             encoder, device=device, dtype=dtype, progress=progress))
     return files[0], files[1]
+
+
+def profile_feature_file(folder: Path, dataset: str, kind: str, generator: str = "smollm2",
+                         encoder: str = "minilm") -> FeatureFile:
+    """The feature file of ``kind`` (item_profile or user_profile): profiles written by
+    ``generator``, encoded by ``encoder`` (slug ``<generator>_<encoder>``)."""
+    from recbole_llm.llm.encoders import slug
+
+    return FeatureFile(folder, dataset, kind, f"{slug(generator)}_{slug(encoder)}")
+
+
+def profile_command(folder: Path, dataset: str, generator: str, encoder: str) -> str:
+    """The command line that writes the profile feature files of ``generator`` and ``encoder``."""
+    from recbole_llm.data.datasets import data_root
+
+    where = "" if folder.parent.resolve() == data_root() else f" --data-path {folder.parent}"
+    return f"recbole-llm profile -d {dataset} --generator {generator} --encoder {encoder}{where}"
+
+
+def _existing_profiles(folder: Path, dataset: str, config_dict: dict[str, Any], kind: str) -> FeatureFile:
+    """The profile vectors a run asks for (``profile_generator``, ``llm_encoder``), validated.
+
+    Never generated here: profiles take about an hour for ml-100k on a CPU, so a missing file is a
+    UserError naming the command that writes it. Which ids must have a row is known only after
+    RecBole's filtering; the model checks that (``RLMRec`` models, on their aligned matrices).
+    """
+    generator = str(config_dict.get("profile_generator") or "smollm2")
+    encoder = str(config_dict.get("llm_encoder") or "minilm")
+    ff = profile_feature_file(folder, dataset, kind, generator, encoder)
+    if not ff.path.is_file():
+        command = profile_command(folder, dataset, generator, encoder)
+        raise UserError(f"{ff.path} is missing: RLMRec needs the {ff.entity} profiles of generator {generator} "
+                        f"encoded by {encoder}; expected it written by `{command}`")
+    read_feature_file(ff)  # header, numbers, one dimension, no NaN/inf
+    return ff
+
+
+@feature_builder("user_profile", "user")
+def user_profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
+    """The user profile vectors of the run's ``profile_generator`` and ``llm_encoder`` (must exist)."""
+    return _existing_profiles(folder, dataset, config_dict, "user_profile")
+
+
+@feature_builder("item_profile", "item")
+def item_profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
+    """The item profile vectors of the run's ``profile_generator`` and ``llm_encoder`` (must exist)."""
+    return _existing_profiles(folder, dataset, config_dict, "item_profile")

@@ -155,3 +155,14 @@ def build_projector(kind: str, d_in: int, d_out: int, hidden_multiplier: float) 
 
 def cosine(a: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1)
+
+
+def info_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
+    """Cosine InfoNCE: mean over rows i of -log e^{cos(a_i, p_i)/tau} / sum_c e^{cos(a_i, c)/tau}.
+
+    ``candidates`` [M, d] must hold every positive (in-batch negatives: pass ``positives`` itself),
+    as in SGL, SimGCL and RLMRec's alignment; the stable logsumexp form of the ratio.
+    """
+    a = F.normalize(anchors, dim=-1) / tau  # scale the [B, d] side, not the [B, M] scores
+    p, c = F.normalize(positives, dim=-1), F.normalize(candidates, dim=-1)
+    return (torch.logsumexp(a @ c.T, dim=1) - (a * p).sum(-1)).mean()

@@ -1,0 +1,216 @@
+"""RLMRec-Con / RLMRec-Gen on RecBole backbones, and SimGCL, on the tiny Amazon fixture with
+random profile vectors written straight into feature files (no LLM runs here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_llm  # noqa: F401
+from recbole_llm.data.features import dataset_ids, write_feature_file
+from recbole_llm.errors import UserError
+from recbole_llm.llm.profiles import profile_feature_file
+from recbole_llm.model.rlmrec import RLMRecCon, RLMRecGen
+from recbole_llm.runner import prepare, recbole_argv, run
+
+DATASET = "amazon-beauty"
+PROFILE_DIM = 24
+SMALL = {"embedding_size": 16, "train_batch_size": 64}  # several steps per epoch
+
+
+def write_profiles(root: Path, leave_out_user: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Random profile vectors for every user and item of the fixture, as `recbole-llm profile`
+    would leave them (smollm2 generator, minilm encoder); returns token -> vector per entity."""
+    folder = root / DATASET
+    rng = np.random.default_rng(7)
+    written = {}
+    for kind, entity in (("user_profile", "user"), ("item_profile", "item")):
+        ids = [t for t in dataset_ids(folder, DATASET, entity) if t != leave_out_user]
+        vectors = rng.normal(size=(len(ids), PROFILE_DIM)).astype(np.float32)
+        write_feature_file(profile_feature_file(folder, DATASET, kind), ids, vectors, {"generator": "smollm2"})
+        written[entity] = dict(zip(ids, vectors))
+    return written
+
+
+@pytest.fixture
+def profiled_root(amazon_root: Path) -> Path:
+    write_profiles(amazon_root)
+    return amazon_root
+
+
+def build(root: Path, model: str, **overrides):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    model_class, config_dict = prepare(model, DATASET, data_path=root, overrides={**SMALL, **overrides})
+    with recbole_argv():
+        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
+    init_seed(config["split_seed"], True)
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    net = model_class(config, train._dataset)
+    net.train()
+    return config, dataset, train, net
+
+
+def test_profiles_are_aligned_frozen_buffers(amazon_root: Path) -> None:
+    written = write_profiles(amazon_root)
+    _, dataset, train, model = build(amazon_root, "RLMRecCon")
+    assert not model.user_profiles.requires_grad and not model.item_profiles.requires_grad
+    assert {"user_profiles", "item_profiles"} <= {name for name, _ in model.named_buffers()}
+    assert not any("profile" in name for name, _ in model.named_parameters())
+    assert "user_profiles" not in model.state_dict()  # inputs, rebuilt from the feature files
+    for token in ("U003", "U017"):  # rows follow RecBole's ids, not the file's order
+        np.testing.assert_array_equal(model.user_profiles[dataset.token2id("user_id", token)].numpy(), written["user"][token])
+    np.testing.assert_array_equal(model.item_profiles[dataset.token2id("item_id", "B0011")].numpy(), written["item"]["B0011"])
+    loss = model.calculate_loss(next(iter(train)))
+    assert len(loss) == 2  # BPR (+ LightGCN's regulariser), alignment
+    sum(loss).backward()
+    assert model.user_profiles.grad is None and model.item_profiles.grad is None
+    assert model.mapper[0].weight.grad.abs().sum() > 0
+    assert model.backbone.user_embedding.weight.grad.abs().sum() > 0
+
+
+def test_alignment_reuses_the_backbones_propagation(profiled_root: Path) -> None:
+    for backbone, propagations in (("LightGCN", 1), ("SGL", 3), ("SimGCL", 3)):
+        _, _, train, model = build(profiled_root, "RLMRecCon", backbone=backbone)
+        calls = []
+        original = model.backbone.forward
+        model.backbone.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+        loss = model.calculate_loss(next(iter(train)))
+        assert len(calls) == propagations, backbone  # no extra propagation for the alignment
+        assert all(torch.isfinite(part) for part in loss) and model.backbone.main_view is None
+
+
+def test_mask_ratio_is_honoured(profiled_root: Path) -> None:
+    _, _, train, model = build(profiled_root, "RLMRecGen", mask_ratio=0.25)
+    real_nodes = 40 + 30
+    nodes = model.sample_masked_nodes()
+    assert len(nodes) == len(set(nodes.tolist())) == int(real_nodes * 0.25)
+    assert not {0, model.n_users} & set(nodes.tolist())  # padding user / item never masked
+    assert not torch.equal(nodes, model.sample_masked_nodes())  # a new draw every step
+    with torch.no_grad():
+        model.mask_token.fill_(3.0)
+    users, items = model._masked_ego(nodes)
+    ego = torch.cat([users, items])
+    masked = torch.zeros(len(ego), dtype=torch.bool)
+    masked[nodes] = True
+    assert (ego[masked] == 3.0).all()
+    original = torch.cat([model.backbone.user_embedding.weight, model.backbone.item_embedding.weight])
+    assert torch.equal(ego[~masked], original[~masked])
+    loss = model.calculate_loss(next(iter(train)))
+    sum(loss).backward()
+    assert model.mask_token.grad.abs().sum() > 0 and model.decoder[0].weight.grad.abs().sum() > 0
+    assert isinstance(model.backbone.user_embedding, torch.nn.Embedding)  # the real one is back
+    assert model.node_profiles.grad is None
+
+
+@pytest.mark.parametrize("model, backbone", [("RLMRecCon", "LightGCN"), ("RLMRecCon", "SGL"),
+                                             ("RLMRecGen", "SimGCL")])
+def test_zero_weight_reproduces_the_backbone(profiled_root: Path, model: str, backbone: str) -> None:
+    """Same seed, lambda = 0: the same metrics and, bit for bit, the same trained backbone (the
+    alignment draws nothing from the run's random streams, so sampling and noise stay the same)."""
+    weight = {"RLMRecCon": "align_weight", "RLMRecGen": "recon_weight"}[model]
+    common = dict(data_path=profiled_root, epochs=2, output=None, verbose=False)
+    plain = run(backbone, DATASET, overrides=SMALL, **common)
+    wrapped = run(model, DATASET, overrides={**SMALL, "backbone": backbone, weight: 0.0}, **common)
+    aligned = run(model, DATASET, overrides={**SMALL, "backbone": backbone}, **common)
+    assert wrapped["test"] == plain["test"] and wrapped["valid"] == plain["valid"]
+    assert wrapped["config"]["n_layers"] == plain["config"]["n_layers"]  # the backbone's own default
+    assert wrapped["label"] == aligned["label"] == f"RLMRec-{model[-3:]}({backbone})"
+    plain_state, wrapped_state, aligned_state = (torch.load(r["checkpoint"])["state_dict"] for r in (plain, wrapped, aligned))
+    for key, value in plain_state.items():
+        torch.testing.assert_close(wrapped_state[f"backbone.{key}"], value, rtol=0, atol=0)
+    assert not torch.equal(aligned_state["backbone.user_embedding.weight"], plain_state["user_embedding.weight"])
+
+
+def test_simgcl_trains_and_its_loss_decreases(profiled_root: Path) -> None:
+    config, _, train, model = build(profiled_root, "SimGCL")
+    assert config["eps"] == 0.1 and config["cl_weight"] == 0.5 and model.n_layers == 2
+    with torch.no_grad():  # readout: mean of layers 1..L, without the ego layer (reference SimGCL)
+        ego, graph = model.get_ego_embeddings(), model.norm_adj_matrix
+        layer_1 = torch.sparse.mm(graph, ego)
+        expected = (layer_1 + torch.sparse.mm(graph, layer_1)) / 2
+        torch.testing.assert_close(torch.cat(model.forward()), expected)
+        assert not torch.allclose(torch.cat(model.forward(perturbed=True)), expected)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = next(iter(train))
+    losses = []
+    for _ in range(25):
+        rec, cl = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        (rec + cl).backward()
+        optimizer.step()
+        losses.append((rec + cl).item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
+    model.eval()  # scores use the noise-free view: deterministic
+    first = model.full_sort_predict(batch)
+    model.restore_user_e = model.restore_item_e = None
+    torch.testing.assert_close(model.full_sort_predict(batch), first, rtol=0, atol=0)
+
+
+def test_gen_on_simgcl_runs_end_to_end(profiled_root: Path) -> None:
+    record = run("RLMRecGen", DATASET, data_path=profiled_root, epochs=2, output=None, verbose=False,
+                 overrides={**SMALL, "backbone": "SimGCL"})
+    assert record["label"] == "RLMRec-Gen(SimGCL)" and record["llm_enhanced"]
+    assert record["config"]["mask_ratio"] == 0.05 and record["config"]["recon_tau"] == 0.2  # SimGCL's row
+    assert 0 < record["test"]["recall@20"] <= 1
+
+
+def test_missing_profile_file_names_the_command(amazon_root: Path, capsys: pytest.CaptureFixture) -> None:
+    from recbole_llm.cli import main
+
+    with pytest.raises(UserError) as error:
+        run("RLMRecCon", DATASET, data_path=amazon_root, output=None, verbose=False)
+    message = str(error.value)
+    assert "amazon-beauty.user_profile_smollm2_minilm is missing" in message
+    assert (f"`recbole-llm profile -d amazon-beauty --generator smollm2 --encoder minilm "
+            f"--data-path {amazon_root.resolve()}`") in message
+    assert not list((amazon_root / DATASET).glob("*profile*"))  # nothing generated on the way
+    code = main(["run", "-m", "RLMRecGen", "-d", DATASET, "--data-path", str(amazon_root),
+                 "--set", "profile_generator=mymodel"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--generator mymodel" in err
+
+
+def test_profile_missing_for_a_kept_user(amazon_root: Path) -> None:
+    write_profiles(amazon_root, leave_out_user="U005")
+    with pytest.raises(UserError, match=r"1 users of amazon-beauty have no vector .*\(e.g. U005\)"):
+        build(amazon_root, "RLMRecCon")
+
+
+def test_shuffled_profiles_are_a_fixed_permutation(profiled_root: Path) -> None:
+    *_, plain = build(profiled_root, "RLMRecCon")
+    *_, shuffled = build(profiled_root, "RLMRecCon", shuffle_profiles=True, seed=5)
+    *_, again = build(profiled_root, "RLMRecCon", shuffle_profiles=True, seed=6)
+    for name in ("user_profiles", "item_profiles"):
+        a, b = getattr(plain, name), getattr(shuffled, name)
+        assert torch.equal(b[0], a[0])  # padding stays
+        assert not torch.equal(a, b)
+        assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))  # same vectors, other ids
+        assert torch.equal(b, getattr(again, name))  # one permutation whatever the run's seed
+
+
+def test_labels_and_settings() -> None:
+    assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL)"
+    assert RLMRecGen.run_label({"backbone": "LightGCN", "shuffle_profiles": True}) == \
+        "RLMRec-Gen(LightGCN, shuffled profiles)"
+    assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_generator": "/m/Llama-3-8B/", "llm_encoder": "minilm"}) == \
+        "RLMRec-Con(SimGCL, Llama-3-8B+minilm)"
+
+
+def test_backbone_settings_default_to_the_backbones_own(profiled_root: Path) -> None:
+    config, _, _, model = build(profiled_root, "RLMRecCon", backbone="SGL", ssl_weight=0.2, align_tau=0.3)
+    assert model.backbone.n_layers == 3 and model.backbone.type == "ED"  # RecBole's SGL.yaml
+    assert model.backbone.ssl_weight == 0.2 and model.align_tau == 0.3 and config["align_tau"] == 0.3
+    *_, gen = build(profiled_root, "RLMRecGen", backbone="SGL")
+    assert (gen.mask_ratio, gen.recon_tau, gen.recon_weight) == (0.2, 0.2, 0.1)  # the reference's SGL row
+
+
+def test_unknown_backbone(profiled_root: Path) -> None:
+    with pytest.raises(UserError, match="backbone 'NGCF' is not supported; expected one of LightGCN, SGL, SimGCL"):
+        build(profiled_root, "RLMRecCon", backbone="NGCF")
