@@ -392,6 +392,7 @@ def _train_and_evaluate(
     logging.getLogger().info(net)
     flops = get_flops(net, data, config["device"], logger, construct_transform(config))
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    groups = _longtail_groups(config, train_data)  # before training: a bad setting fails fast
     if zero_shot_state is not None:
         return _zero_shot_evaluate(config, net, trainer, zero_shot_state, valid_data, test_data, flops)
 
@@ -424,6 +425,9 @@ def _train_and_evaluate(
                 len(trainer.train_loss_dict), train_time)
     test_started = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    valid_result = dict(best_valid_result or {})
+    test_result = dict(test_result)
+    longtail = _add_longtail(trainer, groups, valid_data, test_data, valid_result, test_result)
     best = [point["epoch"] for point in curve if point["best"]]
     return {
         "model": config["model"],
@@ -433,8 +437,9 @@ def _train_and_evaluate(
         "split_seed": split_seed,
         "valid_metric": config["valid_metric"],
         "best_valid_score": best_valid_score,
-        "valid": dict(best_valid_result or {}),
-        "test": dict(test_result),
+        "valid": valid_result,
+        "test": test_result,
+        **({"longtail": longtail} if longtail else {}),
         "best_epoch": best[-1] if best else None,
         "epochs_run": len(trainer.train_loss_dict),
         "valid_curve": curve,
@@ -445,3 +450,26 @@ def _train_and_evaluate(
         "checkpoint": trainer.saved_model_file,
         "config": dict(config.final_config_dict),
     }
+
+def _longtail_groups(config: Any, train_data: Any) -> Any:
+    """The long-tail user and item groups of the run (``longtail_eval``), from its training split."""
+    from recbole_llm.evaluation.longtail import long_tail_groups, longtail_enabled
+
+    if not longtail_enabled(config):
+        return None
+    return long_tail_groups(train_data.dataset, float(config["longtail_head_ratio"]))
+
+
+def _add_longtail(trainer: Any, groups: Any, valid_data: Any, test_data: Any,
+                  valid_result: dict[str, Any], test_result: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge the best model's long-tail group metrics (``ndcg@10_tail_item`` ...) into the valid
+    and test results; returns the groups' thresholds and sizes for the record."""
+    if groups is None:
+        return None
+    from recbole_llm.evaluation.longtail import evaluate_longtail
+
+    out = evaluate_longtail(trainer, groups, {"valid": valid_data, "test": test_data})
+    valid_result.update(out["valid"])
+    test_result.update(out["test"])
+    logger.info("long-tail groups: %s", out["groups"])
+    return out["groups"]

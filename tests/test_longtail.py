@@ -1,0 +1,164 @@
+"""Long-tail evaluation (tail/head users and items) on a small dataset with uneven users and items,
+through real RecBole datasets, trainers and runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import recbole_llm  # noqa: F401
+from recbole_llm.errors import UserError
+from recbole_llm.evaluation.longtail import GROUPS, group_metrics, long_tail_groups, pareto_head
+from recbole_llm.registry import get_model_class
+from recbole_llm.runner import load_split, prepare, recbole_argv, run
+
+DATASET = "skewed"
+SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "train_batch_size": 64, "epochs": 2}
+
+
+def write_skewed_fixture(root: Path, name: str = DATASET, n_users: int = 50, n_items: int = 40) -> Path:
+    """Users with 6 to 25 interactions and items whose popularity falls off (a few are popular):
+    enough spread that head and tail groups are both non-empty."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    weights = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    weights /= weights.sum()
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(n_users):
+        length = 6 + (u * 7) % 20
+        items = rng.choice(n_items, size=length, replace=False, p=weights)
+        for k, item in enumerate(items):
+            lines.append(f"u{u}\ti{item}\t4.0\t{1_300_000_000 + 3_600 * (u * 50 + k)}")
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\ttitle:token_seq"]
+    items += [f"i{i}\tItem number {i}" for i in range(n_items)]
+    (folder / f"{name}.item").write_text("\n".join(items) + "\n")
+    return folder
+
+
+@pytest.fixture
+def skewed_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_skewed_fixture(root)
+    return root
+
+
+def split(root: Path, model: str = "SASRec", **overrides):
+    from recbole.config import Config
+
+    model_class, config_dict = prepare(model, DATASET, data_path=root, overrides={**SMALL, **overrides})
+    with recbole_argv():
+        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
+    return config, *load_split(config)
+
+
+def training_counts(config, data, train) -> tuple[dict[int, int], dict[int, int]]:
+    """Training interactions per user and per item, counted from the .inter file's time order
+    (sequential protocol: every user's last two interactions are validation and test)."""
+    import pandas as pd
+
+    frame = pd.read_csv(Path(config["data_path"]) / f"{DATASET}.inter", sep="\t")
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame = frame.astype({"user_id": str, "item_id": str})
+    # RecBole's 5-core filter keeps exactly the rows whose user and item both survive it.
+    kept_users, kept_items = set(data.field2token_id["user_id"]), set(data.field2token_id["item_id"])
+    frame = frame[frame.user_id.isin(kept_users) & frame.item_id.isin(kept_items)]
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    train_rows = frame.groupby("user_id", group_keys=False).apply(lambda g: g.iloc[:-2])
+    users = {int(data.token2id("user_id", u)): n for u, n in train_rows.user_id.value_counts().items()}
+    items = {int(data.token2id("item_id", i)): n for i, n in train_rows.item_id.value_counts().items()}
+    return users, items
+
+
+def test_pareto_head_takes_the_top_share_with_ties() -> None:
+    mask, threshold = pareto_head(np.array([1, 9, 3, 9, 2, 5, 4, 8, 7, 6]), 0.2)
+    assert mask.tolist() == [False, True, False, True, False, False, False, False, False, False]
+    assert threshold == 9
+    mask, threshold = pareto_head(np.array([5, 5, 5, 1, 1]), 0.2)  # ties at the boundary join the head
+    assert mask.sum() == 3 and threshold == 5
+    with pytest.raises(UserError, match="longtail_head_ratio"):
+        pareto_head(np.array([1, 2]), 1.0)
+
+
+def test_groups_partition_users_and_items_from_training_data_only(skewed_root: Path) -> None:
+    config, data, train, _, _ = split(skewed_root)
+    groups = long_tail_groups(train.dataset, 0.2)
+    users, items = training_counts(config, data, train)
+    for kind, n, head_name, tail_name, counts, threshold in (
+            ("users", data.user_num, "head_user", "tail_user", users, groups.user_threshold),
+            ("items", data.item_num, "head_item", "tail_item", items, groups.item_threshold)):
+        mask = groups.users if kind == "users" else groups.items
+        head, tail = mask(head_name), mask(tail_name)
+        assert not (head & tail).any(), kind                       # disjoint
+        assert (head | tail)[1:].all() and not (head | tail)[0]     # every real id, never padding
+        assert 0 < int(head.sum()) < n - 1, kind                    # both groups non-empty
+        # The head is defined by training counts only: the top 20%, ties included.
+        train_count = np.array([counts.get(i, 0) for i in range(1, n)])
+        assert (train_count[head[1:].numpy()] >= threshold).all()
+        assert (train_count[tail[1:].numpy()] < threshold).all()
+        assert int(head.sum()) >= np.ceil(0.2 * (n - 1))
+    assert groups.describe()["head_users"] + groups.describe()["tail_users"] == data.user_num - 1
+
+
+def test_group_metrics_partition_the_evaluated_rows(skewed_root: Path) -> None:
+    from recbole.utils import get_trainer, init_seed
+
+    config, data, train, valid, test = split(skewed_root)
+    init_seed(config["seed"], True)
+    model = get_model_class("SASRec")(config, train.dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    overall = trainer.evaluate(test, load_best_model=False)
+    groups = long_tail_groups(train.dataset, 0.2)
+    result = group_metrics(trainer, test, groups)
+    rows = result["rows"]
+    n_eval = data.user_num - 1  # leave-one-out: one test row per user
+    assert rows["tail_user"] + rows["head_user"] == n_eval
+    assert rows["tail_item"] + rows["head_item"] == n_eval  # one target per row: items split the rows too
+    assert all(rows[g] > 0 for g in GROUPS)
+    for metric in ("recall@10", "ndcg@10", "hit@5", "mrr@10"):
+        for a, b in (("tail_user", "head_user"), ("tail_item", "head_item")):
+            combined = (rows[a] * result[f"{metric}_{a}"] + rows[b] * result[f"{metric}_{b}"]) / n_eval
+            assert combined == pytest.approx(overall[metric], abs=2e-4), (metric, a)
+    # A group metric is RecBole's metric on that group's rows: the tail items' hit ratio equals
+    # the share of tail-target users with their target in the top 10.
+    target = test.dataset.inter_feat["item_id"]
+    tail_targets = groups.items("tail_item")[target]
+    assert int(tail_targets.sum()) == rows["tail_item"]
+
+
+def test_sequential_runs_record_group_metrics_and_general_runs_opt_in(skewed_root: Path) -> None:
+    record = run("SASRec", DATASET, data_path=skewed_root, overrides=SMALL, output="runs.jsonl", verbose=False)
+    for split_name in ("valid", "test"):
+        for group in GROUPS:
+            assert f"ndcg@10_{group}" in record[split_name] and f"recall@5_{group}" in record[split_name]
+    groups = record["longtail"]
+    assert groups["head_ratio"] == 0.2
+    assert groups["test_rows"]["tail_user"] + groups["test_rows"]["head_user"] == groups["head_users"] + groups["tail_users"]
+    assert record["valid"]["ndcg@10"] == record["best_valid_score"]
+
+    general = run("BPR", DATASET, data_path=skewed_root, overrides={"epochs": 1}, output=None, verbose=False)
+    assert not any("_tail" in key or "_head" in key for key in general["test"]) and "longtail" not in general
+    opted = run("BPR", DATASET, data_path=skewed_root, overrides={"epochs": 1, "longtail_eval": True,
+                                                                  "longtail_head_ratio": 0.3},
+                output=None, verbose=False)
+    assert "recall@10_tail_item" in opted["test"] and opted["longtail"]["head_ratio"] == 0.3
+    # General protocol: several test items per user; an item group counts only its own items.
+    assert opted["longtail"]["test_rows"]["tail_user"] + opted["longtail"]["test_rows"]["head_user"] <= 50
+
+
+def test_leaderboard_shows_the_group_columns(skewed_root: Path) -> None:
+    from recbole_llm.bench.leaderboard import build_boards
+    from recbole_llm.records import read_records
+
+    run("SASRec", DATASET, data_path=skewed_root, overrides={**SMALL, "epochs": 1}, output="runs.jsonl", verbose=False)
+    boards = build_boards([r for r in read_records(Path("runs.jsonl")) if r.get("status") == "ok"])
+    assert "ndcg@10_tail_item" in boards[0].extra_metrics and "recall@10_head_user" in boards[0].extra_metrics
+
+
+def test_bad_ratio_is_one_clear_error(skewed_root: Path) -> None:
+    with pytest.raises(UserError, match="longtail_head_ratio"):
+        run("SASRec", DATASET, data_path=skewed_root, overrides={**SMALL, "epochs": 1, "longtail_head_ratio": 1.5},
+            output=None, verbose=False)
+    assert not list(Path.cwd().glob("runs.jsonl"))
