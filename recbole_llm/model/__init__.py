@@ -1,6 +1,7 @@
 """recbole-llm's models; importing this package registers them."""
 from recbole_llm.model.alpharec import AlphaRec
 from recbole_llm.model.lightgcn_infonce import LightGCNInfoNCE
+from recbole_llm.model.llmesr import LLMESR
 from recbole_llm.model.rlmrec import RLMRecCon, RLMRecGen
 from recbole_llm.model.simgcl import SimGCL
 
