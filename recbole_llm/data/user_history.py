@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recbole_llm.data.features import FeatureFile, ensure_text_features, feature_builder
+from recbole_llm.data.features import FeatureFile, ensure_text_features, feature_builder, read_feature_file
 from recbole_llm.data.text import TextTemplate, item_texts
 from recbole_llm.errors import UserError
 
@@ -108,6 +108,13 @@ def user_history_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]
     digest = hashlib.sha256(json.dumps(sorted(histories.items())).encode()).hexdigest()[:16]
     encoder = config_dict.get("llm_encoder") or "minilm"
     ff = user_history_feature_file(folder, dataset, encoder)
+    if ff.path.is_file() and ff.meta() is None:  # the user's own file: say precisely what is missing
+        ids, _ = read_feature_file(ff)
+        missing = sorted(set(user_texts) - set(ids))
+        if missing:
+            raise UserError(f"{ff.path} has no vector for {len(missing)} users with training data "
+                            f"(e.g. {', '.join(missing[:3])}); expected one row per user, or no file "
+                            "(then `recbole-llm run` encodes the histories itself)")
     wanted = {"template": template.describe(), "history_items": limit, "histories": digest,
               "split": "sequential leave-one-out (training part)"}
     return ensure_text_features(ff, user_texts, wanted, encoder, device=config_dict.get("llm_device"),

@@ -1,0 +1,231 @@
+"""LLM-ESR on the tiny Amazon fixture: real RecBole datasets, trainers and runs. Item and
+user-history vectors are random and written straight into feature files (your own files, no
+metadata), except in the test of the user-history builder, which encodes with the packaged MiniLM."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_llm  # noqa: F401
+from recbole_llm.data.features import FeatureFile, dataset_ids, write_feature_file
+from recbole_llm.data.user_history import (
+    HISTORY_PREFIX,
+    sequential_training_histories,
+    training_sequences,
+    user_history_feature_file,
+    user_history_text,
+)
+from recbole_llm.errors import UserError
+from recbole_llm.model.llmesr import LLMESR, pca_reduce, similar_users
+from recbole_llm.runner import prepare, recbole_argv, run
+
+DATASET = "amazon-beauty"
+LLM_DIM = 24
+SMALL = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "train_batch_size": 64, "sim_user_num": 3}
+
+
+def write_vectors(root: Path, leave_out_user: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Random item and user-history vectors as your own feature files (no .json metadata)."""
+    folder = root / DATASET
+    rng = np.random.default_rng(11)
+    written = {}
+    for ff, entity in ((FeatureFile(folder, DATASET, "item", "minilm"), "item"),
+                       (user_history_feature_file(folder, DATASET), "user")):
+        ids = [t for t in dataset_ids(folder, DATASET, entity) if t != leave_out_user]
+        vectors = rng.normal(size=(len(ids), LLM_DIM)).astype(np.float32)
+        write_feature_file(ff, ids, vectors, {})
+        ff.meta_path.unlink()
+        written[entity] = dict(zip(ids, vectors))
+    return written
+
+
+@pytest.fixture
+def vector_root(amazon_root: Path) -> Path:
+    write_vectors(amazon_root)
+    return amazon_root
+
+
+def build(root: Path, **overrides):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    model_class, config_dict = prepare("LLMESR", DATASET, data_path=root, overrides={**SMALL, **overrides})
+    with recbole_argv():
+        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
+    init_seed(config["split_seed"], True)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    model = model_class(config, train.dataset)
+    return config, dataset, (train, valid, test), model
+
+
+def inter_histories(root: Path) -> dict[str, list[str]]:
+    """Every user's items in time order, read from the .inter file itself."""
+    rows = [line.split("\t") for line in (root / DATASET / f"{DATASET}.inter").read_text().splitlines()[1:]]
+    out: dict[str, list[tuple[float, str]]] = {}
+    for user, item, _, stamp in rows:
+        out.setdefault(user, []).append((float(stamp), item))
+    return {user: [item for _, item in sorted(events)] for user, events in out.items()}
+
+
+def test_user_histories_hold_training_items_only(amazon_root: Path) -> None:
+    _, config_dict = prepare("LLMESR", DATASET, data_path=amazon_root, overrides=SMALL)
+    histories = sequential_training_histories(DATASET, config_dict)
+    full = inter_histories(amazon_root)
+    assert set(histories) == set(full)
+    for user, items in full.items():
+        assert histories[user] == items[:-2]  # the last two are validation and test
+    text = user_history_text(["B0001", "B0002", "B0003"], {"B0001": "one", "B0002": "", "B0003": "three"}, 5)
+    assert text == HISTORY_PREFIX + "three; one"  # newest first, items without text left out
+    assert user_history_text(["B0001", "B0003"], {"B0001": "one", "B0003": "three"}, 1) == HISTORY_PREFIX + "three"
+
+
+def test_run_builds_the_user_history_file_with_the_encoder(amazon_root: Path) -> None:
+    record = run("LLMESR", DATASET, data_path=amazon_root, overrides={**SMALL, "epochs": 1}, output=None, verbose=False)
+    ff = user_history_feature_file(amazon_root / DATASET, DATASET)
+    meta = ff.meta()
+    assert meta["encoder"] == "minilm" and meta["count"] == 40 and meta["history_items"] == 20
+    assert record["label"] == "LLM-ESR" and record["llm_enhanced"]
+    assert record["config"]["llm_feature_fields"] == {"item": "item_minilm_id", "user_history": "user_history_minilm_id"}
+    assert "ndcg@10_tail_item" in record["test"] and "recall@5_head_user" in record["test"]
+    again = run("LLMESR", DATASET, data_path=amazon_root, overrides={**SMALL, "epochs": 1}, output=None, verbose=False)
+    assert ff.meta()["created"] == meta["created"]  # a cache hit: same histories, same encoder
+    assert again["test"] == record["test"]
+
+
+def test_teachers_exclude_the_user_and_use_training_sequences(vector_root: Path) -> None:
+    written = write_vectors(vector_root)
+    _, dataset, (train, _, _), model = build(vector_root)
+    n = SMALL["sim_user_num"]
+    assert model.similar.shape == (dataset.user_num, n)
+    users = torch.arange(1, dataset.user_num)
+    assert not (model.similar[users] == users.view(-1, 1)).any()  # never oneself
+    assert (model.similar[users] > 0).all() and (model.similar[0] == 0).all()
+    # Brute-force cosine retrieval over the users' LLM vectors.
+    tokens = [dataset.id2token("user_id", u) for u in users.tolist()]
+    vectors = np.stack([written["user"][t] for t in tokens])
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = normed @ normed.T
+    np.fill_diagonal(cosine, -np.inf)
+    expected = np.argsort(-cosine, axis=1, kind="stable")[:, :n] + 1
+    assert np.array_equal(np.sort(model.similar[users].numpy(), 1), np.sort(expected, 1))
+    # A teacher's sequence is its training sequence: never its validation or test item.
+    full = inter_histories(vector_root)
+    for user in users.tolist():
+        token = dataset.id2token("user_id", user)
+        length = int(model.train_len[user])
+        items = [dataset.id2token("item_id", i) for i in model.train_seq[user, :length].tolist()]
+        assert items == full[token][:-2][-model.max_seq_length:]
+    # The distillation target is the mean of the similar users' representations, without gradient.
+    model.eval()
+    batch = next(iter(train))
+    target_users = batch["user_id"]
+    teacher = model._teacher(target_users)
+    assert not teacher.requires_grad
+    sims = model.similar[target_users]
+    reps = model.forward(model.train_seq[sims.view(-1)], model.train_len[sims.view(-1)]).view(len(target_users), n, -1)
+    torch.testing.assert_close(teacher, reps.mean(1))
+    plain = torch.nn.functional.cross_entropy(model.full_sort_predict(batch), batch["item_id"])
+    expected_loss = plain + 0.1 * torch.nn.functional.mse_loss(model.forward(batch["item_id_list"], batch["item_length"]), teacher)
+    torch.testing.assert_close(model.calculate_loss(batch), expected_loss)
+
+
+def test_similar_users_skip_users_without_training_data() -> None:
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.05]])
+    candidates = torch.tensor([False, True, True, False, True])
+    out = similar_users(vectors, candidates, 1, chunk=2)
+    assert out[1].item() == 4 and out[4].item() == 1 and out[2].item() in (1, 4)
+    assert out[0].item() == 0 and out[3].item() == 0  # no training data: no teachers, never a teacher
+
+
+def test_pca_initialisation(vector_root: Path) -> None:
+    written = write_vectors(vector_root)
+    _, dataset, _, model = build(vector_root)
+    weight = model.item_embedding.weight.detach()
+    assert weight.shape == (dataset.item_num, SMALL["hidden_size"])
+    assert torch.equal(weight[0], torch.zeros(SMALL["hidden_size"]))
+    variances = weight[1:].var(0)
+    assert (variances[:-1] >= variances[1:]).all()  # components in decreasing order of variance
+    llm = np.stack([written["item"][dataset.id2token("item_id", i)] for i in range(1, dataset.item_num)])
+    centred = llm - llm.mean(0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    reference = centred @ vt[:SMALL["hidden_size"]].T  # the projections, up to each component's sign
+    np.testing.assert_allclose(np.abs(weight[1:].numpy()), np.abs(reference), atol=1e-4)
+    np.testing.assert_allclose(variances.numpy(), singular[:SMALL["hidden_size"]] ** 2 / (len(llm) - 1), rtol=1e-4)
+    assert torch.equal(model.item_llm[1:], torch.from_numpy(llm))  # aligned to RecBole ids
+    with pytest.raises(UserError, match="hidden_size <= 24"):
+        pca_reduce(llm, 25)
+
+
+def test_both_views_contribute(vector_root: Path) -> None:
+    _, _, (train, _, test), model = build(vector_root)
+    batch = next(iter(train))
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0     # collaborative view
+    assert model.adapter[0].weight.grad.abs().sum() > 0         # semantic view
+    assert model.semantic_to_collaborative.in_proj_weight.grad.abs().sum() > 0
+    assert "item_llm" not in dict(model.named_parameters()) and model.item_llm.grad is None  # frozen
+    model.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        full = model.full_sort_predict(interaction)
+        collaborative, semantic = model.view_scores(interaction)
+    torch.testing.assert_close(full, collaborative + semantic)
+    for part in (collaborative, semantic):
+        assert part.abs().mean() > 1e-3 * full.abs().mean()
+        assert not torch.equal(full.argsort(1), (full - part).argsort(1))  # removing a view changes the ranking
+    for view in ("collaborative", "semantic"):
+        _, _, _, single = build(vector_root, view=view)
+        assert not hasattr(single, "semantic_to_collaborative")
+        assert single.full_sort_predict(interaction).shape == full.shape
+        assert single.item_representations().shape[1] == SMALL["hidden_size"]
+
+
+def test_checkpoint_reload_gives_identical_scores(vector_root: Path) -> None:
+    from recbole.utils import get_trainer
+
+    from recbole_llm.inference import load_trained
+
+    config, _, (train, valid, test), model = build(vector_root, epochs=1)
+    config["checkpoint_dir"] = str(Path.cwd() / "checkpoints")
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    model.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+    reloaded = load_trained(trainer.saved_model_file)
+    with torch.no_grad():
+        again = reloaded.model.full_sort_predict(interaction)
+    assert torch.equal(scores, again)
+    assert torch.equal(reloaded.model.similar, model.similar)  # retrieval rebuilt identically from the files
+
+
+def test_alpha_zero_skips_distillation(vector_root: Path) -> None:
+    _, _, (train, _, _), model = build(vector_root, alpha=0.0)
+    assert model.similar.shape[1] == 0
+    model.eval()
+    batch = next(iter(train))
+    expected = torch.nn.functional.cross_entropy(model.full_sort_predict(batch), batch["item_id"])
+    torch.testing.assert_close(model.calculate_loss(batch), expected)
+    assert LLMESR.run_label({"alpha": 0.0, "view": "semantic"}) == "LLM-ESR(semantic view only, no distillation)"
+
+
+def test_bad_feature_files_are_one_clear_error(amazon_root: Path, capsys: pytest.CaptureFixture) -> None:
+    from recbole_llm.cli import main
+
+    write_vectors(amazon_root, leave_out_user="U005")
+    with pytest.raises(UserError, match=r"user_history_minilm has no vector for 1 users with training data \(e.g. U005\)"):
+        run("LLMESR", DATASET, data_path=amazon_root, overrides=SMALL, output=None, verbose=False)
+    code = main(["run", "-m", "LLMESR", "-d", DATASET, "--data-path", str(amazon_root), "--quiet", "--set", "view=both"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "U005" in err
+    write_vectors(amazon_root)
+    with pytest.raises(UserError, match="view='sideways'"):
+        build(amazon_root, view="sideways")
