@@ -106,7 +106,7 @@ def _add_profile_parser(sub: Any) -> None:
     p.add_argument("--generator", default="smollm2", help="smollm2 (default) or a local causal-LM folder")
     p.add_argument("--encoder", default="minilm", help="encoder for the profile texts (default minilm)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="length limit of each profile (default 96)")
-    p.add_argument("--history", type=int, default=10, help="training items shown per user (default 10)")
+    p.add_argument("--history", type=int, default=5, help="training items shown per user (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")

@@ -51,7 +51,7 @@ class ProfileSettings:
     generator: str = "smollm2"
     max_new_tokens: int = 96
     batch_size: int = 16
-    user_history: int = 10  # most recent training items shown per user
+    user_history: int = 5  # most recent training items shown per user (prompt length drives the cost)
 
     def fingerprint(self, system_prompt: str, extra: str = "") -> str:
         text = json.dumps([self.generator, self.max_new_tokens, self.user_history, system_prompt, extra])
@@ -189,11 +189,17 @@ def training_histories(dataset: str, data_path: str | Path | None = None) -> tup
     return histories, digest
 
 
+# Words of each item profile quoted in a user prompt: the prompt's length (prefill) dominates the
+# cost of a user profile on CPU, and the first sentences carry the description.
+ITEM_PROFILE_WORDS_IN_USER_PROMPT = 40
+
+
 def user_prompt(history: Sequence[str], item_texts: dict[str, str], item_profiles: dict[str, str], limit: int) -> str:
     lines = ["ITEMS THE USER INTERACTED WITH:"]
     for item in list(history)[-limit:]:
-        lines.append(json.dumps({"item": item_texts.get(item, ""), "enjoyed by": item_profiles.get(item, "")},
-                                ensure_ascii=False))
+        words = item_profiles.get(item, "").split()
+        profile = " ".join(words[:ITEM_PROFILE_WORDS_IN_USER_PROMPT]) + (" ..." if len(words) > ITEM_PROFILE_WORDS_IN_USER_PROMPT else "")
+        lines.append(json.dumps({"item": item_texts.get(item, ""), "enjoyed by": profile}, ensure_ascii=False))
     return "\n".join(lines)
 
 
@@ -245,7 +251,7 @@ def build_profiles(
         model, settings, item_fp, "item profiles", progress)
     user_inputs = {user: user_prompt(history, texts, item_profiles, settings.user_history)
                    for user, history in histories.items()}
-    user_fp = settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}")
+    user_fp = settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
     user_profiles = generate_profiles(users_path, user_inputs, USER_SYSTEM_PROMPT, model, settings,
                                       user_fp, "user profiles", progress)
     loaded.clear()  # free the generator before the encoder loads
