@@ -1,0 +1,242 @@
+"""TIGER (generative retrieval with semantic IDs) on the tiny Amazon fixture with MiniLM item vectors,
+plus the quantizers on synthetic clustered vectors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_llm  # noqa: F401
+from recbole_llm.data.features import FeatureFile, read_feature_file
+from recbole_llm.data.semantic_ids import ensure_semantic_ids
+from recbole_llm.errors import UserError
+from recbole_llm.model.quantizers import RQVAE, ResidualKMeans, collision_stats, disambiguate
+from recbole_llm.model.tiger import TIGER, build_trie
+from recbole_llm.runner import prepare, recbole_argv, run
+from tests.conftest import write_amazon_fixture
+
+TINY_T5 = {"t5_d_model": 32, "t5_d_ff": 64, "t5_d_kv": 8, "t5_num_heads": 2, "t5_num_layers": 1,
+           "tiger_user_buckets": 16}
+COLD_ITEM = "B0099"
+
+
+def _write_fixture_with_cold_item(root: Path) -> Path:
+    """The Amazon fixture plus one item that only ever is the *last* interaction of 5 users: it
+    passes 5-core filtering but has no training interaction under leave-one-out."""
+    folder = write_amazon_fixture(root)
+    with open(folder / "amazon-beauty.inter", "a") as f:
+        for u in range(5):
+            f.write(f"U{u:03d}\t{COLD_ITEM}\t5.0\t{1_400_000_000 + u}\n")
+    with open(folder / "amazon-beauty.item", "a") as f:
+        f.write(f"{COLD_ITEM}\tNew serum\tBeauty\t1\t'Beauty', 'Skin Care'\t9.99\tBrand1\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
+    """One data root for the module, so MiniLM encodes the fixture's items once."""
+    root = tmp_path_factory.mktemp("tiger-data")
+    _write_fixture_with_cold_item(root)
+    return root
+
+
+def _build(data_root: Path, **overrides):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    _, config_dict = prepare("TIGER", "amazon-beauty", data_path=data_root, overrides={**TINY_T5, **overrides})
+    with recbole_argv():
+        config = Config(model="TIGER", dataset="amazon-beauty", config_dict=config_dict)
+    init_seed(config["split_seed"], True)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    return config, dataset, train, valid, test, TIGER(config, train._dataset)
+
+
+def _clustered(n: int = 400, dim: int = 24, seed: int = 0) -> torch.Tensor:
+    """Vectors with a coarse and a fine cluster structure, like text embeddings of a catalogue."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(6, dim, generator=g) * 3
+    fine = torch.randn(6, 5, dim, generator=g)
+    a, b = torch.randint(6, (n,), generator=g), torch.randint(5, (n,), generator=g)
+    return coarse[a] + fine[a, b] + 0.1 * torch.randn(n, dim, generator=g)
+
+
+@pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
+def test_quantizer_reconstructs_better_than_random_codes(method: str) -> None:
+    x = _clustered()
+    torch.manual_seed(0)
+    if method == "rqkmeans":
+        quantizer = ResidualKMeans(levels=3, codebook_size=8, iters=50, seed=0).fit(x)
+    else:
+        quantizer = RQVAE(x.shape[1], levels=3, codebook_size=8, hidden_dims=(64,), latent_dim=8)
+        losses = quantizer.fit(x, epochs=60, batch_size=64, lr=3e-3, seed=0)
+        assert losses[-1] < losses[0]
+    codes = quantizer.codes(x)
+    assert codes.shape == (len(x), 3) and codes.min() >= 0 and codes.max() < 8
+    with torch.no_grad():
+        error = (quantizer.reconstruct(codes) - x).pow(2).sum(1).mean()
+        random_codes = torch.randint(8, codes.shape, generator=torch.Generator().manual_seed(1))
+        random_error = (quantizer.reconstruct(random_codes) - x).pow(2).sum(1).mean()
+    assert error < 0.5 * random_error, (float(error), float(random_error))
+
+
+def test_disambiguation_makes_ids_unique() -> None:
+    codes = np.array([[1, 2], [1, 2], [0, 3], [1, 2], [0, 3], [4, 4]])
+    full = disambiguate(codes)
+    assert full[:, -1].tolist() == [0, 1, 0, 2, 1, 0]  # numbered within each shared tuple, in row order
+    assert len(np.unique(full, axis=0)) == len(full)
+    assert collision_stats(codes) == {"colliding_items": 5, "colliding_tuples": 2, "max_items_per_tuple": 3}
+
+
+def test_semantic_id_file_is_recbole_readable_unique_and_cached(data_root: Path) -> None:
+    config, dataset, train, *_ = _build(data_root, semantic_id_codebook_size=4)
+    field = config["llm_feature_fields"]["semantic_ids"]
+    item_ff = FeatureFile(data_root / "amazon-beauty", "amazon-beauty", "item", "minilm")
+    ids, vectors = read_feature_file(item_ff)
+    ff = FeatureFile(data_root / "amazon-beauty", "amazon-beauty", "semantic_ids", field[len("semantic_ids_"):-len("_id")])
+    file_ids, codes = read_feature_file(ff)
+    assert file_ids == ids and codes.shape == (31, 4)  # 3 levels + the collision code, every item
+    assert len(np.unique(codes, axis=0)) == len(codes)
+    meta = json.loads(ff.meta_path.read_text())
+    assert meta["codebook_sizes"] == [4, 4, 4] and len(meta["codebook_usage"]) == 3
+    assert {"colliding_items", "colliding_tuples", "max_items_per_tuple", "reconstruction_mse"} <= set(meta)
+    # RecBole hands the codes over aligned to its internal item ids.
+    loaded = dataset.get_preload_weight(field)
+    for internal in (1, 5, 17):
+        token = dataset.id2token("item_id", internal)
+        np.testing.assert_array_equal(loaded[internal], codes[file_ids.index(token)])
+    # Cached: the same settings reuse the file; other settings get their own file.
+    mtime = ff.path.stat().st_mtime_ns
+    again = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4})
+    assert again.path == ff.path and ff.path.stat().st_mtime_ns == mtime
+    other = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4, "semantic_id_method": "rqvae", "rqvae_epochs": 2})
+    assert other.path != ff.path and other.path.is_file()
+
+
+def test_bad_settings_are_one_clear_error(data_root: Path) -> None:
+    with pytest.raises(UserError, match="larger than the 31 items"):
+        prepare("TIGER", "amazon-beauty", data_path=data_root, overrides={"semantic_id_codebook_size": 64})
+    with pytest.raises(UserError, match="semantic_id_method='pq'"):
+        prepare("TIGER", "amazon-beauty", data_path=data_root, overrides={"semantic_id_method": "pq"})
+    with pytest.raises(UserError, match="tiger_beam_size=5 is below the largest topk"):
+        _build(data_root, tiger_beam_size=5)
+
+
+def test_missing_item_vectors_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    folder = write_amazon_fixture(root)
+    # A user-supplied vector file (no metadata) that lacks item B0003.
+    ids = [f"B{i:04d}" for i in range(30) if i != 3]
+    lines = ["item_minilm_id:token\titem_minilm_emb:float_seq"] + [f"{i}\t0.1 0.2 0.3" for i in ids]
+    (folder / "amazon-beauty.item_minilm").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="no vector for 1 items"):
+        prepare("TIGER", "amazon-beauty", data_path=root)
+
+
+def test_trie_follows_the_codes() -> None:
+    codes = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0]])
+    items = np.array([7, 8, 9])
+    tables = build_trie(codes, items, [3, 2, 2])
+    assert tables[0].tolist() == [[0, -1, 1]]  # root: codes 0 and 2 continue
+    for row, item in zip(codes, items):
+        node = 0
+        for level, code in enumerate(row):
+            node = int(tables[level][node, code])
+        assert node == item
+
+
+def test_constrained_beams_only_yield_real_items(data_root: Path) -> None:
+    *_, train, valid, test, model = _build(data_root)
+    model.eval()
+    batch = next(iter(test))[0]
+    input_ids, mask = model.encoder_inputs(batch)
+    real = set(torch.nonzero(model.train_item_mask).view(-1).tolist())
+    items, scores = model.beam_search(input_ids, mask, beam_size=20, constrained=True)
+    assert items.shape == (len(input_ids), 20) and torch.isfinite(scores).all()
+    assert set(items.view(-1).tolist()) <= real
+    assert all(len(set(row)) == 20 for row in items.tolist())  # 20 distinct items per user
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+    # Without the trie an untrained model generates tuples that are no item: the invalid-beam rate.
+    model.reset_decode_stats()
+    free, free_scores = model.beam_search(input_ids, mask, beam_size=20, constrained=False)
+    assert set(free.view(-1).tolist()) <= real | {0}
+    stats = model.decode_stats
+    assert stats["invalid_beams"] == int((free == 0).sum()) > 0
+
+
+def test_training_loss_decreases(data_root: Path) -> None:
+    *_, train, _, _, model = _build(data_root)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = next(iter(train))
+    model.train()
+    losses = []
+    for _ in range(25):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+
+
+def test_ranking_handed_to_recbole_follows_the_beams(data_root: Path) -> None:
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, _, train, valid, test, model = _build(data_root, epochs=2)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    model.eval()
+    targets, beams_all = [], []
+    for batch in test:
+        interaction = batch[0]
+        items, beam_scores = model.recommend(interaction)
+        scores = model.full_sort_predict(interaction)
+        for row_items, row_scores in zip(items, scores):
+            order = row_scores.topk(20).indices
+            assert order.tolist() == row_items.tolist()  # RecBole's top-k is the beam order
+            assert torch.isinf(row_scores).sum() == model.n_items - 20  # the rest rank after the beams
+        # A beam's log-probability is the item's sequence log-likelihood (predict) under the model.
+        candidate = Interaction({**{c: interaction[c] for c in interaction.columns}, "item_id": items[:, 0]})
+        torch.testing.assert_close(model.predict(candidate), beam_scores[:, 0], rtol=1e-4, atol=1e-4)
+        targets.append(interaction["item_id"])
+        beams_all.append(items)
+    targets, beams_all = torch.cat(targets), torch.cat(beams_all)
+    hit = beams_all == targets.view(-1, 1)
+    rank = hit.float().argmax(1)
+    result = trainer.evaluate(test, load_best_model=False)
+    for k in (5, 10, 20):
+        found = hit[:, :k].any(1)
+        assert result[f"recall@{k}"] == pytest.approx(found.float().mean().item(), abs=1e-4)
+        ndcg = torch.where(found, 1.0 / torch.log2(rank.float() + 2), torch.zeros(()))
+        assert result[f"ndcg@{k}"] == pytest.approx(ndcg.mean().item(), abs=1e-4)
+    assert result["tiger_invalid_beam_rate"] == 0.0 and result["tiger_decode_users_per_s"] > 0
+
+
+def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> None:
+    _, dataset, *_, model = _build(data_root)
+    cold = dataset.token2id("item_id", COLD_ITEM)
+    assert not model.train_item_mask[cold] and model.n_trie_items == 30
+    *_, test, cold_model = _build(data_root, tiger_cold_start=True, tiger_beam_size=31)
+    assert cold_model.n_trie_items == 31
+    cold_model.eval()
+    batch = next(iter(test))[0]
+    items, _ = cold_model.recommend(batch)  # every item of the trie: the cold one is reachable
+    assert (items == cold).any(1).all()
+
+
+def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
+    record = run("TIGER", "amazon-beauty", data_path=data_root, epochs=1, output=tmp_path / "runs.jsonl",
+                 verbose=False, overrides={**TINY_T5, "semantic_id_method": "rqvae", "rqvae_epochs": 5})
+    assert record["label"] == "TIGER(rqvae)" and record["llm_enhanced"] and record["protocol"] == "sequential"
+    test = record["test"]
+    assert 0 <= test["recall@10"] <= 1 and test["tiger_invalid_beam_rate"] == 0.0
+    assert test["tiger_unseen_targets"] == 5 and test["tiger_unseen_recall@20"] == 0.0  # not in the trie
+    assert (tmp_path / "runs.jsonl").is_file()
