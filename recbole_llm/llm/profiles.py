@@ -54,7 +54,9 @@ class ProfileSettings:
     user_history: int = 5  # most recent training items shown per user (prompt length drives the cost)
 
     def fingerprint(self, system_prompt: str, extra: str = "") -> str:
-        text = json.dumps([self.generator, self.max_new_tokens, self.user_history, system_prompt, extra])
+        """What decides a profile's text: generator, length limit, prompt and its inputs (``extra``;
+        the user prompts, and so user_history, enter through it)."""
+        text = json.dumps([self.generator, self.max_new_tokens, system_prompt, extra])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
