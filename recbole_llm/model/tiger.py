@@ -26,6 +26,7 @@ often they were hit.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -52,6 +53,16 @@ FIRST_CODE_TOKEN = 2
 SMALL_CATALOGUE = 10_000
 T5_SMALL = {"t5_d_model": 64, "t5_d_ff": 256, "t5_d_kv": 16, "t5_num_heads": 4, "t5_num_layers": 2}
 T5_PAPER = {"t5_d_model": 128, "t5_d_ff": 1024, "t5_d_kv": 64, "t5_num_heads": 6, "t5_num_layers": 4}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument() -> str:
+    """transformers renamed T5's ``past_key_values`` argument to ``cache`` (5.x); use what is there."""
+    import inspect
+
+    from transformers import T5ForConditionalGeneration
+
+    return "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.forward).parameters else "past_key_values"
 
 
 def t5_sizes(config: Any, n_items: int) -> dict[str, int]:
@@ -242,24 +253,28 @@ class TIGER(SequentialRecommender):
         codes that continue a valid prefix (scores of the rest are -inf before the top-k, as
         ``prefix_allowed_tokens_fn`` would do); unconstrained, every token of the vocabulary competes.
         """
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
         from transformers.modeling_outputs import BaseModelOutput
 
         beam_size = beam_size or self.beam_size
         constrained = self.constrained if constrained is None else constrained
         batch = input_ids.shape[0]
-        encoded = self.t5.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         device = input_ids.device
-        prefix = torch.full((batch, 1, 1), PAD, dtype=torch.long, device=device)   # decoder start token
+        encoded = self.t5.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Incremental decoding: the cache keeps each beam's decoder states, and the cross-attention
+        # keys/values of each history computed once, at the first step. They are the same for all
+        # beams of a user, so they are only re-laid out when the number of beams per user changes;
+        # after the first step T5 reads only their shape from the encoder states it is given.
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        last = torch.full((batch, 1), PAD, dtype=torch.long, device=device)   # decoder start token
         node = torch.zeros(batch, 1, dtype=torch.long, device=device)
         score = torch.zeros(batch, 1, device=device)
+        history, history_mask = encoded, attention_mask
         for level in range(self.n_levels):
-            width = prefix.shape[1]
-            logits = self.t5(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.repeat_interleave(width, 0)),
-                attention_mask=attention_mask.repeat_interleave(width, 0),
-                decoder_input_ids=prefix.view(batch * width, -1), use_cache=False,
-            ).logits[:, -1]
-            log_probs = F.log_softmax(logits.float(), dim=-1).view(batch, width, -1)
+            width = node.shape[1]
+            out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=history), attention_mask=history_mask,
+                          decoder_input_ids=last, use_cache=True, **{_cache_argument(): cache})
+            log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1).view(batch, width, -1)
             table, offset, size = getattr(self, f"trie_{level}"), self.level_offsets[level], self.level_sizes[level]
             if constrained:
                 children = table[node.clamp_min(0)].masked_fill((node < 0).unsqueeze(-1), -1)   # [B, w, size]
@@ -278,8 +293,15 @@ class TIGER(SequentialRecommender):
                 ok = (code >= 0) & (code < size) & (parent_node >= 0)
                 node = torch.where(ok, table[parent_node.clamp_min(0), code.clamp(0, size - 1)], -1)
             node = node.masked_fill(torch.isinf(score), -1)
-            prefix = torch.cat([prefix.gather(1, parent.unsqueeze(-1).expand(-1, -1, prefix.shape[2])),
-                                token.unsqueeze(-1)], dim=2)
+            if level < self.n_levels - 1:
+                users = torch.arange(batch, device=device)
+                cache.self_attention_cache.reorder_cache((users.unsqueeze(1) * width + parent).view(-1))
+                new_width = node.shape[1]
+                if new_width != width:                                # one cross-attention row set per beam
+                    cache.cross_attention_cache.reorder_cache(users.repeat_interleave(new_width) * width)
+                    history = encoded.new_zeros(()).expand(batch * new_width, *encoded.shape[1:])
+                    history_mask = attention_mask.repeat_interleave(new_width, 0)
+                last = token.view(-1, 1)
         items = node.clamp_min(0)
         if items.shape[1] < beam_size:                                # fewer candidates than beams
             pad = beam_size - items.shape[1]

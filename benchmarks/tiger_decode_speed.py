@@ -1,0 +1,130 @@
+"""TIGER decoding throughput (users per second) on a dataset's test histories, on this machine.
+
+Compares, on the same model and the same users:
+
+- ``own loop, trie``: TIGER's beam search (``TIGER.beam_search``): one encoder pass, then one
+  decoder pass per code level over all beams of a batch, the trie applied as a gathered mask;
+- ``own loop, free``: the same without the trie (every token competes; reports the invalid-beam rate);
+- ``generate + prefix_allowed_tokens_fn``: transformers' ``generate`` (beam search) with the trie
+  walked in Python per beam and step, the usual way to constrain it.
+
+Usage (a trained checkpoint gives realistic beams; without one the model is freshly initialised,
+which costs the same to decode)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiger_decode_speed.py -d ml-100k --users 256 \
+        [--checkpoint RUN_FOLDER_OR_PTH] [--set MAX_ITEM_LIST_LENGTH=20 ...] [--hf-users 64]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def build(dataset: str, overrides: dict, checkpoint: str | None):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_llm.model.tiger import TIGER
+    from recbole_llm.runner import load_checkpoint, prepare, recbole_argv
+
+    if checkpoint:
+        state = load_checkpoint(checkpoint)
+        saved = state["config"]
+        keep = ("MAX_ITEM_LIST_LENGTH", "llm_encoder", "tiger_user_buckets")
+        keep += tuple(k for k in saved.final_config_dict if k.startswith(("semantic_id", "rqvae_", "rqkmeans_", "t5_")))
+        overrides = {**{k: saved[k] for k in keep if saved[k] is not None}, **overrides}
+    _, config_dict = prepare("TIGER", dataset, overrides=overrides)
+    with recbole_argv():
+        config = Config(model="TIGER", dataset=dataset, config_dict=config_dict)
+    init_seed(config["split_seed"], True)
+    data = create_dataset(config)
+    train, _, test = data_preparation(config, data)
+    init_seed(config["seed"], True)
+    model = TIGER(config, train._dataset)
+    if checkpoint:
+        model.load_state_dict(state["state_dict"])
+    return model.eval(), test
+
+
+def hf_generate(model, input_ids: torch.Tensor, mask: torch.Tensor, beams: int) -> torch.Tensor:
+    """Items of transformers' constrained beam search (0 where a beam is no item)."""
+    tables = [getattr(model, f"trie_{level}") for level in range(model.n_levels)]
+
+    def allowed(batch_id: int, prefix: torch.Tensor) -> list[int]:
+        node, level = 0, prefix.shape[0] - 1
+        for step, token in enumerate(prefix[1:].tolist()):
+            node = int(tables[step][node, token - model.level_offsets[step]])
+            if node < 0:
+                return [0]
+        if level >= model.n_levels:
+            return [0]
+        codes = torch.nonzero(tables[level][node] >= 0).view(-1)
+        return (codes + model.level_offsets[level]).tolist()
+
+    out = model.t5.generate(input_ids=input_ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
+                            max_new_tokens=model.n_levels, min_new_tokens=model.n_levels, do_sample=False,
+                            prefix_allowed_tokens_fn=allowed, length_penalty=0.0, early_stopping=True)
+    sequences = out[:, 1:1 + model.n_levels]
+    items = []
+    for row in sequences.tolist():
+        node = 0
+        for level, token in enumerate(row):
+            node = int(tables[level][node, token - model.level_offsets[level]]) if node >= 0 else -1
+        items.append(max(node, 0))
+    return torch.tensor(items).view(-1, beams)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-d", "--dataset", default="ml-100k")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--users", type=int, default=256, help="test users decoded by the own loop")
+    parser.add_argument("--hf-users", type=int, default=64, help="test users decoded by generate (slow); 0 skips it")
+    parser.add_argument("--beams", type=int, default=20)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    import recbole_llm  # noqa: F401
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.config import parse_overrides
+
+    model, test = build(args.dataset, parse_overrides(args.set), args.checkpoint)
+    model.beam_size = args.beams
+    rows = []
+    for batch in test:
+        rows.append(batch[0])
+        if sum(len(r) for r in rows) >= args.users:
+            break
+    batch = Interaction({c: torch.cat([r[c] for r in rows])[:args.users] for c in rows[0].columns})
+    print(f"{args.dataset}: {len(batch)} test users, beams {args.beams}, threads {torch.get_num_threads()}, "
+          f"{model.n_levels} tokens per item, trie of {model.n_trie_items} items")
+
+    results = {}
+    for name, constrained in (("own loop, trie", True), ("own loop, free", False)):
+        model.constrained = constrained
+        model.reset_decode_stats()
+        started = time.perf_counter()
+        items, _ = model.recommend(batch)
+        seconds = time.perf_counter() - started
+        stats = model.decode_stats
+        results[name] = items
+        print(f"{name:40s} {len(batch) / seconds:8.1f} users/s   invalid beams "
+              f"{stats['invalid_beams'] / max(stats['beams'], 1):.1%}")
+    if args.hf_users:
+        n = min(args.hf_users, len(batch))
+        input_ids, mask = model.encoder_inputs(batch[torch.arange(n)])
+        started = time.perf_counter()
+        with torch.no_grad():
+            hf_items = hf_generate(model, input_ids, mask, args.beams)
+        seconds = time.perf_counter() - started
+        same = (hf_items == results["own loop, trie"][:n]).float().mean().item()
+        print(f"{'generate + prefix_allowed_tokens_fn':40s} {n / seconds:8.1f} users/s   "
+              f"same item at the same rank as the own loop: {same:.1%}")
+
+
+if __name__ == "__main__":
+    main()
