@@ -198,7 +198,12 @@ class LLMESR(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    def _inputs(self, item_seq: torch.Tensor) -> list[torch.Tensor]:
+    def _semantic_items(self) -> torch.Tensor | None:
+        """adapter(e_llm) of every item: mapping the whole table once per step is far cheaper than
+        mapping every position of every sequence (the same values: the adapter acts row by row)."""
+        return self.adapter(self.item_llm) if self.view in ("both", "semantic") else None
+
+    def _inputs(self, item_seq: torch.Tensor, semantic_items: torch.Tensor | None) -> list[torch.Tensor]:
         """The encoder inputs of the active views (collaborative first), after cross-attention."""
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
         position_emb = self.position_embedding(positions)
@@ -206,8 +211,7 @@ class LLMESR(SequentialRecommender):
         if self.view in ("both", "collaborative"):
             inputs["collaborative"] = self.dropout(self.LayerNorm(self.item_embedding(item_seq) + position_emb))
         if self.view in ("both", "semantic"):
-            semantic = self.adapter(self.item_llm[item_seq])
-            inputs["semantic"] = self.dropout(self.LayerNorm(semantic + position_emb))
+            inputs["semantic"] = self.dropout(self.LayerNorm(semantic_items[item_seq] + position_emb))
         if self.cross_attention:
             padding = item_seq == 0
             co, se = inputs["collaborative"], inputs["semantic"]
@@ -215,9 +219,12 @@ class LLMESR(SequentialRecommender):
             inputs["semantic"] = self.collaborative_to_semantic(co, se, se, key_padding_mask=padding, need_weights=False)[0]
         return list(inputs.values())
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                semantic_items: torch.Tensor | None = None) -> torch.Tensor:
         """The user representation: the last position of each view, concatenated ([h_co, h_se])."""
-        inputs = self._inputs(item_seq)
+        if semantic_items is None:
+            semantic_items = self._semantic_items()
+        inputs = self._inputs(item_seq, semantic_items)
         views = len(inputs)
         # Both views through the shared encoder in one batch.
         mask = self.get_attention_mask(item_seq).repeat(views, 1, 1, 1)
@@ -225,28 +232,30 @@ class LLMESR(SequentialRecommender):
         output = self.gather_indexes(output, (item_seq_len - 1).repeat(views))
         return torch.cat(output.chunk(views, 0), dim=-1)
 
-    def item_representations(self) -> torch.Tensor:
+    def item_representations(self, semantic_items: torch.Tensor | None = None) -> torch.Tensor:
         """Every item's representation in the active views ([e_co, adapter(e_llm)])."""
         parts = []
         if self.view in ("both", "collaborative"):
             parts.append(self.item_embedding.weight)
         if self.view in ("both", "semantic"):
-            parts.append(self.adapter(self.item_llm))
+            parts.append(self._semantic_items() if semantic_items is None else semantic_items)
         return torch.cat(parts, dim=-1)
 
-    def _teacher(self, users: torch.Tensor) -> torch.Tensor:
+    def _teacher(self, users: torch.Tensor, semantic_items: torch.Tensor | None = None) -> torch.Tensor:
         """The mean representation of each user's similar users (their training sequences)."""
         teachers = self.similar[users]
         distinct, inverse = torch.unique(teachers, return_inverse=True)
         with torch.no_grad():
-            reps = self.forward(self.train_seq[distinct], self.train_len[distinct])
+            semantic = semantic_items.detach() if semantic_items is not None else None
+            reps = self.forward(self.train_seq[distinct], self.train_len[distinct], semantic)
         return reps[inverse].mean(dim=1)
 
     def calculate_loss(self, interaction):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        seq_output = self.forward(item_seq, item_seq_len)
+        semantic_items = self._semantic_items()
+        seq_output = self.forward(item_seq, item_seq_len, semantic_items)
         pos_items = interaction[self.POS_ITEM_ID]
-        items = self.item_representations()
+        items = self.item_representations(semantic_items)
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
             pos_score = (seq_output * items[pos_items]).sum(-1)
@@ -255,23 +264,27 @@ class LLMESR(SequentialRecommender):
         else:
             loss = self.loss_fct(seq_output @ items.T, pos_items)
         if self.alpha > 0:
-            loss = loss + self.alpha * F.mse_loss(seq_output, self._teacher(interaction[self.USER_ID]))
+            teacher = self._teacher(interaction[self.USER_ID], semantic_items)
+            loss = loss + self.alpha * F.mse_loss(seq_output, teacher)
         return loss
 
     def predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return (seq_output * self.item_representations()[interaction[self.ITEM_ID]]).sum(-1)
+        semantic_items = self._semantic_items()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], semantic_items)
+        return (seq_output * self.item_representations(semantic_items)[interaction[self.ITEM_ID]]).sum(-1)
 
     def full_sort_predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return seq_output @ self.item_representations().T
+        semantic_items = self._semantic_items()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], semantic_items)
+        return seq_output @ self.item_representations(semantic_items).T
 
     def view_scores(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-sort scores split by view, (<h_co, e_co>, <h_se, adapter(e_llm)>); they sum to
         ``full_sort_predict`` (both views only)."""
         if self.view != "both":
             raise ValueError("view_scores needs both views")
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        items = self.item_representations()
+        semantic_items = self._semantic_items()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], semantic_items)
+        items = self.item_representations(semantic_items)
         h = self.hidden_size
         return seq_output[:, :h] @ items[:, :h].T, seq_output[:, h:] @ items[:, h:].T
