@@ -1,0 +1,138 @@
+"""TIGER acceptance on ml-100k: SASRec vs TIGER(rqkmeans) vs TIGER(rqvae), seeds 2020, 1, 2.
+
+Every run is a plain ``recbole-llm run`` (sequential protocol of ml-100k plus
+``benchmarks/tiger_ml100k.yaml``), started in the background with ``OMP_NUM_THREADS=1``, at most
+``--jobs`` at a time; records go to ``--output`` (never results/runs.jsonl), logs next to it.
+Runs already in the output file (same label and seed) are skipped, so an interrupted session
+resumes. ``table`` prints mean ± std over seeds of the test metrics plus TIGER's own numbers.
+
+    .venv/bin/python benchmarks/tiger_acceptance.py run   --output /tmp/tiger_acceptance.jsonl
+    .venv/bin/python benchmarks/tiger_acceptance.py table --output /tmp/tiger_acceptance.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "tiger_ml100k.yaml"
+SEEDS = (2020, 1, 2)
+# (label, model, epochs cap, --set overrides). Early stopping (patience 10 on valid NDCG@10)
+# applies within the cap; TIGER's cap is what the CPU budget allows (one epoch is ~96k
+# teacher-forced sequences of 81 tokens).
+RUNS = (
+    ("SASRec", "SASRec", 30, {}),
+    ("TIGER(rqkmeans)", "TIGER", 3, {"semantic_id_method": "rqkmeans"}),
+    ("TIGER(rqvae)", "TIGER", 3, {"semantic_id_method": "rqvae"}),
+)
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+def _done(output: Path) -> set[tuple[str, int]]:
+    if not output.is_file():
+        return set()
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    return {(r["label"], r["seed"]) for r in records if r.get("status") == "ok"}
+
+
+def _command(model: str, seed: int, epochs: int, overrides: dict, output: Path) -> list[str]:
+    cmd = [str(Path(sys.executable).parent / "recbole-llm"), "run", "-m", model, "-d", "ml-100k",
+           "--config", str(CONFIG), "--seed", str(seed), "--epochs", str(epochs), "--output", str(output), "--quiet"]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
+def run_all(output: Path, jobs: int, only: list[str] | None = None) -> None:
+    import recbole_llm  # noqa: F401
+    from recbole_llm.runner import prepare
+
+    # Build the semantic-ID files once, before runs start side by side.
+    runs = [run for run in RUNS if not only or run[0] in only]
+    for _, model, _, overrides in runs:
+        if model == "TIGER":
+            prepare(model, "ml-100k", config_files=[CONFIG], overrides=overrides)
+    logs = output.with_suffix(".logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    queue = [(label, model, epochs, overrides, seed) for seed in SEEDS for label, model, epochs, overrides in runs
+             if (label, seed) not in _done(output)]
+    running: list[tuple[subprocess.Popen, str]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    while queue or running:
+        while queue and len(running) < jobs:
+            label, model, epochs, overrides, seed = queue.pop(0)
+            log = logs / f"{label.replace('(', '_').replace(')', '')}-{seed}.log"
+            proc = subprocess.Popen(_command(model, seed, epochs, overrides, output), env=env,
+                                    stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            running.append((proc, f"{label} seed {seed}"))
+            print(f"{time.strftime('%H:%M:%S')} started {label} seed {seed} (pid {proc.pid}, log {log})", flush=True)
+        time.sleep(10)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                print(f"{time.strftime('%H:%M:%S')} finished {name}: exit {proc.returncode}", flush=True)
+
+
+def _mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(output: Path) -> None:
+    import recbole_llm  # noqa: F401
+    from recbole_llm.data.semantic_ids import semantic_id_meta
+
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r.get("status") == "ok"]
+    head = ["model", "seeds", *[f"test {m}" for m in METRICS], "colliding items (tuples, max)",
+            "invalid beams", "decode users/s", "epochs (best)", "train s", "wall s"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for label, *_ in RUNS:
+        mine = sorted((r for r in records if r["label"] == label), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        cells = [label, ", ".join(str(r["seed"]) for r in mine)]
+        cells += [_mean_std([r["test"][m] for r in mine]) for m in METRICS]
+        meta = semantic_id_meta(mine[0]["config"]) if mine[0]["model"] == "TIGER" else None
+        cells.append(f"{meta['colliding_items']} ({meta['colliding_tuples']}, {meta['max_items_per_tuple']})" if meta else "-")
+        tiger = [r["test"] for r in mine if "tiger_invalid_beam_rate" in r["test"]]
+        cells.append(_mean_std([t["tiger_invalid_beam_rate"] for t in tiger], 3) if tiger else "-")
+        cells.append(_mean_std([t["tiger_decode_users_per_s"] for t in tiger], 1) if tiger else "-")
+        cells.append(", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in mine))
+        cells.append(_mean_std([r["train_time_s"] for r in mine], 0))
+        cells.append(_mean_std([r["wall_time_s"] for r in mine], 0))
+        print("| " + " | ".join(cells) + " |")
+    for label, *_ in RUNS:
+        for r in (r for r in records if r["label"] == label and "tiger_unseen_targets" in r["test"]):
+            print(f"{label} seed {r['seed']}: {r['test']['tiger_unseen_targets']} test targets unseen in training; "
+                  f"hardware {r['hardware'].get('cpu', r['hardware'])}")
+            break
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("--output", type=Path, default=Path("/tmp/tiger_acceptance.jsonl"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", action="append", help="run only this label (repeatable), e.g. SASRec")
+    args = parser.parse_args()
+    if args.output.resolve() == (HERE.parent / "results" / "runs.jsonl").resolve():
+        parser.error("write acceptance records elsewhere than results/runs.jsonl")
+    if args.action == "run":
+        run_all(args.output, args.jobs, args.only)
+    else:
+        table(args.output)
+
+
+if __name__ == "__main__":
+    main()
