@@ -240,3 +240,16 @@ def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     assert 0 <= test["recall@10"] <= 1 and test["tiger_invalid_beam_rate"] == 0.0
     assert test["tiger_unseen_targets"] == 5 and test["tiger_unseen_recall@20"] == 0.0  # not in the trie
     assert (tmp_path / "runs.jsonl").is_file()
+
+
+def test_defaults_scale_with_the_catalogue() -> None:
+    from recbole_llm.data.semantic_ids import default_codebook_size
+    from recbole_llm.model.tiger import T5_PAPER, T5_SMALL, t5_sizes
+
+    assert [default_codebook_size(n) for n in (30, 1682, 12101, 10**6)] == [8, 64, 128, 256]
+    small, paper = t5_sizes({}, 1683), t5_sizes({"t5_num_decoder_layers": 2}, 20_000)
+    assert small == {**T5_SMALL, "t5_num_decoder_layers": T5_SMALL["t5_num_layers"]}
+    assert paper == {**T5_PAPER, "t5_num_decoder_layers": 2}
+    assert t5_sizes({"t5_d_model": 96}, 1683)["t5_d_model"] == 96
+    with pytest.raises(UserError, match="t5_num_heads=0"):
+        t5_sizes({"t5_num_heads": 0}, 1683)
