@@ -53,6 +53,15 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def _done(path: str, model: str, seed: int) -> bool:
+    from recbole_llm.records import read_records
+
+    if not Path(path).is_file():
+        return False
+    return any(r.get("status") == "ok" and r.get("model") == model and r.get("seed") == seed
+               for r in read_records(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +75,18 @@ def main() -> None:
     if args.command == "run":
         import recbole_llm
 
-        recbole_llm.run(args.model, "ml-100k", config_files=[SETTINGS], seed=args.seed, output=args.output, verbose=False)
+        # A (model, seed) already recorded or running (lock file) is skipped, so runs can be
+        # started from several shells and an interrupted series resumes.
+        lock = Path(f"{args.output}.{args.model}_{args.seed}.lock")
+        if lock.exists() or _done(args.output, args.model, args.seed):
+            print(f"{args.model} seed {args.seed}: already recorded or running; skipped")
+            return
+        lock.touch()
+        try:
+            recbole_llm.run(args.model, "ml-100k", config_files=[SETTINGS], seed=args.seed, output=args.output,
+                            verbose=False)
+        finally:
+            lock.unlink(missing_ok=True)
     else:
         print(table(args.results))
 
