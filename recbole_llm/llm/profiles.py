@@ -3,8 +3,9 @@
 Following RLMRec's profiling design: the generator first writes, for every item, *what kind of
 user would enjoy it* (from the item's text); then, for every user, *what they like and dislike*,
 from a sample of their **training** interactions, each given with the item's text and its profile.
-Both answers are requested as JSON ``{"summarization": ..., "reasoning": ...}`` and the
-summarization is what gets encoded (small models that ignore the format keep their whole answer).
+Item answers are requested as RLMRec's JSON ``{"summarization": ..., "reasoning": ...}`` and the
+summarization is what gets encoded (answers that ignore the format are kept whole); user answers
+are plain sentences (see USER_SYSTEM_PROMPT).
 
 The training interactions come from the general protocol's split (seeded by ``split_seed``), built
 by RecBole itself, so no validation or test interaction can reach a profile. Profiles are appended
@@ -36,13 +37,13 @@ ITEM_SYSTEM_PROMPT = (
     '{"summarization": "<who would enjoy this item, at most 80 words>", '
     '"reasoning": "<a short justification>"}.'
 )
+# The user prompt asks for plain sentences, not RLMRec's JSON: the packaged 135M generator copied
+# the JSON template's placeholder ("<what this user likes ...>") as the answer for many users, which
+# gives them identical vectors; plain answers are at least about the user's items.
 USER_SYSTEM_PROMPT = (
     "You help a recommender system understand users. You will be given items a user has interacted "
-    "with, each with its information and a description of who enjoys it. Summarize what this user "
-    "likes and what they probably dislike: genres, themes, styles and other preferences. Answer only "
-    "with a JSON object of the form "
-    '{"summarization": "<what this user likes and dislikes, at most 80 words>", '
-    '"reasoning": "<a short justification>"}.'
+    "with, each with a short description of who enjoys it. In two or three sentences, describe what "
+    "this user likes and what they probably dislike: genres, themes, styles and moods."
 )
 
 
@@ -193,7 +194,7 @@ def training_histories(dataset: str, data_path: str | Path | None = None) -> tup
 
 # Words of each item profile quoted in a user prompt: the prompt's length (prefill) dominates the
 # cost of a user profile on CPU, and the first sentences carry the description.
-ITEM_PROFILE_WORDS_IN_USER_PROMPT = 40
+ITEM_PROFILE_WORDS_IN_USER_PROMPT = 20
 
 
 def user_prompt(history: Sequence[str], item_texts: dict[str, str], item_profiles: dict[str, str], limit: int) -> str:
