@@ -155,6 +155,8 @@ def test_leaderboard_shows_the_group_columns(skewed_root: Path) -> None:
     run("SASRec", DATASET, data_path=skewed_root, overrides={**SMALL, "epochs": 1}, output="runs.jsonl", verbose=False)
     boards = build_boards([r for r in read_records(Path("runs.jsonl")) if r.get("status") == "ok"])
     assert "ndcg@10_tail_item" in boards[0].extra_metrics and "recall@10_head_user" in boards[0].extra_metrics
+    # The board's own metrics (Recall/NDCG @5, @10) per group, not every metric@k of the record.
+    assert len(boards[0].extra_metrics) == 4 * 4 and "mrr@10_tail_item" not in boards[0].extra_metrics
 
 
 def test_bad_ratio_is_one_clear_error(skewed_root: Path) -> None:

@@ -207,7 +207,10 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         present = {m for row in rows for r in row.records for m in r["test"]}
         metrics = [m for m in METRICS.get(protocol, []) if m in present] or sorted(
             m for m in present if "_" not in m)[:6]
-        extra = sorted(m for m in present if "_tail" in m or "_head" in m or "cold" in m)
+        # Group metrics (ndcg@10_tail_item ...) of the board's own metrics only: a sequential
+        # record holds every metric@k for four groups, far too many columns to read.
+        extra = sorted(m for m in present if ("_tail" in m or "_head" in m or "cold" in m)
+                       and ("cold" in m or m.split("_", 1)[0] in metrics))
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
