@@ -89,8 +89,8 @@ def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2) -> LongTailGro
     sequential dataset rebuilds them from its augmented rows), so validation and test
     interactions never count towards popularity or sequence length.
     """
-    matrix = train_dataset.inter_matrix(form="csr").astype(np.float32)
-    matrix.data[:] = 1.0  # one count per interaction row (RecBole's matrix may sum duplicates)
+    # Entries are ones summed per (user, item): repeated interactions count each time.
+    matrix = train_dataset.inter_matrix(form="csr").astype(np.float64)
     user_counts = np.asarray(matrix.sum(axis=1)).ravel()
     item_counts = np.asarray(matrix.sum(axis=0)).ravel()
     n_users, n_items = train_dataset.user_num, train_dataset.item_num
