@@ -96,7 +96,7 @@ def table(output: Path) -> None:
     records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     records = [r for r in records if r.get("status") == "ok"]
     head = ["model", "seeds", *[f"test {m}" for m in METRICS], "colliding items (tuples, max)",
-            "invalid beams", "decode users/s", "epochs (best)", "train s", "wall s"]
+            "invalid beams", "decode users/s", "epochs (best, from 0)", "train s", "wall s"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for label, *_ in RUNS:
