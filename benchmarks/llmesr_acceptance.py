@@ -4,12 +4,12 @@ prints mean +- std over seeds of the test metrics, overall and per group.
     OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py run --seed 2020 --model LLMESR   # one run
     python benchmarks/llmesr_acceptance.py table /tmp/llmesr_acceptance.jsonl
 
-The session that produced the README's table ran the three LLM-ESR seeds at once and the
-SASRec seeds one after another beside them (four processes on a 2-core machine shared with
-other jobs):
+The README's table (records in results/llmesr-ml-100k.jsonl) came from the SASRec seeds run
+one after another on a shared, loaded 2-core machine, and the LLM-ESR seeds one after another on
+one core of the otherwise quiet machine:
 
-    for s in 2020 1 2; do OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py run --model LLMESR --seed $s & done
     for s in 2020 1 2; do OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py run --model SASRec --seed $s; done
+    for s in 2020 1 2; do OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py run --model LLMESR --seed $s; done
 
 Both models get the same settings: benchmarks/llmesr_ml100k.yaml.
 """
