@@ -214,3 +214,20 @@ def test_backbone_settings_default_to_the_backbones_own(profiled_root: Path) -> 
 def test_unknown_backbone(profiled_root: Path) -> None:
     with pytest.raises(UserError, match="backbone 'NGCF' is not supported; expected one of LightGCN, SGL, SimGCL"):
         build(profiled_root, "RLMRecCon", backbone="NGCF")
+
+
+@pytest.mark.parametrize("model", ["RLMRecCon", "RLMRecGen"])
+def test_alignment_follows_the_backbones_loss_reduction(profiled_root: Path, model: str) -> None:
+    """RecBole's SGL sums its losses over the batch, where the reference averages: the alignment is
+    summed too (batch size x its mean), so lambda weighs it against the backbone as in the reference."""
+    for backbone, summed in (("LightGCN", False), ("SGL", True)):
+        _, _, train, net = build(profiled_root, model, backbone=backbone)
+        batch = next(iter(train))
+        term = torch.tensor(2.0)
+        assert net.backbone.sums_over_batch is summed
+        assert float(net._backbone_scale(term, batch)) == (2.0 * len(batch) if summed else 2.0)
+        if model == "RLMRecCon":  # and the loss handed to the trainer carries that scale
+            last = net.calculate_loss(batch)[-1]
+            user_all, item_all = net.backbone.forward(*([net.backbone.train_graph] if summed else []))
+            mean = net.alignment_loss(user_all, item_all, batch[net.USER_ID], batch[net.ITEM_ID], batch[net.NEG_ITEM_ID])
+            torch.testing.assert_close(last, net.align_weight * mean * (len(batch) if summed else 1))

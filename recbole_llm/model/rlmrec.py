@@ -52,6 +52,10 @@ class _KeepsMainView:
     """Mixin for a backbone: keeps the output of its noise-free propagation during training."""
 
     main_view: tuple[torch.Tensor, torch.Tensor] | None = None
+    # RLMRec's terms are batch means, as every loss of the reference is. A backbone whose loss
+    # sums over the batch instead (RecBole's SGL) gets them summed too, so lambda keeps the
+    # reference's ratio to the backbone's loss rather than shrinking by the batch size.
+    sums_over_batch = False
 
     def _is_main_view(self, *args: Any, **kwargs: Any) -> bool:
         return True
@@ -68,6 +72,8 @@ class _LightGCNBackbone(_KeepsMainView, LightGCN):
 
 
 class _SGLBackbone(_KeepsMainView, SGL):
+    sums_over_batch = True  # RecBole's SGL: torch.sum over the batch for BPR and SSL
+
     def _is_main_view(self, graph: Any) -> bool:
         return graph is self.train_graph  # not one of the two edge-dropped views
 
@@ -210,6 +216,10 @@ class _RLMRec(GeneralRecommender):
             raise RuntimeError(f"backbone {self.backbone_name} computed no main view in calculate_loss")
         return loss, main_view
 
+    def _backbone_scale(self, term: torch.Tensor, interaction) -> torch.Tensor:
+        """A batch-mean term on the backbone's scale: summed over the batch if its loss is."""
+        return term * len(interaction) if self.backbone.sums_over_batch else term
+
     @staticmethod
     def _plus(loss: Any, extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The backbone's loss parts and one more; RecBole's trainer sums them and logs each."""
@@ -262,7 +272,7 @@ class RLMRecCon(_RLMRec):
             return loss  # exactly the backbone
         align = self.alignment_loss(user_all, item_all, interaction[self.USER_ID], interaction[self.ITEM_ID],
                                     interaction[self.NEG_ITEM_ID])
-        return self._plus(loss, self.align_weight * align)
+        return self._plus(loss, self.align_weight * self._backbone_scale(align, interaction))
 
 
 @register_model
@@ -328,4 +338,4 @@ class RLMRecGen(_RLMRec):
         with self._backbone_sees(*self._masked_ego(nodes)):
             loss, (user_all, item_all) = self._backbone_loss(interaction)
         recon = self.reconstruction_loss(torch.cat([user_all, item_all]), nodes)
-        return self._plus(loss, self.recon_weight * recon)
+        return self._plus(loss, self.recon_weight * self._backbone_scale(recon, interaction))
