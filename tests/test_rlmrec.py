@@ -220,14 +220,24 @@ def test_unknown_backbone(profiled_root: Path) -> None:
 def test_alignment_follows_the_backbones_loss_reduction(profiled_root: Path, model: str) -> None:
     """RecBole's SGL sums its losses over the batch, where the reference averages: the alignment is
     summed too (batch size x its mean), so lambda weighs it against the backbone as in the reference."""
+
+    def last_part(net, batch) -> torch.Tensor:
+        # Gen masks nodes from its own generator: replay the same draw for both computations.
+        state = net.mask_generator.get_state() if model == "RLMRecGen" else None
+        part = net.calculate_loss(batch)[-1]
+        if state is not None:
+            net.mask_generator.set_state(state)
+        return part
+
     for backbone, summed in (("LightGCN", False), ("SGL", True)):
         _, _, train, net = build(profiled_root, model, backbone=backbone)
         batch = next(iter(train))
-        term = torch.tensor(2.0)
         assert net.backbone.sums_over_batch is summed
-        assert float(net._backbone_scale(term, batch)) == (2.0 * len(batch) if summed else 2.0)
-        if model == "RLMRecCon":  # and the loss handed to the trainer carries that scale
-            last = net.calculate_loss(batch)[-1]
+        scaled = last_part(net, batch)
+        net.backbone.sums_over_batch = False  # the same step as a batch mean
+        mean = last_part(net, batch)
+        torch.testing.assert_close(scaled, mean * (len(batch) if summed else 1))
+        if model == "RLMRecCon":  # the mean is the reference's term: lambda x InfoNCE
             user_all, item_all = net.backbone.forward(*([net.backbone.train_graph] if summed else []))
-            mean = net.alignment_loss(user_all, item_all, batch[net.USER_ID], batch[net.ITEM_ID], batch[net.NEG_ITEM_ID])
-            torch.testing.assert_close(last, net.align_weight * mean * (len(batch) if summed else 1))
+            align = net.alignment_loss(user_all, item_all, batch[net.USER_ID], batch[net.ITEM_ID], batch[net.NEG_ITEM_ID])
+            torch.testing.assert_close(mean, net.align_weight * align)
