@@ -11,7 +11,7 @@ import torch
 
 import recbole_llm  # noqa: F401
 from recbole_llm.data.features import FeatureFile, read_feature_file
-from recbole_llm.data.semantic_ids import ensure_semantic_ids
+from recbole_llm.data.semantic_ids import ensure_semantic_ids, semantic_id_meta
 from recbole_llm.errors import UserError
 from recbole_llm.model.quantizers import RQVAE, ResidualKMeans, collision_stats, disambiguate
 from recbole_llm.model.tiger import TIGER, build_trie
@@ -239,6 +239,9 @@ def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     test = record["test"]
     assert 0 <= test["recall@10"] <= 1 and test["tiger_invalid_beam_rate"] == 0.0
     assert test["tiger_unseen_targets"] == 5 and test["tiger_unseen_recall@20"] == 0.0  # not in the trie
+    meta = semantic_id_meta(record["config"])  # the file's own count, over the same items
+    assert test["tiger_colliding_items"] == meta["colliding_items"]
+    assert test["tiger_max_items_per_tuple"] == meta["max_items_per_tuple"]
     assert (tmp_path / "runs.jsonl").is_file()
 
 

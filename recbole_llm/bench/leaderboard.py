@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
            "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]}
 SIGNIFICANCE = 0.05
 RUN_KEYS = ("seed", "checkpoint_dir")  # settings that differ between seeds of one configuration
+# A RecBole metric, optionally of a long-tail / cold-start group: ndcg@10, recall@20_tail_item. Any
+# other number in a record's test result is a model's own diagnostic (tiger_decode_users_per_s ...).
+METRIC_KEY = re.compile(r"^[a-z]+@\d+(_[a-z_]+)?$")
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Board:
     metrics: list[str]
     main_metric: str
     extra_metrics: list[str] = field(default_factory=list)  # long-tail / cold-start groups, if any
+    diagnostics: list[str] = field(default_factory=list)    # models' own numbers, e.g. TIGER's decoding
     notes: dict[str, str] = field(default_factory=dict)
 
     def best(self, metric: str) -> float | None:
@@ -211,6 +216,9 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         # record holds every metric@k for four groups, far too many columns to read.
         extra = sorted(m for m in present if ("_tail" in m or "_head" in m or "cold" in m)
                        and ("cold" in m or m.split("_", 1)[0] in metrics))
+        diagnostics = sorted(k for row in rows for r in row.records for k, v in r["test"].items()
+                             if not METRIC_KEY.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool))
+        diagnostics = list(dict.fromkeys(diagnostics))
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
@@ -218,7 +226,7 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         hardware, versions = _environment_note(ok_records)
         notes = {"protocol": _protocol_note(ok_records), "tuning": _tuning_note(records, dataset, rows),
                  "hardware": hardware, "versions": versions}
-        boards.append(Board(dataset, protocol, rows, metrics, main, extra, notes))
+        boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, notes))
     return boards
 
 
@@ -252,6 +260,29 @@ def _row_cells(board: Board, row: Row, bold: tuple[str, str]) -> list[str]:
             "-" if params is None else f"{params:.0f}" if params < 1000 else f"{params / 1e3:.0f}k"]
 
 
+def _plain(row: Row, key: str) -> str:
+    """Mean ± std of a diagnostic over the row's seeds ('-' where the row has none)."""
+    mean, std = row.mean(key), row.std(key)
+    if mean is None:
+        return "-"
+    return f"{mean:.4g} ± {std:.2g}" if len(row.values(key)) > 1 and std else f"{mean:.4g}"
+
+
+def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the tables under the main one: groups, then diagnostics."""
+    tables = []
+    if board.extra_metrics:
+        tables.append((f"Groups ({board.dataset}, {board.protocol})", ["model", *board.extra_metrics],
+                       [[row.label, *(_cell(board, row, m, bold) for m in board.extra_metrics)]
+                        for row in board.rows]))
+    if board.diagnostics:
+        mine = [row for row in board.rows if any(row.values(k) for k in board.diagnostics)]
+        tables.append((f"Model diagnostics ({board.dataset}, {board.protocol}; test split, mean over seeds)",
+                       ["model", *board.diagnostics], [[row.label, *(_plain(row, k) for k in board.diagnostics)]
+                                                       for row in mine]))
+    return tables
+
+
 LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; ◦: baseline (no LLM features); "
           f"▲/▼: better/worse than the best baseline on that metric, paired t-test over shared seeds, p < {SIGNIFICANCE}; "
           "p: that test's p-value on the main metric.")
@@ -269,10 +300,8 @@ def render_markdown(boards: list[Board], source: str) -> str:
                 f"- **Versions:** {board.notes['versions']}", ""]
         rows = [_row_cells(board, row, ("**", "**")) for row in board.rows]
         out += [tabulate(rows, headers=_columns(board), tablefmt="github", disable_numparse=True), ""]
-        if board.extra_metrics:
-            out += [f"Groups ({board.dataset}, {board.protocol}):", ""]
-            extra = [[row.label, *(_cell(board, row, m) for m in board.extra_metrics)] for row in board.rows]
-            out += [tabulate(extra, headers=["model", *board.extra_metrics], tablefmt="github", disable_numparse=True), ""]
+        for title, header, cells in _side_tables(board, ("**", "**")):
+            out += [f"{title}:", "", tabulate(cells, headers=header, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(out)
 
 
@@ -345,12 +374,11 @@ def render_html(boards: list[Board], source: str) -> str:
         for name in ("protocol", "tuning", "hardware", "versions"):
             parts.append(f"<p class='note'><b>{name.capitalize()}:</b> {html.escape(board.notes[name])}</p>")
         parts.append(_html_table(board))
-        if board.extra_metrics:
-            head = "".join(f"<th>{html.escape(m)}</th>" for m in ["model", *board.extra_metrics])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in
-                                            [row.label, *(_cell(board, row, m, ("", "")) for m in board.extra_metrics)])
-                           + "</tr>" for row in board.rows)
-            parts.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+        for title, header, cells in _side_tables(board, ("", "")):
+            head = "".join(f"<th>{html.escape(m)}</th>" for m in header)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+            parts.append(f"<p class='note'><b>{html.escape(title)}</b></p>"
+                         f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
         parts.append(f"<div class='plots'>{_figures(board, include_js=(i == 0))}</div>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recbole-llm leaderboard</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SORT_SCRIPT}</script></body></html>")

@@ -40,6 +40,7 @@ from recbole.utils import InputType, ModelType
 
 from recbole_llm.data.semantic_ids import describe, semantic_id_meta  # also registers the feature kind
 from recbole_llm.errors import UserError
+from recbole_llm.model.quantizers import collision_stats
 from recbole_llm.registry import register_model
 
 logger = logging.getLogger("recbole_llm")
@@ -108,7 +109,9 @@ class TIGERTrainer(Trainer):
 
     ``tiger_decode_users_per_s`` (users ranked per second of beam search), ``tiger_invalid_beam_rate``
     (returned beams that are no item), ``tiger_unseen_targets`` (evaluation targets without any
-    training interaction) and ``tiger_unseen_recall@K`` (how often those were in the top K).
+    training interaction) and ``tiger_unseen_recall@K`` (how often those were in the top K), plus
+    the semantic IDs' collisions over the dataset's items (``tiger_colliding_items``,
+    ``tiger_colliding_tuples``, ``tiger_max_items_per_tuple``: before the collision code).
     """
 
     def __init__(self, config, model):
@@ -141,6 +144,7 @@ class TIGERTrainer(Trainer):
             for k in self.config["topk"]:
                 result[f"tiger_unseen_recall@{k}"] = round(self._unseen[k] / self._unseen["targets"], 4)
         self._unseen = None
+        result.update(self.model.collisions)
         return result
 
 
@@ -170,6 +174,7 @@ class TIGER(SequentialRecommender):
         if len(np.unique(codes[1:], axis=0)) != self.n_items - 1:
             raise UserError("two items share one semantic ID; expected unique codes after the collision code")
         self.n_levels = codes.shape[1]                                # quantizer levels + collision code
+        self.collisions = {f"tiger_{k}": v for k, v in collision_stats(codes[1:, :-1]).items()}
         self.level_sizes = [int(codes[1:, level].max()) + 1 for level in range(self.n_levels)]
         offsets = np.cumsum([FIRST_CODE_TOKEN] + self.level_sizes[:-1])
         self.level_offsets = [int(o) for o in offsets]
