@@ -16,6 +16,7 @@ Both models get the same settings: benchmarks/llmesr_ml100k.yaml.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -64,6 +65,19 @@ def _done(path: str, model: str, seed: int) -> bool:
                for r in read_records(path))
 
 
+def _running_elsewhere(lock: Path) -> bool:
+    """Whether the lock's process (its PID is the file's text) is still alive; a lock left by a
+    killed run is stale and is taken over."""
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return pid != os.getpid()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,13 +91,13 @@ def main() -> None:
     if args.command == "run":
         import recbole_llm
 
-        # A (model, seed) already recorded or running (lock file) is skipped, so runs can be
-        # started from several shells and an interrupted series resumes.
+        # A (model, seed) already recorded or running (a lock file naming a live process) is
+        # skipped, so runs can be started from several shells and an interrupted series resumes.
         lock = Path(f"{args.output}.{args.model}_{args.seed}.lock")
-        if lock.exists() or _done(args.output, args.model, args.seed):
+        if _running_elsewhere(lock) or _done(args.output, args.model, args.seed):
             print(f"{args.model} seed {args.seed}: already recorded or running; skipped")
             return
-        lock.touch()
+        lock.write_text(str(os.getpid()))
         try:
             recbole_llm.run(args.model, "ml-100k", config_files=[SETTINGS], seed=args.seed, output=args.output,
                             verbose=False)
