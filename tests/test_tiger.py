@@ -185,6 +185,26 @@ def test_training_loss_decreases(data_root: Path) -> None:
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
 
 
+def test_inverse_sqrt_schedule_holds_then_decays(data_root: Path) -> None:
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, _, train, valid, _, model = _build(data_root, epochs=2, learning_rate=0.004, train_batch_size=16,
+                                               tiger_lr_schedule="inverse_sqrt", tiger_warmup_steps=2)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    steps = 2 * len(train)
+    assert steps > 2  # the fixture gives more than the warm-up
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * (2 / steps) ** 0.5)
+    # The default schedule leaves RecBole's constant rate alone.
+    config, _, train, valid, _, model = _build(data_root, epochs=1, learning_rate=0.004)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    assert trainer.lr_scheduler is None and trainer.optimizer.param_groups[0]["lr"] == 0.004
+    config, *_, model = _build(data_root, tiger_lr_schedule="cosine")
+    with pytest.raises(UserError, match="tiger_lr_schedule='cosine': expected constant or inverse_sqrt"):
+        TIGERTrainer(config, model)
+
+
 def test_ranking_handed_to_recbole_follows_the_beams(data_root: Path) -> None:
     from recbole.data.interaction import Interaction
 

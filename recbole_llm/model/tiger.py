@@ -117,6 +117,27 @@ class TIGERTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self._unseen: dict | None = None  # counters while evaluate() runs (not for other callers)
+        self.lr_schedule = str(config["tiger_lr_schedule"] or "constant").lower()
+        if self.lr_schedule not in ("constant", "inverse_sqrt"):
+            raise UserError(f"tiger_lr_schedule={self.lr_schedule!r}: expected constant or inverse_sqrt")
+        self.warmup_steps = config["tiger_warmup_steps"]
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 1):
+            raise UserError(f"tiger_warmup_steps={self.warmup_steps!r}: expected a positive number of steps "
+                            "(or ~ for one epoch)")
+        self.lr_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.lr_schedule == "inverse_sqrt" and self.lr_scheduler is None:
+            # The paper's schedule: the learning rate is constant for the first W steps, then
+            # lr * sqrt(W / step). W defaults to one epoch (the paper's 10k steps are more than a
+            # whole ml-100k training run). Stepped after every optimizer step.
+            warmup = self.warmup_steps or max(len(train_data), 1)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: 1.0 if step < warmup else (warmup / step) ** 0.5)
+            self.optimizer.register_step_post_hook(lambda *_: self.lr_scheduler.step())
+            logger.info("TIGER learning rate: %g for %d steps, then inverse square-root decay",
+                        self.learning_rate, warmup)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
