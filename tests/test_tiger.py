@@ -200,6 +200,8 @@ def test_inverse_sqrt_schedule_holds_then_decays(data_root: Path) -> None:
     trainer = TIGERTrainer(config, model)
     trainer.fit(train, valid, saved=False, show_progress=False)
     assert trainer.lr_scheduler is None and trainer.optimizer.param_groups[0]["lr"] == 0.004
+    assert TIGER.run_label({"semantic_id_method": "rqvae", "tiger_lr_schedule": "inverse_sqrt"}) \
+        == "TIGER(rqvae, inverse_sqrt)"  # its own leaderboard row
     config, *_, model = _build(data_root, tiger_lr_schedule="cosine")
     with pytest.raises(UserError, match="tiger_lr_schedule='cosine': expected constant or inverse_sqrt"):
         TIGERTrainer(config, model)

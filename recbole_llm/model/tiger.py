@@ -178,10 +178,14 @@ class TIGER(SequentialRecommender):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        """Leaderboard name: the quantizer, and the encoder when it is not the default."""
-        method = str(config.get("semantic_id_method") or "rqkmeans")
+        """Leaderboard name: the quantizer, then the encoder and schedule where not the defaults."""
+        parts = [str(config.get("semantic_id_method") or "rqkmeans")]
         encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
-        return f"TIGER({method})" if encoder == "minilm" else f"TIGER({method}, {encoder})"
+        if encoder != "minilm":
+            parts.append(encoder)
+        if str(config.get("tiger_lr_schedule") or "constant").lower() != "constant":
+            parts.append(str(config["tiger_lr_schedule"]).lower())
+        return f"TIGER({', '.join(parts)})"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
