@@ -28,7 +28,7 @@ def _record(label: str, seed: int, ndcg: float, llm: bool, **extra) -> dict:
             "epochs_run": 20, "n_params": 12345, "overrides": {"learning_rate": 0.001},
             "hardware": {"cpu_count": 2, "processor": "x86_64", "memory_gb": 24}, "versions": {"recbole": "1.2.1"},
             "config": {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": {"test": "full"}},
-                       "stopping_step": 10},
+                       "stopping_step": 10, "epochs": 20, "train_batch_size": 4096},
             **extra}
 
 
@@ -70,6 +70,7 @@ def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
     assert "**0.3400 ± 0.0100**" in alpha_line and "▲" in alpha_line and f"{expected_p:.3f}" in alpha_line
     assert "| LightGCN ◦" in md and "0.3100 ± 0.0100" in md and "0.99" not in md
     assert "LightGCN 1 trial" in md and "RS [0.8, 0.1, 0.1]" in md and "2 CPU cores" in md
+    assert "**Budget:** epoch cap 20; training batch 4096" in md
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
 

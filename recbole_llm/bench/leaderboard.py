@@ -168,6 +168,25 @@ def _protocol_note(records: list[dict[str, Any]]) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _budget_note(rows: list[Row], protocol: str) -> str:
+    """The training budget of the rows shown: epoch cap and batch (and history length for
+    sequential models), one value when all rows share it, else per row."""
+    def setting(key: str, name: str) -> str | None:
+        values = {row.label: (row.records[0].get("config") or {}).get(key) for row in rows}
+        known = {label: v for label, v in values.items() if v is not None}
+        if not known:
+            return None
+        if len({str(v) for v in known.values()}) == 1 and len(known) == len(values):
+            return f"{name} {next(iter(known.values()))}"
+        return f"{name}: " + ", ".join(f"{label} {v}" for label, v in known.items())
+
+    keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
+    if protocol == "sequential":
+        keys.append(("MAX_ITEM_LIST_LENGTH", "history length"))
+    parts = [text for key, name in keys if (text := setting(key, name))]
+    return "; ".join(parts) or "not recorded"
+
+
 def _tuning_note(all_records: list[dict[str, Any]], dataset: str, rows: list[Row]) -> str:
     trials: dict[str, int] = defaultdict(int)
     grids = set()
@@ -224,8 +243,8 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
         ok_records = [r for row in rows for r in row.records]
         hardware, versions = _environment_note(ok_records)
-        notes = {"protocol": _protocol_note(ok_records), "tuning": _tuning_note(records, dataset, rows),
-                 "hardware": hardware, "versions": versions}
+        notes = {"protocol": _protocol_note(ok_records), "budget": _budget_note(rows, protocol),
+                 "tuning": _tuning_note(records, dataset, rows), "hardware": hardware, "versions": versions}
         boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, notes))
     return boards
 
@@ -295,6 +314,7 @@ def render_markdown(boards: list[Board], source: str) -> str:
     for board in boards:
         out += [f"## {board.dataset}, {board.protocol} protocol", ""]
         out += [f"- **Protocol:** {board.notes['protocol']}; main metric {board.main_metric}",
+                f"- **Budget:** {board.notes['budget']}",
                 f"- **Tuning:** {board.notes['tuning']}",
                 f"- **Hardware:** {board.notes['hardware']}",
                 f"- **Versions:** {board.notes['versions']}", ""]
@@ -371,7 +391,7 @@ def render_html(boards: list[Board], source: str) -> str:
              f"{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')} Click a column header to sort.</p>"]
     for i, board in enumerate(boards):
         parts.append(f"<h2>{html.escape(board.dataset)}, {html.escape(board.protocol)} protocol</h2>")
-        for name in ("protocol", "tuning", "hardware", "versions"):
+        for name in ("protocol", "budget", "tuning", "hardware", "versions"):
             parts.append(f"<p class='note'><b>{name.capitalize()}:</b> {html.escape(board.notes[name])}</p>")
         parts.append(_html_table(board))
         for title, header, cells in _side_tables(board, ("", "")):
