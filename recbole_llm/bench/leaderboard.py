@@ -178,7 +178,10 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
             return None
         if len({str(v) for v in known.values()}) == 1 and len(known) == len(values):
             return f"{name} {next(iter(known.values()))}"
-        return f"{name}: " + ", ".join(f"{label} {v}" for label, v in known.items())
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for label, value in known.items():
+            by_value[str(value)].append(label)
+        return f"{name} " + ", ".join(f"{value} ({', '.join(labels)})" for value, labels in by_value.items())
 
     keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
     if protocol == "sequential":
