@@ -238,9 +238,8 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         # record holds every metric@k for four groups, far too many columns to read.
         extra = sorted(m for m in present if ("_tail" in m or "_head" in m or "cold" in m)
                        and ("cold" in m or m.split("_", 1)[0] in metrics))
-        diagnostics = sorted(k for row in rows for r in row.records for k, v in r["test"].items()
-                             if not METRIC_KEY.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool))
-        diagnostics = list(dict.fromkeys(diagnostics))
+        diagnostics = sorted({k for row in rows for r in row.records for k, v in r["test"].items()
+                              if not METRIC_KEY.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool)})
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
