@@ -69,13 +69,12 @@ def _running_elsewhere(lock: Path) -> bool:
     """Whether the lock's process (its PID is the file's text) is still alive; a lock left by a
     killed run is stale and is taken over."""
     try:
-        pid = int(lock.read_text().strip())
-        os.kill(pid, 0)
+        os.kill(int(lock.read_text().strip()), 0)  # signal 0: only asks whether the process exists
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return pid != os.getpid()
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return True
 
 
 def main() -> None:

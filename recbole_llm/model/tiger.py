@@ -103,6 +103,11 @@ def build_trie(codes: np.ndarray, items: np.ndarray, sizes: list[int]) -> list[t
     return tables
 
 
+def _schedule_name(value: Any) -> str:
+    """A ``tiger_lr_schedule`` value, normalised (unset means RecBole's constant rate)."""
+    return str(value or "constant").lower()
+
+
 class TIGERTrainer(Trainer):
     """RecBole's trainer, unchanged for training and full-ranking evaluation; each evaluation's
     result also carries TIGER's own numbers (kept out of RecBole's metric names):
@@ -117,7 +122,7 @@ class TIGERTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self._unseen: dict | None = None  # counters while evaluate() runs (not for other callers)
-        self.lr_schedule = str(config["tiger_lr_schedule"] or "constant").lower()
+        self.lr_schedule = _schedule_name(config["tiger_lr_schedule"])
         if self.lr_schedule not in ("constant", "inverse_sqrt"):
             raise UserError(f"tiger_lr_schedule={self.lr_schedule!r}: expected constant or inverse_sqrt")
         self.warmup_steps = config["tiger_warmup_steps"]
@@ -183,8 +188,9 @@ class TIGER(SequentialRecommender):
         encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
         if encoder != "minilm":
             parts.append(encoder)
-        if str(config.get("tiger_lr_schedule") or "constant").lower() != "constant":
-            parts.append(str(config["tiger_lr_schedule"]).lower())
+        schedule = _schedule_name(config.get("tiger_lr_schedule"))
+        if schedule != "constant":
+            parts.append(schedule)
         return f"TIGER({', '.join(parts)})"
 
     def __init__(self, config, dataset):
