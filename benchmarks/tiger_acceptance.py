@@ -3,17 +3,21 @@
 Every run is a plain ``recbole-llm run`` (sequential protocol of ml-100k plus
 ``benchmarks/tiger_ml100k.yaml``), started in the background with ``OMP_NUM_THREADS=1``, at most
 ``--jobs`` at a time; records go to ``--output`` (never results/runs.jsonl), logs next to it.
-Runs already in the output file (same label and seed) are skipped, so an interrupted session
-resumes. ``table`` prints mean ± std over seeds of the test metrics plus TIGER's own numbers.
+Runs already in the output file (same label and seed) are skipped. Each run has a fixed run folder
+next to the output (``OUTPUT.runs/LABEL-SEED``), so a run stopped mid-training (a closed session)
+continues after its last epoch (``recbole-llm resume``) when the script is started again.
+``table`` prints mean ± std over seeds of the test metrics plus TIGER's own numbers. The default
+output is $RECBOLE_LLM_HOME/acceptance/tiger_plateau.jsonl (a home that outlives /tmp).
 
-    .venv/bin/python benchmarks/tiger_acceptance.py run   --output /tmp/tiger_plateau.jsonl
-    .venv/bin/python benchmarks/tiger_acceptance.py table --output /tmp/tiger_plateau.jsonl
+    .venv/bin/python benchmarks/tiger_acceptance.py run [--jobs 2] [--only 'TIGER(rqvae)']
+    .venv/bin/python benchmarks/tiger_acceptance.py table
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,9 +46,14 @@ def _done(output: Path) -> set[tuple[str, int]]:
     return {(r["label"], r["seed"]) for r in records if r.get("status") == "ok"}
 
 
-def _command(model: str, seed: int, overrides: dict, output: Path) -> list[str]:
-    cmd = [str(Path(sys.executable).parent / "recbole-llm"), "run", "-m", model, "-d", "ml-100k",
-           "--config", str(CONFIG), "--seed", str(seed), "--output", str(output), "--quiet"]
+def _command(model: str, seed: int, overrides: dict, output: Path, run_dir: Path) -> list[str]:
+    """``recbole-llm resume`` for a run stopped mid-training, else a fresh ``recbole-llm run``."""
+    executable = str(Path(sys.executable).parent / "recbole-llm")
+    if (run_dir / "resume" / "request.json").is_file():
+        return [executable, "resume", str(run_dir), "--quiet"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed before training: begin again
+    cmd = [executable, "run", "-m", model, "-d", "ml-100k", "--config", str(CONFIG), "--seed", str(seed),
+           "--output", str(output), "--run-dir", str(run_dir), "--quiet"]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     return cmd
@@ -68,11 +77,12 @@ def run_all(output: Path, jobs: int, only: list[str] | None = None) -> None:
     while queue or running:
         while queue and len(running) < jobs:
             label, model, overrides, seed = queue.pop(0)
-            log = logs / f"{label.replace('(', '_').replace(')', '')}-{seed}.log"
-            proc = subprocess.Popen(_command(model, seed, overrides, output), env=env,
-                                    stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            name = f"{label.replace('(', '_').replace(')', '')}-{seed}"
+            command = _command(model, seed, overrides, output, output.with_suffix(".runs") / name)
+            log = logs / f"{name}.log"
+            proc = subprocess.Popen(command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT)
             running.append((proc, f"{label} seed {seed}"))
-            print(f"{time.strftime('%H:%M:%S')} started {label} seed {seed} (pid {proc.pid}, log {log})", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {command[1]} {label} seed {seed} (pid {proc.pid}, log {log})", flush=True)
         time.sleep(10)
         for proc, name in list(running):
             if proc.poll() is not None:
@@ -123,7 +133,9 @@ def table(output: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("run", "table"))
-    parser.add_argument("--output", type=Path, default=Path("/tmp/tiger_plateau.jsonl"))
+    from recbole_llm.data.datasets import home
+
+    parser.add_argument("--output", type=Path, default=home() / "acceptance" / "tiger_plateau.jsonl")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", action="append", help="run only this label (repeatable), e.g. SASRec")
     args = parser.parse_args()

@@ -24,7 +24,11 @@ Settings come, lowest priority first, from RecBole's defaults, recbole-llm's pro
 the model's YAML, the dataset's YAML (its general or sequential protocol), --config files, then
 --set and the flags. The run prints a table of validation and test metrics and appends one JSON
 record to the results file (default results/runs.jsonl); logs and checkpoints go to a run folder
-under $RECBOLE_LLM_HOME/runs (default ~/.recbole-llm/runs).
+under $RECBOLE_LLM_HOME/runs (default ~/.recbole-llm/runs), or --run-dir.
+
+The training state is saved in the run folder after every validated epoch: a run that is stopped
+(Ctrl-C, a closed terminal, a lost machine) continues after its last epoch, with the same result:
+  recbole-llm resume ~/.recbole-llm/runs/TIGER-ml-100k-20261125-235847-1a2b3c
 """
 
 
@@ -45,9 +49,23 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--output", default=None, metavar="FILE", help="results file to append the record to (default results/runs.jsonl)")
     p.add_argument("--no-record", action="store_true", help="do not append a record to any results file")
     p.add_argument("--quiet", action="store_true", help="no training log on the terminal (it still goes to the run folder)")
+    p.add_argument("--run-dir", metavar="DIR", help="run folder for logs, checkpoints and the training state "
+                                                    "(default: a new folder under $RECBOLE_LLM_HOME/runs)")
     p.add_argument("--zero-shot-from", metavar="RUN_OR_CHECKPOINT",
                    help="evaluate, without training, a model trained on another dataset (AlphaRec: a run "
                         "folder or .pth; the encoder and architecture are taken from it)")
+
+    p = sub.add_parser(
+        "resume", help="continue an interrupted run after its last validated epoch",
+        description="Continue the interrupted `recbole-llm run` in RUN_DIR with its own settings; its record goes "
+                    "where the run's would have gone. Training picks up after the last validated epoch with the "
+                    "model, optimizer, early-stopping counters and random streams saved there, so the result is "
+                    "the one the unbroken run would have given.",
+        epilog="example:\n  recbole-llm resume ~/.recbole-llm/runs/SASRec-ml-100k-20261125-235847-1a2b3c",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the run printed it when it started and when stopped)")
+    p.add_argument("--quiet", action="store_true", help="no training log on the terminal (it still goes to the run folder)")
 
 
 EPILOG_ENCODE = """\
@@ -275,8 +293,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     record = run(
         args.model, args.dataset, config_files=args.config, overrides=args.overrides,
         seed=args.seed, device=args.device, epochs=args.epochs, data_path=args.data_path,
-        output=output, verbose=not args.quiet, zero_shot_from=args.zero_shot_from,
+        output=output, run_dir=args.run_dir, verbose=not args.quiet, zero_shot_from=args.zero_shot_from,
     )
+    _print_run(record, output)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recbole_llm.resume_state import read_request
+    from recbole_llm.runner import resume
+
+    output = read_request(Path(args.run_dir).expanduser())["output"]  # the request is gone once it finishes
+    record = resume(args.run_dir, verbose=not args.quiet)
+    print(f"\ncontinued after epoch {record['resumed_at_epochs'][-1] - 1}" if record.get("resumed_at_epochs")
+          else "\nthe run had not validated an epoch yet: trained from the start")
+    _print_run(record, output)
+    return 0
+
+
+def _print_run(record: dict[str, Any], output: Any) -> None:
+    """The end of a run on the terminal: what ran, the metrics table, where things went."""
     print()
     if record.get("zero_shot"):
         print(f"zero-shot: trained on {record['zero_shot']['source_dataset']} "
@@ -288,7 +326,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"\nrun folder: {record['run_dir']}")
     if output is not None:
         print(f"record appended to {output}")
-    return 0
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -366,7 +403,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "encode": _cmd_encode, "profile": _cmd_profile, "recommend": _cmd_recommend,
+COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "encode": _cmd_encode, "profile": _cmd_profile, "recommend": _cmd_recommend,
             "bench": _cmd_bench, "leaderboard": _cmd_leaderboard, "models": _cmd_models,
             "datasets": _cmd_datasets}
 
@@ -377,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*sparse.*deprecated.*")
     warnings.filterwarnings("ignore", message=r".*NumPy array is not writable.*")
-    console = _console_logging() if args.command != "run" else None
+    console = _console_logging() if args.command not in ("run", "resume") else None
     try:
         import recbole_llm  # noqa: F401  (applies the RecBole repairs, registers the models)
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from recbole_llm.config import build_config_dict, parse_overrides
 from recbole_llm.data.datasets import home, resolve_dataset
+from recbole_llm import resume_state
 from recbole_llm.errors import UserError
 from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions
 from recbole_llm.registry import get_model_class
@@ -253,6 +254,7 @@ def run(
     on_epoch: EpochCallback | None = None,
     zero_shot_from: str | os.PathLike | None = None,
     label: str | None = None,
+    resumable: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate MODEL on DATASET; return the run record (appended to ``output`` if given).
 
@@ -264,7 +266,8 @@ def run(
 
     ``overrides`` are RecBole settings (a dict, or ``key=value`` strings as on the command line);
     ``on_epoch(epoch, valid_score, best_valid_result)`` is called after each validation (Ray Tune
-    reports from it).
+    reports from it). With ``resumable`` (the default) the training state is saved in the run
+    folder after every validated epoch, so that :func:`resume` can continue an interrupted run.
     """
     started = time.time()
     config_files = list(config_files)
@@ -273,49 +276,87 @@ def run(
         source, overrides = _zero_shot_source(model, zero_shot_from, overrides)
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
-    model_class, config_dict = prepare(
+    _, config_dict = prepare(
         model, dataset, config_files=config_files, overrides=overrides, seed=seed,
         device=device, epochs=epochs, data_path=data_path,
     )
     run_dir = Path(run_dir).resolve() if run_dir else _new_run_dir(model, dataset)
+    if resume_state.folder(run_dir).is_dir():
+        raise UserError(f"{run_dir} holds an unfinished run; expected a new folder "
+                        f"(or continue that run: recbole-llm resume {run_dir})")
     config_dict["checkpoint_dir"] = str(run_dir / "checkpoints")
-    output = Path(output).resolve() if output is not None else None
-
+    request = {
+        "model": model, "dataset": dataset, "config_dict": config_dict, "label": label,
+        "output": str(Path(output).resolve()) if output is not None else None,
+        # What was asked on top of the defaults (the full config is in the record's "config");
+        # with "label" it identifies a configuration across seeds for the leaderboard.
+        "overrides": {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})},
+        "config_files": [str(Path(f).resolve()) for f in config_files],
+    }
     fresh_dir = not run_dir.exists()
     try:
-        with _inside(run_dir), _log_to(run_dir, verbose):
-            logger.info("run folder: %s", run_dir)
-            record = _train_and_evaluate(model, dataset, config_dict, on_epoch, verbose,
-                                         zero_shot_state=source["state_dict"] if source else None)
+        record = _execute(request, run_dir, verbose, on_epoch, started,
+                          resumable=resumable and source is None, source=source)
     except UserError:
         if fresh_dir:  # bad input: leave nothing half-written behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    return record
+
+
+def resume(run_dir: str | os.PathLike, *, verbose: bool = True, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Continue an interrupted :func:`run` from its last validated epoch, in the same folder, with
+    the same config, and append its record where the run would have; return the record."""
+    started = time.time()
+    run_dir = Path(run_dir).expanduser().resolve()
+    request = resume_state.read_request(run_dir)
+    get_model_class(request["model"])  # registers the model with RecBole, or one clear error
+    return _execute(request, run_dir, verbose, on_epoch, started, resumable=True, continuing=True)
+
+
+def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: EpochCallback | None,
+             started: float, *, resumable: bool, continuing: bool = False,
+             source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or continue, or zero-shot evaluate) the requested run in ``run_dir``; write its record."""
+    model, dataset = request["model"], request["dataset"]
+    try:
+        with _inside(run_dir), _log_to(run_dir, verbose):
+            logger.info("run folder: %s", run_dir)
+            if resumable and not continuing:
+                resume_state.write_request(run_dir, request)
+            record = _train_and_evaluate(model, dataset, request["config_dict"], on_epoch, verbose,
+                                         zero_shot_state=source["state_dict"] if source else None,
+                                         resume_dir=run_dir if resumable else None, continuing=continuing,
+                                         started=started)
+    except KeyboardInterrupt:
+        if resumable and resume_state.folder(run_dir).is_dir():
+            logger.warning("interrupted; continue this run with: recbole-llm resume %s", run_dir)
+        raise
     if source is not None:
         record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
                                "source_seed": source["config"]["seed"]}
+    label = request["label"]
     if label is None:
-        run_label = getattr(model_class, "run_label", None)
+        run_label = getattr(get_model_class(model), "run_label", None)
         label = run_label(record["config"]) if run_label else model
     record.update({
         "label": label,
-        # What was asked on top of the defaults (the full config is in "config"); with "label" it
-        # identifies a configuration across seeds for the leaderboard.
-        "overrides": {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})},
-        "config_files": [str(Path(f).resolve()) for f in config_files],
-        "llm_enhanced": bool(getattr(model_class, "llm_features", ())),
+        "overrides": request["overrides"],
+        "config_files": request["config_files"],
+        "llm_enhanced": bool(getattr(get_model_class(model), "llm_features", ())),
         "record_id": uuid.uuid4().hex,
         "status": "ok",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(record.pop("elapsed_before_s", 0.0) + time.time() - started, 2),
         "run_dir": str(run_dir),
         "versions": package_versions(),
         "hardware": hardware(),
         **_peak_memory_mb(),
     })
     record = json_safe(record)
-    if output is not None:
-        append_record(record, output)
+    if request["output"] is not None:
+        append_record(record, Path(request["output"]))
+    resume_state.discard(run_dir)
     return record
 
 
@@ -377,7 +418,10 @@ def load_split(config: Any, check_topk: bool = True) -> tuple[Any, Any, Any, Any
 def _train_and_evaluate(
     model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None,
     progress: bool = False, zero_shot_state: dict[str, Any] | None = None,
+    resume_dir: Path | None = None, continuing: bool = False, started: float | None = None,
 ) -> dict[str, Any]:
+    """The run itself. With ``resume_dir`` the training state is saved there after each validated
+    epoch; ``continuing`` first restores the state saved there (``started``: this segment's start)."""
     from recbole.config import Config
     from recbole.data.transform import construct_transform
     from recbole.utils import get_flops, get_model, get_trainer, init_seed
@@ -396,12 +440,24 @@ def _train_and_evaluate(
     if zero_shot_state is not None:
         return _zero_shot_evaluate(config, net, trainer, zero_shot_state, valid_data, test_data, flops)
 
-    curve: list[dict[str, Any]] = []
+    started = time.time() if started is None else started
+    saved = resume_state.load_state(resume_dir, config["device"]) if continuing else None
+    curve: list[dict[str, Any]] = saved["curve"] if saved else []
+    before = {"train_time_s": 0.0, "elapsed_s": 0.0, "resumed_at": []}
+    if saved:
+        before = {"train_time_s": saved["train_time_s"], "elapsed_s": saved["elapsed_s"],
+                  "resumed_at": [*saved["resumed_at"], saved["epoch"] + 1]}
+        resume_state.restore(trainer, train_data, saved)  # last: it also resets the random streams
+        logger.info("continuing after epoch %d (best %s %.4f at epoch %s)", saved["epoch"], config["valid_metric"],
+                    saved["best_valid_score"], next((p["epoch"] for p in reversed(curve) if p["best"]), "-"))
+    elif continuing:
+        logger.info("the run stopped before its first validation: training from the start")
     logger.info("training %s on %s: %d users, %d items, %d training interactions, up to %d epochs",
                 config["model"], dataset, data.user_num - 1, data.item_num - 1,
                 len(train_data.dataset), config["epochs"])
-    bar = tqdm(total=config["epochs"], desc=f"{config['model']} epochs", unit="epoch",
-               disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=config["epochs"], initial=trainer.start_epoch, desc=f"{config['model']} epochs",
+               unit="epoch", disable=not progress, dynamic_ncols=True, leave=False)
+    fit_started = time.time()
 
     def epoch_done(epoch: int, valid_score: float) -> None:
         improved = trainer.cur_step == 0
@@ -409,18 +465,25 @@ def _train_and_evaluate(
         bar.update(epoch + 1 - bar.n)
         bar.set_postfix_str(f"valid {config['valid_metric']} {valid_score:.4f}, "
                             f"best {trainer.best_valid_score:.4f}")
+        if resume_dir is not None:
+            now = time.time()
+            resume_state.save_state(resume_dir, trainer, train_data, epoch=epoch, curve=curve,
+                                    train_time_s=before["train_time_s"] + now - fit_started,
+                                    elapsed_s=before["elapsed_s"] + now - started, resumed_at=before["resumed_at"])
         if on_epoch is not None:
             on_epoch(epoch, float(valid_score), dict(trainer.best_valid_result or {}))
 
-    fit_started = time.time()
     try:
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=config["show_progress"],
-            callback_fn=epoch_done,
-        )
+        if saved and saved["finished_training"]:  # killed while testing: only the test is left
+            best_valid_score, best_valid_result = saved["best_valid_score"], saved["best_valid_result"]
+        else:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data, valid_data, saved=True, show_progress=config["show_progress"],
+                callback_fn=epoch_done,
+            )
     finally:
         bar.close()
-    train_time = time.time() - fit_started
+    train_time = before["train_time_s"] + time.time() - fit_started
     logger.info("trained %d epochs in %.1f s; evaluating the best checkpoint on the test split",
                 len(trainer.train_loss_dict), train_time)
     test_started = time.time()
@@ -449,6 +512,8 @@ def _train_and_evaluate(
         "n_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "checkpoint": trainer.saved_model_file,
         "config": dict(config.final_config_dict),
+        **({"resumed_at_epochs": before["resumed_at"]} if before["resumed_at"] else {}),
+        "elapsed_before_s": before["elapsed_s"],
     }
 
 def _longtail_groups(config: Any, train_data: Any) -> Any:

@@ -52,7 +52,10 @@ def _broken_dataset(root: Path, kind: str) -> None:
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data"], "header column 'rating:number' is malformed"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data"], "not found: expected"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data", "--epochs", "1"], "could not load dataset 'broken'"),
-], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "config-file", "device", "header", "missing", "value"])
+    (["resume", "no-such-run"], "run folder no-such-run does not exist"),
+    (["resume", "."], "holds no unfinished run"),
+], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "config-file", "device", "header", "missing", "value",
+        "resume-missing", "resume-finished"])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture, session_home: Path) -> None:
     if "broken" in args:
@@ -74,3 +77,4 @@ def test_help_teaches() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "examples:" in result.stdout and "--set KEY=VALUE" in result.stdout
+    assert "recbole-llm resume" in result.stdout  # how to continue a stopped run

@@ -8,7 +8,8 @@ import pytest
 
 import recbole_llm  # noqa: F401
 from recbole_llm.records import read_records
-from recbole_llm.runner import prepare, run
+from recbole_llm.errors import UserError
+from recbole_llm.runner import prepare, resume, run
 
 METRICS = {"recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "hit@10", "mrr@10"}
 
@@ -68,3 +69,33 @@ def test_split_seed_fixes_the_split_across_seeds(tmp_path: Path) -> None:
         _, _, test = data_preparation(config, create_dataset(config))
         splits.append(test.dataset.inter_feat.numpy()["item_id"].tolist())
     assert splits[0] == splits[1]
+
+
+@pytest.mark.parametrize("stop_after", [1, 2], ids=["mid-training", "while-testing"])
+def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_path: Path) -> None:
+    """Stopped after epoch 1 (or after the last epoch, before the test), `resume` ends exactly where
+    the unbroken run ends: same validation curve, same test numbers, one record, state removed."""
+    unbroken = run("BPR", "ml-100k", epochs=3, seed=5, output=None, verbose=False, run_dir=tmp_path / "unbroken")
+    assert not (tmp_path / "unbroken" / "resume").exists()
+
+    def stop(epoch: int, score: float, best: dict) -> None:
+        if epoch == stop_after:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "runs.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run("BPR", "ml-100k", epochs=3, seed=5, output=out, verbose=False, run_dir=tmp_path / "cut", on_epoch=stop)
+    assert not out.exists() and (tmp_path / "cut" / "resume" / "state.pth").is_file()
+    with pytest.raises(UserError, match="holds an unfinished run"):
+        run("BPR", "ml-100k", epochs=3, seed=5, output=out, verbose=False, run_dir=tmp_path / "cut")
+
+    resumed = resume(tmp_path / "cut", verbose=False)
+    assert resumed["valid_curve"] == unbroken["valid_curve"] and len(resumed["valid_curve"]) == 3
+    assert resumed["test"] == unbroken["test"] and resumed["best_valid_score"] == unbroken["best_valid_score"]
+    assert resumed["epochs_run"] == 3 and resumed["resumed_at_epochs"] == [stop_after + 1]
+    assert "resumed_at_epochs" not in unbroken
+    [stored] = list(read_records(out))
+    assert stored["record_id"] == resumed["record_id"] and stored["label"] == "BPR"
+    assert not (tmp_path / "cut" / "resume").exists()
+    with pytest.raises(UserError, match="holds no unfinished run"):
+        resume(tmp_path / "cut", verbose=False)

@@ -15,7 +15,7 @@ from recbole_llm.data.semantic_ids import ensure_semantic_ids, semantic_id_meta
 from recbole_llm.errors import UserError
 from recbole_llm.model.quantizers import RQVAE, ResidualKMeans, collision_stats, disambiguate
 from recbole_llm.model.tiger import TIGER, build_trie
-from recbole_llm.runner import prepare, recbole_argv, run
+from recbole_llm.runner import prepare, recbole_argv, resume, run
 from tests.conftest import write_amazon_fixture
 
 TINY_T5 = {"t5_d_model": 32, "t5_d_ff": 64, "t5_d_kv": 8, "t5_num_heads": 2, "t5_num_layers": 1,
@@ -205,6 +205,36 @@ def test_inverse_sqrt_schedule_holds_then_decays(data_root: Path) -> None:
     config, *_, model = _build(data_root, tiger_lr_schedule="cosine")
     with pytest.raises(UserError, match="tiger_lr_schedule='cosine': expected constant or inverse_sqrt"):
         TIGERTrainer(config, model)
+
+
+def test_resumed_run_keeps_the_learning_rate_schedule(data_root: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted after epoch 0 and resumed, an inverse_sqrt run trains exactly as the unbroken one:
+    the schedule goes on from its step (not from a fresh warm-up), so the last epoch's weights and
+    learning rate are equal."""
+    from recbole_llm import resume_state
+
+    monkeypatch.setattr(resume_state, "discard", lambda run_dir: None)  # keep the last epoch's state
+    settings = dict(data_path=data_root, epochs=2, output=None, verbose=False,
+                    overrides={**TINY_T5, "tiger_lr_schedule": "inverse_sqrt", "tiger_warmup_steps": 2,
+                               "train_batch_size": 16, "learning_rate": 0.004})
+    unbroken = run("TIGER", "amazon-beauty", run_dir=tmp_path / "unbroken", **settings)
+
+    def stop(epoch: int, score: float, best: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("TIGER", "amazon-beauty", run_dir=tmp_path / "cut", on_epoch=stop, **settings)
+    resumed = resume(tmp_path / "cut", verbose=False)
+    untimed = [{k: v for k, v in r["test"].items() if k != "tiger_decode_users_per_s"} for r in (unbroken, resumed)]
+    assert resumed["resumed_at_epochs"] == [1] and untimed[0] == untimed[1]
+    last = [resume_state.load_state(tmp_path / name) for name in ("unbroken", "cut")]
+    assert [state["epoch"] for state in last] == [1, 1]
+    lrs = [state["optimizer"]["param_groups"][0]["lr"] for state in last]
+    assert lrs[0] == lrs[1] < 0.004  # decayed, not restarted
+    weights = [state["state_dict"] for state in last]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_ranking_handed_to_recbole_follows_the_beams(data_root: Path) -> None:

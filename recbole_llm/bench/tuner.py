@@ -51,7 +51,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
     record = run(spec["model"], spec["dataset"], overrides=spec["overrides"], seed=spec["seed"],
                  data_path=spec["data_path"], output=None, verbose=False, on_epoch=on_epoch,
-                 label=spec["label"])
+                 label=spec["label"], resumable=False)  # `bench --resume` reruns unfinished trials whole
     # Same "epoch" as the last report, so the scheduler never sees one step beyond max_t.
     tune.report({"valid_score": record["best_valid_score"], "epoch": record["epochs_run"],
                  "record_json": json.dumps(record)})

@@ -130,6 +130,14 @@ class TIGERTrainer(Trainer):
             raise UserError(f"tiger_warmup_steps={self.warmup_steps!r}: expected a positive number of steps "
                             "(or ~ for one epoch)")
         self.lr_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._scheduler_state: dict | None = None  # from an interrupted run, applied when fit builds it
+
+    def state_for_resume(self) -> dict:
+        """What ``recbole_llm.resume_state`` saves beyond RecBole's trainer: the schedule's step."""
+        return {"lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None}
+
+    def restore_for_resume(self, state: dict) -> None:
+        self._scheduler_state = state["lr_scheduler"]
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.lr_schedule == "inverse_sqrt" and self.lr_scheduler is None:
@@ -140,6 +148,10 @@ class TIGERTrainer(Trainer):
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda step: 1.0 if step < warmup else (warmup / step) ** 0.5)
             self.optimizer.register_step_post_hook(lambda *_: self.lr_scheduler.step())
+            if self._scheduler_state is not None:  # continuing an interrupted run: its step, its rate
+                self.lr_scheduler.load_state_dict(self._scheduler_state)
+                for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                    group["lr"] = lr
             logger.info("TIGER learning rate: %g for %d steps, then inverse square-root decay",
                         self.learning_rate, warmup)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
