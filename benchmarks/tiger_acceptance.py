@@ -6,11 +6,12 @@ Every run is a plain ``recbole-llm run`` (sequential protocol of ml-100k plus
 Runs already in the output file (same label and seed) are skipped. Each run has a fixed run folder
 next to the output (``OUTPUT.runs/LABEL-SEED``), so a run stopped mid-training (a closed session)
 continues after its last epoch (``recbole-llm resume``) when the script is started again.
-``table`` prints mean ± std over seeds of the test metrics plus TIGER's own numbers. The default
-output is $RECBOLE_LLM_HOME/acceptance/tiger_plateau.jsonl (a home that outlives /tmp).
+The default output is $RECBOLE_LLM_HOME/acceptance/tiger_plateau.jsonl (a home that outlives
+/tmp). The leaderboard reads it: Recall/NDCG@5,10 mean ± std over seeds with paired t-tests against
+SASRec, and a diagnostics table with TIGER's collisions, invalid-beam rate and decoding speed.
 
-    .venv/bin/python benchmarks/tiger_acceptance.py run [--jobs 2] [--only 'TIGER(rqvae)']
-    .venv/bin/python benchmarks/tiger_acceptance.py table
+    .venv/bin/python benchmarks/tiger_acceptance.py [--jobs 2] [--only 'TIGER(rqvae)']
+    .venv/bin/recbole-llm leaderboard ~/.recbole-llm/acceptance/tiger_plateau.jsonl -o results/tiger-ml-100k
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -90,61 +90,17 @@ def run_all(output: Path, jobs: int, only: list[str] | None = None) -> None:
                 print(f"{time.strftime('%H:%M:%S')} finished {name}: exit {proc.returncode}", flush=True)
 
 
-def _mean_std(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def table(output: Path) -> None:
-    import recbole_llm  # noqa: F401
-    from recbole_llm.data.semantic_ids import semantic_id_meta
-
-    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r.get("status") == "ok"]
-    head = ["model", "seeds", *[f"test {m}" for m in METRICS], "colliding items (tuples, max)",
-            "invalid beams", "decode users/s", "epochs (best, from 0)", "train s", "wall s"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for label, *_ in RUNS:
-        mine = sorted((r for r in records if r["label"] == label), key=lambda r: r["seed"])
-        if not mine:
-            continue
-        cells = [label, ", ".join(str(r["seed"]) for r in mine)]
-        cells += [_mean_std([r["test"][m] for r in mine]) for m in METRICS]
-        meta = semantic_id_meta(mine[0]["config"]) if mine[0]["model"] == "TIGER" else None
-        cells.append(f"{meta['colliding_items']} ({meta['colliding_tuples']}, {meta['max_items_per_tuple']})" if meta else "-")
-        tiger = [r["test"] for r in mine if "tiger_invalid_beam_rate" in r["test"]]
-        cells.append(_mean_std([t["tiger_invalid_beam_rate"] for t in tiger], 3) if tiger else "-")
-        cells.append(_mean_std([t["tiger_decode_users_per_s"] for t in tiger], 1) if tiger else "-")
-        cells.append(", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in mine))
-        cells.append(_mean_std([r["train_time_s"] for r in mine], 0))
-        cells.append(_mean_std([r["wall_time_s"] for r in mine], 0))
-        print("| " + " | ".join(cells) + " |")
-    for label, *_ in RUNS:
-        for r in (r for r in records if r["label"] == label and "tiger_unseen_targets" in r["test"]):
-            print(f"{label} seed {r['seed']}: {r['test']['tiger_unseen_targets']} test targets unseen in training; "
-                  f"hardware {r['hardware'].get('cpu', r['hardware'])}")
-            break
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "table"))
     from recbole_llm.data.datasets import home
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=home() / "acceptance" / "tiger_plateau.jsonl")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default 2)")
     parser.add_argument("--only", action="append", help="run only this label (repeatable), e.g. SASRec")
     args = parser.parse_args()
     if args.output.resolve() == (HERE.parent / "results" / "runs.jsonl").resolve():
         parser.error("write acceptance records elsewhere than results/runs.jsonl")
-    if args.action == "run":
-        run_all(args.output, args.jobs, args.only)
-    else:
-        table(args.output)
+    run_all(args.output, args.jobs, args.only)
 
 
 if __name__ == "__main__":
