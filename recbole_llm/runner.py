@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from recbole_llm import resume_state
 from recbole_llm.config import build_config_dict, parse_overrides
 from recbole_llm.data.datasets import home, resolve_dataset
-from recbole_llm import resume_state
 from recbole_llm.errors import UserError
 from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions
 from recbole_llm.registry import get_model_class
