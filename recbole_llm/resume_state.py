@@ -130,8 +130,11 @@ def save_state(run_dir: Path, trainer: Any, train_data: Any, *, epoch: int, curv
     _replace_atomically(folder(run_dir) / STATE, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(run_dir: Path, device: Any = "cpu") -> dict[str, Any] | None:
-    """The last saved training state, or None when the run stopped before its first validation."""
+def load_state(run_dir: Path) -> dict[str, Any] | None:
+    """The last saved training state, or None when the run stopped before its first validation.
+
+    Loaded onto the CPU whatever the run's device: the random-number states must be CPU tensors,
+    and ``load_state_dict`` moves model and optimizer tensors to their parameters' device."""
     import pickle
 
     import torch
@@ -140,7 +143,7 @@ def load_state(run_dir: Path, device: Any = "cpu") -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        return torch.load(file, map_location=device)
+        return torch.load(file, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise UserError(f"{file} is not a readable training state: {str(exc).splitlines()[0]}; "
                         "expected the file `recbole-llm run` writes after each epoch") from None

@@ -441,7 +441,7 @@ def _train_and_evaluate(
         return _zero_shot_evaluate(config, net, trainer, zero_shot_state, valid_data, test_data, flops)
 
     started = time.time() if started is None else started
-    saved = resume_state.load_state(resume_dir, config["device"]) if continuing else None
+    saved = resume_state.load_state(resume_dir) if continuing else None
     curve: list[dict[str, Any]] = saved["curve"] if saved else []
     before = {"train_time_s": 0.0, "elapsed_s": 0.0, "resumed_at": []}
     if saved:
