@@ -64,7 +64,7 @@ def _add_run_parser(sub: Any) -> None:
         epilog="example:\n  recbole-llm resume ~/.recbole-llm/runs/SASRec-ml-100k-20261125-235847-1a2b3c",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the run printed it when it started and when stopped)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (logged when the run starts; by default under $RECBOLE_LLM_HOME/runs)")
     p.add_argument("--quiet", action="store_true", help="no training log on the terminal (it still goes to the run folder)")
 
 
