@@ -25,17 +25,15 @@ import torch
 
 def build(dataset: str, overrides: dict):
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from recbole_llm.model.tiger import TIGER
-    from recbole_llm.runner import prepare, recbole_argv
+    from recbole_llm.runner import load_split, prepare, recbole_argv
 
     _, config_dict = prepare("TIGER", dataset, overrides=overrides)
     with recbole_argv():
         config = Config(model="TIGER", dataset=dataset, config_dict=config_dict)
-    init_seed(config["split_seed"], True)
-    train, _, _ = data_preparation(config, create_dataset(config))
+    _, train, _, _ = load_split(config)  # the run's own seeded split
 
     def fresh_model() -> torch.nn.Module:
         init_seed(config["seed"], True)

@@ -310,7 +310,6 @@ def resume(run_dir: str | os.PathLike, *, verbose: bool = True, on_epoch: EpochC
     started = time.time()
     run_dir = Path(run_dir).expanduser().resolve()
     request = resume_state.read_request(run_dir)
-    get_model_class(request["model"])  # registers the model with RecBole, or one clear error
     return _execute(request, run_dir, verbose, on_epoch, started, resumable=True, continuing=True)
 
 
@@ -319,6 +318,7 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
              source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or continue, or zero-shot evaluate) the requested run in ``run_dir``; write its record."""
     model, dataset = request["model"], request["dataset"]
+    model_class = get_model_class(model)
     try:
         with _inside(run_dir), _log_to(run_dir, verbose):
             logger.info("run folder: %s", run_dir)
@@ -337,13 +337,13 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
                                "source_seed": source["config"]["seed"]}
     label = request["label"]
     if label is None:
-        run_label = getattr(get_model_class(model), "run_label", None)
+        run_label = getattr(model_class, "run_label", None)
         label = run_label(record["config"]) if run_label else model
     record.update({
         "label": label,
         "overrides": request["overrides"],
         "config_files": request["config_files"],
-        "llm_enhanced": bool(getattr(get_model_class(model), "llm_features", ())),
+        "llm_enhanced": bool(getattr(model_class, "llm_features", ())),
         "record_id": uuid.uuid4().hex,
         "status": "ok",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
