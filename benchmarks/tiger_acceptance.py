@@ -10,7 +10,7 @@ The default output is $RECBOLE_LLM_HOME/acceptance/tiger_plateau.jsonl (a home t
 /tmp). The leaderboard reads it: Recall/NDCG@5,10 mean ± std over seeds with paired t-tests against
 SASRec, and a diagnostics table with TIGER's collisions, invalid-beam rate and decoding speed.
 
-    .venv/bin/python benchmarks/tiger_acceptance.py [--jobs 2] [--only 'TIGER(rqvae)']
+    .venv/bin/python benchmarks/tiger_acceptance.py [--jobs 2] [--only 'TIGER(rqvae)'] [--seed 2]
     .venv/bin/recbole-llm leaderboard ~/.recbole-llm/acceptance/tiger_plateau.jsonl -o results/tiger-ml-100k
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _command(model: str, seed: int, overrides: dict, output: Path, run_dir: Path
     return cmd
 
 
-def run_all(output: Path, jobs: int, only: list[str] | None = None) -> None:
+def run_all(output: Path, jobs: int, only: list[str] | None = None, seeds: list[int] | None = None) -> None:
     import recbole_llm  # noqa: F401
     from recbole_llm.runner import prepare
 
@@ -70,7 +70,7 @@ def run_all(output: Path, jobs: int, only: list[str] | None = None) -> None:
             prepare(model, "ml-100k", config_files=[CONFIG], overrides=overrides)
     logs = output.with_suffix(".logs")
     logs.mkdir(parents=True, exist_ok=True)
-    queue = [(label, model, overrides, seed) for seed in SEEDS for label, model, overrides in runs
+    queue = [(label, model, overrides, seed) for seed in seeds or SEEDS for label, model, overrides in runs
              if (label, seed) not in _done(output)]
     running: list[tuple[subprocess.Popen, str]] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,10 +97,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=home() / "acceptance" / "tiger_plateau.jsonl")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default 2)")
     parser.add_argument("--only", action="append", help="run only this label (repeatable), e.g. SASRec")
+    parser.add_argument("--seed", type=int, action="append", choices=SEEDS,
+                        help="run only this seed (repeatable); two scripts started with different seeds "
+                             "never share a run folder, so they can run side by side")
     args = parser.parse_args()
     if args.output.resolve() == (HERE.parent / "results" / "runs.jsonl").resolve():
         parser.error("write acceptance records elsewhere than results/runs.jsonl")
-    run_all(args.output, args.jobs, args.only)
+    run_all(args.output, args.jobs, args.only, args.seed)
 
 
 if __name__ == "__main__":
