@@ -24,11 +24,10 @@ import torch
 
 def build(dataset: str, overrides: dict, checkpoint: str | None):
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from recbole_llm.model.tiger import TIGER
-    from recbole_llm.runner import load_checkpoint, prepare, recbole_argv
+    from recbole_llm.runner import load_checkpoint, load_split, prepare, recbole_argv
 
     if checkpoint:
         state = load_checkpoint(checkpoint)
@@ -39,9 +38,7 @@ def build(dataset: str, overrides: dict, checkpoint: str | None):
     _, config_dict = prepare("TIGER", dataset, overrides=overrides)
     with recbole_argv():
         config = Config(model="TIGER", dataset=dataset, config_dict=config_dict)
-    init_seed(config["split_seed"], True)
-    data = create_dataset(config)
-    train, _, test = data_preparation(config, data)
+    _, train, _, test = load_split(config)  # the split every run of this dataset is tested on
     init_seed(config["seed"], True)
     model = TIGER(config, train._dataset)
     if checkpoint:
