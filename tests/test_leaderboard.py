@@ -80,15 +80,18 @@ def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     records += [_record("TIGER(rqvae)", seed, 0.2 + seed / 50, True) for seed in (1, 2)]
     for record, speed in zip(records[2:], (100.0, 140.0)):
         record["test"].update({"tiger_decode_users_per_s": speed, "tiger_invalid_beam_rate": 0.0,
-                               "tiger_unseen_recall@20": 0.5, "ndcg@20_tail_item": 0.1})
+                               "tiger_unseen_recall@20": 0.5, "ndcg@20_tail_item": 0.1,
+                               "ndcg@5_tail_item": 0.05, "tiger_cold_items": 3})
     path = tmp_path / "runs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     [board], _, _ = leaderboard(path, tmp_path)
     # Metrics (also of groups) stay out; every other number of the test result is a diagnostic.
-    assert board.diagnostics == ["tiger_decode_users_per_s", "tiger_invalid_beam_rate", "tiger_unseen_recall@20"]
+    assert board.diagnostics == ["tiger_cold_items", "tiger_decode_users_per_s", "tiger_invalid_beam_rate",
+                                 "tiger_unseen_recall@20"]
+    assert board.extra_metrics == ["ndcg@20_tail_item"]  # groups of the board's own metrics only
     md = (tmp_path / "leaderboard.md").read_text()
     table = md[md.index("Model diagnostics"):]
-    assert "| TIGER(rqvae) | 120 ± 28" in table and "LightGCN" not in table  # rows without any are left out
+    assert "| TIGER(rqvae) | 3 " in table and "| 120 ± 28 " in table and "LightGCN" not in table  # rows without any are left out
     assert "Model diagnostics" in (tmp_path / "leaderboard.html").read_text()
 
 

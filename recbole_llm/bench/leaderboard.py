@@ -232,14 +232,16 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         if not rows:
             continue
         present = {m for row in rows for r in row.records for m in r["test"]}
+        metric_keys = {m: METRIC_KEY.match(m) for m in present}
         metrics = [m for m in METRICS.get(protocol, []) if m in present] or sorted(
-            m for m in present if "_" not in m)[:6]
+            m for m, match in metric_keys.items() if match and not match.group(1))[:6]
         # Group metrics (ndcg@10_tail_item ...) of the board's own metrics only: a sequential
-        # record holds every metric@k for four groups, far too many columns to read.
-        extra = sorted(m for m in present if ("_tail" in m or "_head" in m or "cold" in m)
-                       and ("cold" in m or m.split("_", 1)[0] in metrics))
+        # record holds every metric@k for four groups, far too many columns to read. Cold-start
+        # groups are kept whatever their metric.
+        extra = sorted(m for m, match in metric_keys.items() if match and match.group(1)
+                       and ("cold" in match.group(1) or m[:match.start(1)] in metrics))
         diagnostics = sorted({k for row in rows for r in row.records for k, v in r["test"].items()
-                              if not METRIC_KEY.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                              if not metric_keys[k] and isinstance(v, (int, float)) and not isinstance(v, bool)})
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
