@@ -17,7 +17,6 @@ Both models get the same settings: benchmarks/llmesr_ml100k.yaml.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 SETTINGS = Path(__file__).with_name("llmesr_ml100k.yaml")
@@ -32,18 +31,6 @@ def _done(path: str, model: str, seed: int) -> bool:
                for r in read_records(path))
 
 
-def _running_elsewhere(lock: Path) -> bool:
-    """Whether the lock's process (its PID is the file's text) is still alive; a lock left by a
-    killed run is stale and is taken over."""
-    try:
-        os.kill(int(lock.read_text().strip()), 0)  # signal 0: only asks whether the process exists
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        pass  # alive, owned by someone else
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=("LLMESR", "SASRec"))
@@ -51,19 +38,17 @@ def main() -> None:
     parser.add_argument("--output", default="/tmp/llmesr_acceptance.jsonl")
     args = parser.parse_args()
     import recbole_llm
+    from recbole_llm.resume_state import held, holder
 
     # A (model, seed) already recorded or running (a lock file naming a live process) is
     # skipped, so runs can be started from several shells and an interrupted series resumes.
     lock = Path(f"{args.output}.{args.model}_{args.seed}.lock")
-    if _running_elsewhere(lock) or _done(args.output, args.model, args.seed):
+    if _done(args.output, args.model, args.seed) or holder(lock):
         print(f"{args.model} seed {args.seed}: already recorded or running; skipped")
         return
-    lock.write_text(str(os.getpid()))
-    try:
+    with held(lock, f"{args.model} seed {args.seed}"):
         recbole_llm.run(args.model, "ml-100k", config_files=[SETTINGS], seed=args.seed, output=args.output,
                         verbose=False)
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,18 @@ other random numbers, and lose the best result and the learning-rate schedule.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from recbole_llm.errors import UserError
 
-FOLDER, REQUEST, STATE = "resume", "request.json", "state.pth"
+FOLDER, REQUEST, STATE, LOCK = "resume", "request.json", "state.pth", "lock"
 
 
 def folder(run_dir: Path) -> Path:
@@ -54,6 +56,46 @@ def read_request(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir} holds no unfinished run (no {FOLDER}/{REQUEST}); expected the folder of a "
                         "`recbole-llm run` that was interrupted (a finished run has its record and nothing to resume)")
     return json.loads(file.read_text())
+
+
+def holder(lock: Path) -> int | None:
+    """The PID written in ``lock`` if that process is alive; None for no lock or a stale one (its
+    process was killed, e.g. with the session that ran it)."""
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return pid
+
+
+@contextlib.contextmanager
+def held(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` (a file naming this process) for the block; UserError while a live process
+    holds it. A stale lock is taken over. Released however the block ends."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(lock, "x") as file:  # exclusive create: of two starts at once, one wins
+                file.write(str(os.getpid()))
+            break
+        except FileExistsError:
+            pid = holder(lock)
+            if pid is not None and pid != os.getpid():
+                raise UserError(f"{what} is in use by process {pid} ({lock}); expected one process at a time: "
+                                "wait for it to end or stop it") from None
+            lock.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """One process per run folder: two trainings of one folder would overwrite each other's state."""
+    return held(folder(run_dir) / LOCK, f"run folder {run_dir}")
 
 
 def discard(run_dir: Path) -> None:

@@ -317,47 +317,50 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
              started: float, *, resumable: bool, continuing: bool = False,
              source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or continue, or zero-shot evaluate) the requested run in ``run_dir``; write its record."""
-    model, dataset = request["model"], request["dataset"]
-    model_class = get_model_class(model)
-    try:
-        with _inside(run_dir), _log_to(run_dir, verbose):
-            logger.info("run folder: %s", run_dir)
-            if resumable and not continuing:
-                resume_state.write_request(run_dir, request)
-            record = _train_and_evaluate(model, dataset, request["config_dict"], on_epoch, verbose,
-                                         zero_shot_state=source["state_dict"] if source else None,
-                                         resume_dir=run_dir if resumable else None, continuing=continuing,
-                                         started=started)
-    except KeyboardInterrupt:
-        if resumable and resume_state.folder(run_dir).is_dir():
-            logger.warning("interrupted; continue this run with: recbole-llm resume %s", run_dir)
-        raise
-    if source is not None:
-        record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
-                               "source_seed": source["config"]["seed"]}
-    label = request["label"]
-    if label is None:
-        run_label = getattr(model_class, "run_label", None)
-        label = run_label(record["config"]) if run_label else model
-    record.update({
-        "label": label,
-        "overrides": request["overrides"],
-        "config_files": request["config_files"],
-        "llm_enhanced": bool(getattr(model_class, "llm_features", ())),
-        "record_id": uuid.uuid4().hex,
-        "status": "ok",
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(record.pop("elapsed_before_s", 0.0) + time.time() - started, 2),
-        "run_dir": str(run_dir),
-        "versions": package_versions(),
-        "hardware": hardware(),
-        **_peak_memory_mb(),
-    })
-    record = json_safe(record)
-    if request["output"] is not None:
-        append_record(record, Path(request["output"]))
-    resume_state.discard(run_dir)
-    return record
+    # Held until the state is discarded: a second process would train the same folder (or, after
+    # the test, write a second record).
+    with resume_state.run_lock(run_dir) if resumable else contextlib.nullcontext():
+        model, dataset = request["model"], request["dataset"]
+        model_class = get_model_class(model)
+        try:
+            with _inside(run_dir), _log_to(run_dir, verbose):
+                logger.info("run folder: %s", run_dir)
+                if resumable and not continuing:
+                    resume_state.write_request(run_dir, request)
+                record = _train_and_evaluate(model, dataset, request["config_dict"], on_epoch, verbose,
+                                             zero_shot_state=source["state_dict"] if source else None,
+                                             resume_dir=run_dir if resumable else None, continuing=continuing,
+                                             started=started)
+        except KeyboardInterrupt:
+            if resumable and resume_state.folder(run_dir).is_dir():
+                logger.warning("interrupted; continue this run with: recbole-llm resume %s", run_dir)
+            raise
+        if source is not None:
+            record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
+                                   "source_seed": source["config"]["seed"]}
+        label = request["label"]
+        if label is None:
+            run_label = getattr(model_class, "run_label", None)
+            label = run_label(record["config"]) if run_label else model
+        record.update({
+            "label": label,
+            "overrides": request["overrides"],
+            "config_files": request["config_files"],
+            "llm_enhanced": bool(getattr(model_class, "llm_features", ())),
+            "record_id": uuid.uuid4().hex,
+            "status": "ok",
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(record.pop("elapsed_before_s", 0.0) + time.time() - started, 2),
+            "run_dir": str(run_dir),
+            "versions": package_versions(),
+            "hardware": hardware(),
+            **_peak_memory_mb(),
+        })
+        record = json_safe(record)
+        if request["output"] is not None:
+            append_record(record, Path(request["output"]))
+        resume_state.discard(run_dir)
+        return record
 
 
 def _zero_shot_evaluate(config: Any, net: Any, trainer: Any, state: dict[str, Any], valid_data: Any,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,13 @@ import recbole_llm  # noqa: F401
 from recbole_llm.records import read_records
 from recbole_llm.errors import UserError
 from recbole_llm.runner import prepare, resume, run
+
+def _dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
 
 METRICS = {"recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "hit@10", "mrr@10"}
 
@@ -88,6 +97,14 @@ def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_
     assert not out.exists() and (tmp_path / "cut" / "resume" / "state.pth").is_file()
     with pytest.raises(UserError, match="holds an unfinished run"):
         run("BPR", "ml-100k", epochs=3, seed=5, output=out, verbose=False, run_dir=tmp_path / "cut")
+    # The interrupted process let go of the folder. A live process holding it keeps others out; the
+    # lock of a killed one (a dead PID) is taken over.
+    lock = tmp_path / "cut" / "resume" / "lock"
+    assert not lock.exists()
+    lock.write_text(str(os.getppid()))
+    with pytest.raises(UserError, match=rf"in use by process {os.getppid()}"):
+        resume(tmp_path / "cut", verbose=False)
+    lock.write_text(str(_dead_pid()))
 
     resumed = resume(tmp_path / "cut", verbose=False)
     assert resumed["valid_curve"] == unbroken["valid_curve"] and len(resumed["valid_curve"]) == 3
