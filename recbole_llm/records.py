@@ -8,11 +8,13 @@ never interleave and a killed process leaves no partial line.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import math
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -50,7 +52,30 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             continue
+    commit = source_commit()
+    if commit:
+        out["recbole-llm-commit"] = commit
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit of the recbole-llm source this process runs ("-dirty" with uncommitted changes
+    to tracked files), or None for an installed package: the version number alone does not tell
+    two development trees apart."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # only the package's own checkout, never an enclosing repository
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def hardware() -> dict[str, Any]:

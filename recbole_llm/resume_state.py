@@ -146,7 +146,7 @@ def training_finished(trainer: Any, epoch: int) -> bool:
 
 
 def save_state(run_dir: Path, trainer: Any, train_data: Any, *, epoch: int, curve: list[dict[str, Any]],
-               train_time_s: float, elapsed_s: float, resumed_at: list[int]) -> None:
+               train_time_s: float, elapsed_s: float, resumed_at: list[int], commits: list[str | None]) -> None:
     """The training state after validated epoch ``epoch`` (called from fit's epoch callback)."""
     import torch
 
@@ -167,6 +167,7 @@ def save_state(run_dir: Path, trainer: Any, train_data: Any, *, epoch: int, curv
         "train_time_s": train_time_s,
         "elapsed_s": elapsed_s,
         "resumed_at": resumed_at,
+        "commits": commits,
         "rng": _rng_states(train_data),
     }
     _replace_atomically(folder(run_dir) / STATE, lambda tmp: torch.save(state, tmp))

@@ -24,7 +24,7 @@ from recbole_llm import resume_state
 from recbole_llm.config import build_config_dict, parse_overrides
 from recbole_llm.data.datasets import home, resolve_dataset
 from recbole_llm.errors import UserError
-from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions
+from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions, source_commit
 from recbole_llm.registry import get_model_class
 
 logger = logging.getLogger("recbole_llm")
@@ -446,15 +446,17 @@ def _train_and_evaluate(
     started = time.time() if started is None else started
     saved = resume_state.load_state(resume_dir) if continuing else None
     curve: list[dict[str, Any]] = saved["curve"] if saved else []
-    before = {"train_time_s": 0.0, "elapsed_s": 0.0, "resumed_at": []}
+    before = {"train_time_s": 0.0, "elapsed_s": 0.0, "resumed_at": [], "commits": []}
     if saved:
         before = {"train_time_s": saved["train_time_s"], "elapsed_s": saved["elapsed_s"],
-                  "resumed_at": [*saved["resumed_at"], saved["epoch"] + 1]}
+                  "resumed_at": [*saved["resumed_at"], saved["epoch"] + 1], "commits": saved.get("commits", [])}
         resume_state.restore(trainer, train_data, saved)  # last: it also resets the random streams
         logger.info("continuing after epoch %d (best %s %.4f at epoch %s)", saved["epoch"], config["valid_metric"],
                     saved["best_valid_score"], next((p["epoch"] for p in reversed(curve) if p["best"]), "-"))
     elif continuing:
         logger.info("the run stopped before its first validation: training from the start")
+    # The source commit of every segment of the run: the code may change between a stop and a resume.
+    commits = [*before["commits"], source_commit()]
     logger.info("training %s on %s: %d users, %d items, %d training interactions, up to %d epochs",
                 config["model"], dataset, data.user_num - 1, data.item_num - 1,
                 len(train_data.dataset), config["epochs"])
@@ -472,7 +474,8 @@ def _train_and_evaluate(
             now = time.time()
             resume_state.save_state(resume_dir, trainer, train_data, epoch=epoch, curve=curve,
                                     train_time_s=before["train_time_s"] + now - fit_started,
-                                    elapsed_s=before["elapsed_s"] + now - started, resumed_at=before["resumed_at"])
+                                    elapsed_s=before["elapsed_s"] + now - started, resumed_at=before["resumed_at"],
+                                    commits=commits)
         if on_epoch is not None:
             on_epoch(epoch, float(valid_score), dict(trainer.best_valid_result or {}))
 
@@ -515,7 +518,7 @@ def _train_and_evaluate(
         "n_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "checkpoint": trainer.saved_model_file,
         "config": dict(config.final_config_dict),
-        **({"resumed_at_epochs": before["resumed_at"]} if before["resumed_at"] else {}),
+        **({"resumed_at_epochs": before["resumed_at"], "segment_commits": commits} if before["resumed_at"] else {}),
         "elapsed_before_s": before["elapsed_s"],
     }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import recbole_llm  # noqa: F401
-from recbole_llm.records import read_records
+from recbole_llm.records import read_records, source_commit
 from recbole_llm.errors import UserError
 from recbole_llm.runner import prepare, resume, run
 
@@ -36,6 +36,13 @@ def test_run_writes_a_complete_record(model: str, tmp_path: Path) -> None:
     assert record["best_epoch"] == 0 and record["epochs_run"] == 1
     assert record["wall_time_s"] > 0 and record["peak_rss_mb"] > 0
     assert {"recbole", "torch", "numpy", "python"} <= set(record["versions"])
+    checkout = Path(recbole_llm.__file__).resolve().parents[1]
+    if (checkout / ".git").exists():  # a development tree (the tests' usual case): its commit is recorded
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert head.startswith(record["versions"]["recbole-llm-commit"].removesuffix("-dirty"))
+    else:
+        assert "recbole-llm-commit" not in record["versions"]
     assert record["hardware"]["cpu_count"] >= 1
     run_dir = Path(record["run_dir"])
     assert (run_dir / "run.log").is_file() and Path(record["checkpoint"]).is_file()
@@ -110,6 +117,7 @@ def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_
     assert resumed["valid_curve"] == unbroken["valid_curve"] and len(resumed["valid_curve"]) == 3
     assert resumed["test"] == unbroken["test"] and resumed["best_valid_score"] == unbroken["best_valid_score"]
     assert resumed["epochs_run"] == 3 and resumed["resumed_at_epochs"] == [stop_after + 1]
+    assert resumed["segment_commits"] == [source_commit()] * 2  # the stopped segment's and the resumed one's
     assert "resumed_at_epochs" not in unbroken
     [stored] = list(read_records(out))
     assert stored["record_id"] == resumed["record_id"] and stored["label"] == "BPR"
