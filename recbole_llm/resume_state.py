@@ -87,6 +87,8 @@ def held(lock: Path, what: str) -> Iterator[None]:
                 raise UserError(f"{what} is in use by process {pid} ({lock}); expected one process at a time: "
                                 "wait for it to end or stop it") from None
             lock.unlink(missing_ok=True)
+    else:  # another start took the stale lock over between our two tries
+        raise UserError(f"{what} is in use by another process ({lock}); expected one process at a time")
     try:
         yield
     finally:
