@@ -60,7 +60,8 @@ def _add_run_parser(sub: Any) -> None:
         description="Continue the interrupted `recbole-llm run` in RUN_DIR with its own settings; its record goes "
                     "where the run's would have gone. Training picks up after the last validated epoch with the "
                     "model, optimizer, early-stopping counters and random streams saved there, so the result is "
-                    "the one the unbroken run would have given.",
+                    "the one the unbroken run would have given. One process at a time: a folder that a live "
+                    "process is training (resume/lock) is refused.",
         epilog="example:\n  recbole-llm resume ~/.recbole-llm/runs/SASRec-ml-100k-20261125-235847-1a2b3c",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
