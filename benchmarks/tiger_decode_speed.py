@@ -23,11 +23,9 @@ import torch
 
 
 def build(dataset: str, overrides: dict, checkpoint: str | None):
-    from recbole.config import Config
-    from recbole.utils import init_seed
-
-    from recbole_llm.model.tiger import TIGER
-    from recbole_llm.runner import load_checkpoint, load_split, prepare, recbole_argv
+    """The model (a checkpoint's weights and settings, or freshly initialised) and the test loader."""
+    from recbole_llm.runner import load_checkpoint
+    from tiger_train_speed import build as build_tiger  # same directory: the shared TIGER set-up
 
     if checkpoint:
         state = load_checkpoint(checkpoint)
@@ -35,12 +33,8 @@ def build(dataset: str, overrides: dict, checkpoint: str | None):
         keep = ("MAX_ITEM_LIST_LENGTH", "llm_encoder", "tiger_user_buckets")
         keep += tuple(k for k in saved.final_config_dict if k.startswith(("semantic_id", "rqvae_", "rqkmeans_", "t5_")))
         overrides = {**{k: saved[k] for k in keep if saved[k] is not None}, **overrides}
-    _, config_dict = prepare("TIGER", dataset, overrides=overrides)
-    with recbole_argv():
-        config = Config(model="TIGER", dataset=dataset, config_dict=config_dict)
-    _, train, _, test = load_split(config)  # the split every run of this dataset is tested on
-    init_seed(config["seed"], True)
-    model = TIGER(config, train._dataset)
+    _, _, test, fresh_model = build_tiger(dataset, overrides)
+    model = fresh_model()
     if checkpoint:
         model.load_state_dict(state["state_dict"])
     return model.eval(), test

@@ -24,6 +24,8 @@ import torch
 
 
 def build(dataset: str, overrides: dict):
+    """TIGER's config, its (train, test) loaders of the run's own seeded split, and a factory of
+    freshly initialised models (``recbole-llm run``'s config path). Also used by tiger_decode_speed.py."""
     from recbole.config import Config
     from recbole.utils import init_seed
 
@@ -33,30 +35,31 @@ def build(dataset: str, overrides: dict):
     _, config_dict = prepare("TIGER", dataset, overrides=overrides)
     with recbole_argv():
         config = Config(model="TIGER", dataset=dataset, config_dict=config_dict)
-    _, train, _, _ = load_split(config)  # the run's own seeded split
+    _, train, _, test = load_split(config)
 
     def fresh_model() -> torch.nn.Module:
         init_seed(config["seed"], True)
         return TIGER(config, train._dataset).train()
 
-    return config, train, fresh_model
+    return config, train, test, fresh_model
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, autocast: bool = False) -> None:
+    """One optimizer step as RecBole's trainer takes it (loss, backward, step)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        loss = model.calculate_loss(batch)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 def time_steps(model: torch.nn.Module, batches: list, lr: float, autocast: bool = False) -> float:
     """Mean milliseconds per optimizer step over ``batches`` (after one warm-up step)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-
-    def step(batch) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-            loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step(batches[0])
+    train_step(model, optimizer, batches[0], autocast)
     started = time.perf_counter()
     for batch in batches[1:]:
-        step(batch)
+        train_step(model, optimizer, batch, autocast)
     return (time.perf_counter() - started) / (len(batches) - 1) * 1000
 
 
@@ -78,7 +81,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     args = parser.parse_args()
     overrides = {"MAX_ITEM_LIST_LENGTH": 20, "train_batch_size": 256, **parse_overrides(args.overrides)}
-    config, train, fresh_model = build(args.dataset, overrides)
+    config, train, _, fresh_model = build(args.dataset, overrides)
     batches = []
     for batch in train:
         batches.append(batch)
@@ -95,10 +98,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for batch in batches[:5]:
-            loss = model.calculate_loss(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, batch)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
