@@ -9,6 +9,7 @@ MiniLM vectors), and the ratios to LightGCN. Both run through RecBole's own Trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -26,13 +27,15 @@ def measure(model: str, epochs: int, batch_size: int) -> tuple[float, float]:
     from recbole_llm.runner import load_split, prepare, recbole_argv
 
     _, config_dict = prepare(model, "ml-100k", overrides={"train_batch_size": batch_size})
-    config_dict["checkpoint_dir"] = tempfile.mkdtemp(prefix="rl-bench-ckpt-")
+    work = tempfile.mkdtemp(prefix="rl-bench-")
+    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
     with recbole_argv():
         config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
     _, train, _, test = load_split(config)
     init_seed(config["seed"], True)
     net = get_model(model)(config, train._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+    with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
     trainer.eval_collector.data_collect(train)
     epoch_times, eval_times = [], []
     for epoch in range(epochs):
