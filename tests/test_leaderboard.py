@@ -75,6 +75,22 @@ def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
     assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
 
 
+def test_seeds_of_one_configuration_form_one_row_wherever_they_ran(tmp_path: Path) -> None:
+    """Seeds run from different checkouts (config file paths, run folders, data paths) are one
+    configuration; a different effective setting is another one, and the one with more seeds wins."""
+    def run(seed: int, ndcg: float, folder: str, learning_rate: float = 0.001) -> dict:
+        record = _record("TIGER(rqvae)", seed, ndcg, True, config_files=[f"/tmp/{folder}/tiger.yaml"])
+        record["config"] = {**record["config"], "learning_rate": learning_rate, "seed": seed,
+                            "checkpoint_dir": f"/runs/{folder}-{seed}", "data_path": f"/{folder}/ml-100k"}
+        return record
+
+    records = [run(1, 0.20, "checkout-a"), run(2, 0.22, "checkout-b"), run(3, 0.24, "checkout-c"),
+               run(1, 0.50, "checkout-a", learning_rate=0.1), run(2, 0.52, "checkout-a", learning_rate=0.1)]
+    [board] = build_boards(records)
+    [row] = board.rows
+    assert row.seeds == [1, 2, 3] and row.mean("ndcg@20") == pytest.approx(0.22)
+
+
 def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     records = [_record("LightGCN", seed, 0.3 + seed / 100, False) for seed in (1, 2)]
     records += [_record("TIGER(rqvae)", seed, 0.2 + seed / 50, True) for seed in (1, 2)]

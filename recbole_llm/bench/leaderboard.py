@@ -28,7 +28,13 @@ from recbole_llm.records import BadLine, read_records
 METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
            "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]}
 SIGNIFICANCE = 0.05
-RUN_KEYS = ("seed", "checkpoint_dir")  # settings that differ between seeds of one configuration
+# Settings that say where and how a run was carried out, not what was trained: runs that differ
+# only in these are seeds of one configuration (the seed itself, folders, devices, logging).
+RUN_KEYS = frozenset({
+    "seed", "checkpoint_dir", "data_path", "dataset_save_path", "dataloaders_save_path", "save_dataset",
+    "save_dataloaders", "gpu_id", "use_gpu", "device", "llm_device", "local_rank", "single_spec", "nproc",
+    "world_size", "ip", "port", "offset", "worker", "state", "show_progress", "log_wandb", "wandb_project",
+})
 # A RecBole metric, optionally of a long-tail / cold-start group: ndcg@10, recall@20_tail_item. Any
 # other number in a record's test result is a model's own diagnostic (tiger_decode_users_per_s ...).
 METRIC_KEY = re.compile(r"^[a-z]+@\d+(_[a-z_]+)?$")
@@ -104,13 +110,22 @@ class Board:
 
 
 def _config_key(record: dict[str, Any]) -> str:
+    """Which configuration a record is a seed of: the grid's key, else the run's effective config.
+
+    The config's content decides, not the paths of the YAML files it came from: the same file run
+    from two checkouts is one configuration, and an edited file at one path is two.
+    """
     bench = record.get("bench") or {}
     if bench.get("config_key"):
         return bench["config_key"]
-    overrides = {k: v for k, v in (record.get("overrides") or {}).items() if k not in RUN_KEYS}
-    return stable_hash({"model": record.get("model"), "label": record.get("label"),
-                        "overrides": overrides, "config_files": record.get("config_files") or [],
-                        "zero_shot": (record.get("zero_shot") or {}).get("source_checkpoint")})
+    key: dict[str, Any] = {"model": record.get("model"), "label": record.get("label"),
+                           "zero_shot": (record.get("zero_shot") or {}).get("source_checkpoint")}
+    if isinstance(record.get("config"), dict):
+        key["config"] = {k: v for k, v in record["config"].items() if k not in RUN_KEYS}
+    else:  # a record without its config: what it was asked to run
+        key["overrides"] = {k: v for k, v in (record.get("overrides") or {}).items() if k not in RUN_KEYS}
+        key["config_files"] = record.get("config_files") or []
+    return stable_hash(key)
 
 
 def _label(record: dict[str, Any]) -> str:
