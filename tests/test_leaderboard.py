@@ -25,7 +25,10 @@ def _record(label: str, seed: int, ndcg: float, llm: bool, **extra) -> dict:
             "seed": seed, "split_seed": 2020, "status": "ok", "llm_enhanced": llm,
             "valid_metric": "NDCG@20", "best_valid_score": ndcg - 0.01,
             "test": {"recall@20": ndcg + 0.05, "ndcg@20": ndcg}, "train_time_s": 10.0 * (2 if llm else 1),
-            "epochs_run": 20, "n_params": 12345, "overrides": {"learning_rate": 0.001},
+            "epochs_run": 20, "n_params": 12345, "overrides": {"learning_rate": 0.001}, "best_epoch": 1,
+            "valid_curve": [{"epoch": 0, "valid_score": ndcg - 0.03, "best": True},
+                            {"epoch": 1, "valid_score": ndcg - 0.01, "best": True},
+                            {"epoch": 2, "valid_score": ndcg - 0.02, "best": False}],
             "hardware": {"cpu_count": 2, "processor": "x86_64", "memory_gb": 24}, "versions": {"recbole": "1.2.1"},
             "config": {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": {"test": "full"}},
                        "stopping_step": 10, "epochs": 20, "train_batch_size": 4096},
@@ -73,6 +76,7 @@ def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
     assert "**Budget:** epoch cap 20; training batch 4096" in md
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
+    assert "validation NDCG@20 per epoch" in page and page.count("kept epoch") == 9  # one star per run shown
 
 
 def test_seeds_of_one_configuration_form_one_row_wherever_they_ran(tmp_path: Path) -> None:

@@ -401,8 +401,43 @@ def _figures(board: Board, include_js: bool) -> str:
                                 "(red: LLM-enhanced, blue: baselines)",
                           xaxis={"title": "mean training time per run (s, log)", "type": "log"},
                           yaxis={"title": board.main_metric}, height=460, width=1150)
-    return (bars.to_html(full_html=False, include_plotlyjs=include_js)
-            + scatter.to_html(full_html=False, include_plotlyjs=False))
+    figures = [bars, scatter]
+    curves = _validation_curves(board)
+    if curves is not None:
+        figures.append(curves)
+    return "".join(figure.to_html(full_html=False, include_plotlyjs=include_js and i == 0)
+                   for i, figure in enumerate(figures))
+
+
+def _validation_curves(board: Board) -> Any:
+    """Validation score per epoch of every run shown (one colour per row, the kept epoch marked):
+    how noisy the curve is tells how much the best-epoch pick flatters a model."""
+    import plotly.colors
+    import plotly.graph_objects as go
+
+    palette = plotly.colors.qualitative.Plotly
+    figure = go.Figure()
+    for i, row in enumerate(board.rows):
+        for n, record in enumerate(row.records):
+            curve = [p for p in record.get("valid_curve") or [] if p.get("valid_score") is not None]
+            if not curve:
+                continue
+            color = palette[i % len(palette)]
+            best = [p for p in curve if p["epoch"] == record.get("best_epoch")]
+            figure.add_scatter(x=[p["epoch"] for p in curve], y=[p["valid_score"] for p in curve], mode="lines",
+                               line={"color": color, "width": 1.5}, name=row.label, legendgroup=row.label,
+                               showlegend=n == 0, hovertext=f"{row.label}, seed {record.get('seed')}")
+            figure.add_scatter(x=[p["epoch"] for p in best], y=[p["valid_score"] for p in best], mode="markers",
+                               marker={"color": color, "size": 9, "symbol": "star"}, legendgroup=row.label,
+                               showlegend=False, hovertext=f"{row.label}, seed {record.get('seed')}: kept epoch")
+    if not figure.data:
+        return None
+    last_epoch = max(max(trace.x) for trace in figure.data if len(trace.x))
+    metric = str(board.rows[0].records[0].get("valid_metric") or "validation score")
+    figure.update_layout(title=f"{board.dataset}: validation {metric} per epoch, one line per run "
+                               "(star: the epoch tested)",
+                         xaxis={"title": "epoch", "dtick": max(1, math.ceil(last_epoch / 10))}, yaxis={"title": f"validation {metric}"}, height=460, width=1150)
+    return figure
 
 
 def render_html(boards: list[Board], source: str) -> str:
