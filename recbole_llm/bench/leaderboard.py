@@ -436,7 +436,8 @@ def _validation_curves(board: Board) -> Any:
     metric = str(board.rows[0].records[0].get("valid_metric") or "validation score")
     figure.update_layout(title=f"{board.dataset}: validation {metric} per epoch, one line per run "
                                "(star: the epoch tested)",
-                         xaxis={"title": "epoch", "dtick": max(1, math.ceil(last_epoch / 10))}, yaxis={"title": f"validation {metric}"}, height=460, width=1150)
+                         xaxis={"title": "epoch", "dtick": max(1, math.ceil(last_epoch / 10))},
+                         yaxis={"title": f"validation {metric}"}, height=460, width=1150)
     return figure
 
 
