@@ -135,11 +135,15 @@ def _add_profile_parser(sub: Any) -> None:
 def _add_recommend_parser(sub: Any) -> None:
     p = sub.add_parser(
         "recommend", help="top-k items for a user from a trained model, optionally steered by an intention",
-        description="Load a trained model and print a user's top items (never their training items).",
+        description="Load a trained model and print a user's top items.\n"
+                    "General models (AlphaRec, LightGCN, RLMRec ...) never return the user's training items.\n"
+                    "Sequential models (SASRec, LLM-ESR, TIGER) read the user's whole history in time order\n"
+                    "and recommend what comes next, never an item of that history.",
         epilog="examples:\n"
                "  recbole-llm recommend -m AlphaRec -d ml-100k --user 196\n"
                "  recbole-llm recommend -m AlphaRec -d ml-100k --user 196 --intent \"a light-hearted animated film\" -k 5\n"
-               "  recbole-llm recommend --checkpoint ~/.recbole-llm/runs/AlphaRec-ml-100k-.../ --user 196\n\n"
+               "  recbole-llm recommend --checkpoint ~/.recbole-llm/runs/AlphaRec-ml-100k-.../ --user 196\n"
+               "  recbole-llm recommend -m TIGER -d ml-100k --user 196 -k 5\n\n"
                "Without --checkpoint the newest run folder of MODEL on DATASET under $RECBOLE_LLM_HOME/runs is used.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -45,12 +45,16 @@ def recommend(
     intent: str | None = None,
     alpha: float = 0.5,
 ) -> list[dict[str, Any]]:
-    """Top-k items for ``user`` (a user token), never one of their training items.
+    """Top-k items for ``user`` (a user token).
 
-    With ``intent`` (models with ``intent_scores``), the user's representation is blended with the
-    projected LLM vector of the text: e~_u = (1 - alpha) e_u + alpha e_intent.
+    General models score the user's learned representation and never return one of their training
+    items. Sequential models (SASRec, LLM-ESR, TIGER) read the user's whole history in time order
+    (its last ``MAX_ITEM_LIST_LENGTH`` items): they recommend what comes next, never an item already
+    in that history. With ``intent`` (models with ``intent_scores``), the user's representation is
+    blended with the projected LLM vector of the text: e~_u = (1 - alpha) e_u + alpha e_intent.
     """
     from recbole.data.interaction import Interaction
+    from recbole.model.abstract_recommender import SequentialRecommender
 
     config, data, model = trained.config, trained.dataset, trained.model
     uid_field, iid_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
@@ -72,17 +76,35 @@ def recommend(
 
             vector = load_encoder(config["llm_encoder"], device=str(device)).encode([intent], progress=False)
             scores = model.intent_scores(torch.tensor([uid], device=device), torch.as_tensor(vector, device=device), alpha)
+            seen = _items_of(trained.train.inter_feat, config, uid)
+        elif isinstance(model, SequentialRecommender):
+            seen = _items_of(data.inter_feat, config, uid)
+            history = seen[-model.max_seq_length:]
+            item_seq = torch.zeros(1, model.max_seq_length, dtype=torch.long)  # RecBole pads at the end
+            item_seq[0, :len(history)] = history
+            scores = model.full_sort_predict(Interaction({
+                uid_field: torch.tensor([uid]), model.ITEM_SEQ: item_seq,
+                model.ITEM_SEQ_LEN: torch.tensor([len(history)])}).to(device))
         else:
             scores = model.full_sort_predict(Interaction({uid_field: torch.tensor([uid], device=device)}).to(device))
+            seen = _items_of(trained.train.inter_feat, config, uid)
     scores = scores.view(-1).float().cpu().clone()
-    inter = trained.train.inter_feat
-    seen = inter[iid_field][inter[uid_field] == uid]
     scores[seen] = -float("inf")
     scores[0] = -float("inf")  # padding
     top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.tolist()
     texts = _item_texts(config)
     return [{"item": str(data.id2token(iid_field, i)), "text": texts.get(str(data.id2token(iid_field, i)), ""),
              "score": float(scores[i])} for i in top]
+
+
+def _items_of(inter: Any, config: Any, uid: int) -> torch.Tensor:
+    """The items of ``uid``'s interactions in ``inter`` (internal ids), oldest first."""
+    rows = inter[config["USER_ID_FIELD"]] == uid
+    items = inter[config["ITEM_ID_FIELD"]][rows]
+    time_field = config["TIME_FIELD"]
+    if time_field in inter.columns:
+        items = items[torch.argsort(inter[time_field][rows], stable=True)]
+    return items.cpu()
 
 
 def _item_texts(config: Any) -> dict[str, str]:

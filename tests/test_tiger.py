@@ -286,7 +286,8 @@ def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> N
 
 def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     record = run("TIGER", "amazon-beauty", data_path=data_root, epochs=1, output=tmp_path / "runs.jsonl",
-                 verbose=False, overrides={**TINY_T5, "semantic_id_method": "rqvae", "rqvae_epochs": 5})
+                 verbose=False, overrides={**TINY_T5, "semantic_id_method": "rqvae", "rqvae_epochs": 5,
+                                           "MAX_ITEM_LIST_LENGTH": 4})  # shorter than the histories
     assert record["label"] == "TIGER(rqvae)" and record["llm_enhanced"] and record["protocol"] == "sequential"
     test = record["test"]
     assert 0 <= test["recall@10"] <= 1 and test["tiger_invalid_beam_rate"] == 0.0
@@ -295,6 +296,27 @@ def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     assert test["tiger_colliding_items"] == meta["colliding_items"]
     assert test["tiger_max_items_per_tuple"] == meta["max_items_per_tuple"]
     assert (tmp_path / "runs.jsonl").is_file()
+
+    # `recommend` on the trained TIGER: the beams after the user's whole history, less that history.
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.inference import load_trained, recommend
+
+    trained = load_trained(record["checkpoint"])
+    rows = recommend(trained, "U001", k=5)
+    data, model = trained.dataset, trained.model
+    uid = int(data.token2id("user_id", "U001"))
+    inter = data.inter_feat  # every interaction RecBole kept: train, valid and test
+    mine = inter["user_id"] == uid
+    ids = inter["item_id"][mine][inter["timestamp"][mine].argsort()]
+    assert data.id2token("item_id", ids[-1].item()) == COLD_ITEM  # the test interaction is in it
+    item_seq = torch.zeros(1, model.max_seq_length, dtype=torch.long)
+    item_seq[0, :len(ids)] = ids[-model.max_seq_length:]
+    beams, _ = model.recommend(Interaction({"user_id": torch.tensor([uid]), "item_id_list": item_seq,
+                                            "item_length": torch.tensor([len(ids)])}))
+    expected = [data.id2token("item_id", i) for i in beams[0].tolist() if i not in ids.tolist()][:5]
+    assert [row["item"] for row in rows] == expected and len(expected) == 5
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
 
 
 def test_defaults_scale_with_the_catalogue() -> None:
