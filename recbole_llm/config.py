@@ -109,8 +109,15 @@ def _type_matches(default: Any, value: Any) -> bool:
     return True
 
 
+# Counts and sizes of the protocol and the budget: below 1 they fail deep inside RecBole or torch.
+# (Not every positive default: RecBole reads eval_step < 1 as "never validate", for example.)
+AT_LEAST_ONE = ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "embedding_size",
+                "hidden_size", "n_layers", "n_heads", "inner_size")
+
+
 def check_overrides(overrides: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Reject --set keys that no default knows, and values whose type cannot match the default's."""
+    """Reject --set keys that no default knows, values whose type cannot match the default's, and
+    counts below 1 (AT_LEAST_ONE)."""
     for key, value in overrides.items():
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=3)
@@ -124,6 +131,8 @@ def check_overrides(overrides: dict[str, Any], defaults: dict[str, Any]) -> None
                 f"--set {key}={value!r}: expected a value of type {type(defaults[key]).__name__} "
                 f"like the default {defaults[key]!r}, got {type(value).__name__}"
             )
+        if key in AT_LEAST_ONE and isinstance(value, (int, float)) and (isinstance(value, float) or value < 1):
+            raise UserError(f"--set {key}={value!r}: expected a whole number of at least 1")
 
 
 def model_yaml(model_name: str) -> Path | None:

@@ -47,6 +47,8 @@ def _broken_dataset(root: Path, kind: str) -> None:
     (["run", "-m", "BPR", "-d", "ml-100k", "--set", "learning_rate"], "--set 'learning_rate' is malformed"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--set", "epochs=many"], "--set epochs='many': expected a value of type int"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--set", "learnin_rate=0.1"], "Did you mean learning_rate"),
+    (["run", "-m", "SASRec", "-d", "ml-100k", "--set", "MAX_ITEM_LIST_LENGTH=-3"],
+     "--set MAX_ITEM_LIST_LENGTH=-3: expected a whole number of at least 1"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--device", "tpu"], "--device tpu: expected cpu, cuda"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data"], "header column 'rating:number' is malformed"),
@@ -54,7 +56,7 @@ def _broken_dataset(root: Path, kind: str) -> None:
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data", "--epochs", "1"], "could not load dataset 'broken'"),
     (["resume", "no-such-run"], "run folder no-such-run does not exist"),
     (["resume", "."], "holds no unfinished run"),
-], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "config-file", "device", "header", "missing", "value",
+], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "set-count", "config-file", "device", "header", "missing", "value",
         "resume-missing", "resume-finished"])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture, session_home: Path) -> None:
