@@ -160,8 +160,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from recbole_llm.data.datasets import home
-    from recbole_llm.inference import load_trained, recommend
+    from recbole_llm.inference import check_request, load_trained, recommend
 
+    check_request(args.k, args.alpha)
     checkpoint = args.checkpoint
     if checkpoint is None:
         if not args.dataset:

@@ -38,6 +38,14 @@ def load_trained(checkpoint: str | os.PathLike) -> TrainedModel:
     return TrainedModel(config, data, train._dataset, model, state["path"])
 
 
+def check_request(k: int, alpha: float) -> None:
+    """A recommendation request's numbers, checked before anything is loaded."""
+    if k < 1:
+        raise UserError(f"-k {k}: expected a positive number of items")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha {alpha}: expected a weight between 0 and 1")
+
+
 def recommend(
     trained: TrainedModel,
     user: str,
@@ -63,10 +71,7 @@ def recommend(
     except ValueError:
         raise UserError(f"user '{user}' is not in dataset '{config['dataset']}'; expected a {uid_field} "
                         "token of its .inter file") from None
-    if k < 1:
-        raise UserError(f"-k {k}: expected a positive number of items")
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"--alpha {alpha}: expected a weight between 0 and 1")
+    check_request(k, alpha)
     device = config["device"]
     with torch.no_grad():
         if intent:
