@@ -449,7 +449,9 @@ def _train_and_evaluate(
     before = {"train_time_s": 0.0, "elapsed_s": 0.0, "resumed_at": [], "commits": []}
     if saved:
         before = {"train_time_s": saved["train_time_s"], "elapsed_s": saved["elapsed_s"],
-                  "resumed_at": [*saved["resumed_at"], saved["epoch"] + 1], "commits": saved.get("commits", [])}
+                  "resumed_at": [*saved["resumed_at"], saved["epoch"] + 1],
+                  # a state saved before commits were kept: its segments' commits are unknown (None)
+                  "commits": saved.get("commits", [None] * (len(saved["resumed_at"]) + 1))}
         resume_state.restore(trainer, train_data, saved)  # last: it also resets the random streams
         logger.info("continuing after epoch %d (best %s %.4f at epoch %s)", saved["epoch"], config["valid_metric"],
                     saved["best_valid_score"], next((p["epoch"] for p in reversed(curve) if p["best"]), "-"))

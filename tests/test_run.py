@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 import recbole_llm  # noqa: F401
 from recbole_llm.records import read_records, source_commit
@@ -112,12 +113,18 @@ def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_
     with pytest.raises(UserError, match=rf"in use by process {os.getppid()}"):
         resume(tmp_path / "cut", verbose=False)
     lock.write_text(str(_dead_pid()))
+    if stop_after == 2:  # a state saved before records named commits: its segment's commit is unknown
+        state_file = tmp_path / "cut" / "resume" / "state.pth"
+        state = torch.load(state_file)
+        del state["commits"]
+        torch.save(state, state_file)
 
     resumed = resume(tmp_path / "cut", verbose=False)
     assert resumed["valid_curve"] == unbroken["valid_curve"] and len(resumed["valid_curve"]) == 3
     assert resumed["test"] == unbroken["test"] and resumed["best_valid_score"] == unbroken["best_valid_score"]
     assert resumed["epochs_run"] == 3 and resumed["resumed_at_epochs"] == [stop_after + 1]
-    assert resumed["segment_commits"] == [source_commit()] * 2  # the stopped segment's and the resumed one's
+    # the stopped segment's commit and the resumed one's
+    assert resumed["segment_commits"] == [source_commit() if stop_after == 1 else None, source_commit()]
     assert "resumed_at_epochs" not in unbroken
     [stored] = list(read_records(out))
     assert stored["record_id"] == resumed["record_id"] and stored["label"] == "BPR"
