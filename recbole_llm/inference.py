@@ -73,6 +73,9 @@ def recommend(
                         "token of its .inter file") from None
     check_request(k, alpha)
     device = config["device"]
+    sequential = isinstance(model, SequentialRecommender)
+    # Never recommended again: a sequential model's whole history (also its input), else the training items.
+    seen = _items_of(data.inter_feat if sequential else trained.train.inter_feat, config, uid)
     with torch.no_grad():
         if intent:
             if not hasattr(model, "intent_scores"):
@@ -81,9 +84,7 @@ def recommend(
 
             vector = load_encoder(config["llm_encoder"], device=str(device)).encode([intent], progress=False)
             scores = model.intent_scores(torch.tensor([uid], device=device), torch.as_tensor(vector, device=device), alpha)
-            seen = _items_of(trained.train.inter_feat, config, uid)
-        elif isinstance(model, SequentialRecommender):
-            seen = _items_of(data.inter_feat, config, uid)
+        elif sequential:
             history = seen[-model.max_seq_length:]
             item_seq = torch.zeros(1, model.max_seq_length, dtype=torch.long)  # RecBole pads at the end
             item_seq[0, :len(history)] = history
@@ -91,8 +92,7 @@ def recommend(
                 uid_field: torch.tensor([uid]), model.ITEM_SEQ: item_seq,
                 model.ITEM_SEQ_LEN: torch.tensor([len(history)])}).to(device))
         else:
-            scores = model.full_sort_predict(Interaction({uid_field: torch.tensor([uid], device=device)}).to(device))
-            seen = _items_of(trained.train.inter_feat, config, uid)
+            scores = model.full_sort_predict(Interaction({uid_field: torch.tensor([uid])}).to(device))
     scores = scores.view(-1).float().cpu().clone()
     scores[seen] = -float("inf")
     scores[0] = -float("inf")  # padding
