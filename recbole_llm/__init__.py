@@ -19,6 +19,10 @@ from recbole_llm.registry import install_recbole_hooks as _install_recbole_hooks
 
 _install_recbole_hooks()
 
+from recbole_llm import hooks as _hooks  # noqa: E402
+
+_hooks.install()  # RecBole's run_recbole / objective_function / ... reach the toolkit's stages
+
 from recbole_llm.errors import UserError  # noqa: E402
 from recbole_llm.registry import get_model_class, list_models, register_model  # noqa: E402
 from recbole_llm.runner import run  # noqa: E402

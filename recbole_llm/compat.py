@@ -152,7 +152,15 @@ def repair_alias_features_follow_filtering() -> None:
                     continue
                 for alias in aliases:
                     if alias in feat.columns:
+                        before = len(feat)
                         feat = feat[feat[alias].isin(kept)].reset_index(drop=True)
+                        if before and feat.empty:  # RecBole would crash on the empty table
+                            from recbole_llm.errors import UserError
+
+                            suffix = feat_name[:-len("_feat")] if feat_name.endswith("_feat") else feat_name
+                            raise UserError(
+                                f"{self.dataset_name}.{suffix}: none of its {before} {alias} ids is an id of "
+                                f"{self.dataset_name}'s interactions; expected a feature file written for this dataset")
                 setattr(self, feat_name, feat)
 
     Dataset._data_filtering = _data_filtering
@@ -198,6 +206,33 @@ def repair_pop_counts() -> None:
     Pop.calculate_loss = calculate_loss
 
 
+class _TuneReportingDicts:
+    """ray.tune with ``report(**metrics)`` turned into ``report(metrics)`` (see repair_tune_report)."""
+
+    def __init__(self, tune: Any) -> None:
+        self._tune = tune
+
+    def report(self, *args: Any, **metrics: Any) -> None:
+        self._tune.report(*args or (metrics,))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tune, name)
+
+
+def repair_tune_report() -> None:
+    """objective_function calls ``tune.report(**metrics)``; Ray >= 2.7 takes one dict, so the call
+    raised a TypeError in every Ray Tune trial (RecBole's hyper-parameter tuning with Ray)."""
+    import inspect
+
+    import recbole.quick_start.quick_start as quick_start
+
+    tune = quick_start.tune
+    if isinstance(tune, _TuneReportingDicts) or "metrics" not in inspect.signature(tune.report).parameters:
+        return
+    _remember("quick_start.tune", tune)
+    quick_start.tune = _TuneReportingDicts(tune)
+
+
 REPAIRS: tuple[Callable[[], None], ...] = (
     repair_numpy_aliases,
     repair_scipy_dok_update,
@@ -206,6 +241,7 @@ REPAIRS: tuple[Callable[[], None], ...] = (
     repair_alias_features_follow_filtering,
     repair_ml100k_data_path,
     repair_pop_counts,
+    repair_tune_report,
 )
 
 

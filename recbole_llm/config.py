@@ -16,6 +16,7 @@ import yaml
 
 from recbole_llm.data.datasets import dataset_properties_file
 from recbole_llm.errors import UserError
+from recbole_llm.progress import shown
 
 from recbole_llm.paths import PROPERTIES_DIR
 
@@ -165,8 +166,13 @@ def build_config_dict(
     data_root: str | os.PathLike,
     config_files: Iterable[str | os.PathLike] = (),
     overrides: dict[str, Any] | None = None,
+    check: bool = True,
 ) -> dict[str, Any]:
-    """The external config dict handed to RecBole's Config (same dict for run_recbole)."""
+    """The external config dict handed to RecBole's Config (same dict for run_recbole).
+
+    ``check`` refuses unknown keys and ill-typed values in ``overrides`` (the command line's --set);
+    RecBole's own entry points pass their config dicts unchecked, as RecBole does.
+    """
     protocol = protocol_of(model_class)
     config: dict[str, Any] = {}
     config.update(load_yaml(PROPERTIES_DIR / "overall.yaml"))
@@ -177,8 +183,12 @@ def build_config_dict(
     for path in config_files:
         config.update(load_yaml(path))
     if overrides:
-        check_overrides(overrides, {**recbole_defaults(), **config})
+        if check:
+            check_overrides(overrides, {**recbole_defaults(), **config})
         config.update(overrides)
+    if config.get("show_progress") is None:
+        # RecBole's per-batch bars on a terminal; never in a log file, captured output or --quiet.
+        config["show_progress"] = shown()
     if config.get("loss_type") == "CE" and "train_neg_sample_args" not in config:
         # RecBole refuses its default negative sampling with a cross-entropy loss over all items
         # (SASRec, BERT4Rec ...) and expects the user to switch it off; do it for them.

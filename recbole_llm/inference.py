@@ -115,12 +115,10 @@ def _items_of(inter: Any, config: Any, uid: int) -> torch.Tensor:
 def _item_texts(config: Any) -> dict[str, str]:
     from pathlib import Path
 
-    from recbole_llm.data.text import TextTemplate, item_texts
+    from recbole_llm.data.text import item_texts, template_for
 
-    if not config["item_text_template"]:
-        return {}
-    template = TextTemplate.from_config(config["item_text_template"], config["item_text_list_fields"] or ())
+    folder = Path(config["data_path"])
     try:
-        return item_texts(Path(config["data_path"]), config["dataset"], template)
-    except UserError:
+        return item_texts(folder, config["dataset"], template_for(folder, config["dataset"], config.final_config_dict))
+    except UserError:  # no .item file or no text column: items are shown by id only
         return {}

@@ -77,6 +77,9 @@ def register_model(
             trainer=trainer or getattr(model_cls, "trainer_class", None),
             config_file=Path(cfg) if cfg else None,
         )
+        from recbole_llm.compat import allow_checkpoint_class
+
+        allow_checkpoint_class(model_cls)  # load_data_and_model reads Config.model_class from checkpoints
         return model_cls
 
     return _register(cls) if cls is not None else _register

@@ -20,10 +20,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from recbole_llm import resume_state
+from recbole_llm import progress, resume_state
 from recbole_llm.config import build_config_dict, parse_overrides
 from recbole_llm.data.datasets import home, resolve_dataset
+from recbole_llm.data.features import attach_llm_features
 from recbole_llm.errors import UserError
+from recbole_llm.progress import shown
 from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions, source_commit
 from recbole_llm.registry import get_model_class
 
@@ -88,6 +90,42 @@ def _log_to(run_dir: Path, verbose: bool) -> Iterator[None]:
             root.removeHandler(handler)
             handler.close()
         root.setLevel(previous_level)
+
+
+@contextlib.contextmanager
+def _console(verbose: bool) -> Iterator[None]:
+    """recbole-llm's own log lines on the terminal while a run is prepared (before its run folder
+    and log exist): which feature files are reused, built or generated, and how long that takes."""
+    log = logging.getLogger("recbole_llm")
+    if not verbose or log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _transient_batch_bars() -> Iterator[None]:
+    """RecBole's per-batch bars (show_progress) vanish when their loop ends, under the epoch bar,
+    instead of leaving two lines per epoch on the terminal."""
+    import functools
+
+    import recbole.trainer.trainer as recbole_trainer
+
+    original = recbole_trainer.tqdm
+    recbole_trainer.tqdm = functools.partial(original, leave=False)
+    try:
+        yield
+    finally:
+        recbole_trainer.tqdm = original
 
 
 def _flag_overrides(seed: int | None, device: str | None, epochs: int | None) -> dict[str, Any]:
@@ -215,29 +253,6 @@ def _zero_shot_source(model: str, source_path: str | os.PathLike,
     return source, overrides
 
 
-def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:
-    """For a model that declares ``llm_features`` (e.g. ``("item",)``): build the feature files its
-    ``llm_encoder`` needs when missing or stale, and add the RecBole settings that load them.
-
-    The model then finds the RecBole field of each kind in ``config["llm_feature_fields"]`` and
-    reads the aligned matrix with ``dataset.get_preload_weight(field)``.
-    """
-    kinds = tuple(getattr(model_class, "llm_features", ()) or ())
-    if not kinds:
-        return config_dict
-    from recbole_llm.data.features import FEATURE_BUILDERS, merge_recbole_config
-
-    files = []
-    for kind in kinds:
-        if kind not in FEATURE_BUILDERS:
-            raise UserError(f"model {model_class.__name__} asks for LLM features of kind '{kind}'; "
-                            f"expected one of {sorted(FEATURE_BUILDERS)}")
-        files.append(FEATURE_BUILDERS[kind](folder, dataset, config_dict))
-    config_dict = merge_recbole_config(config_dict, files)
-    config_dict["llm_feature_fields"] = {ff.kind: ff.id_field for ff in files}
-    return config_dict
-
-
 def run(
     model: str,
     dataset: str,
@@ -276,10 +291,11 @@ def run(
         source, overrides = _zero_shot_source(model, zero_shot_from, overrides)
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
-    _, config_dict = prepare(
-        model, dataset, config_files=config_files, overrides=overrides, seed=seed,
-        device=device, epochs=epochs, data_path=data_path,
-    )
+    with progress.quiet(not verbose), _console(verbose):  # building LLM features can take minutes
+        _, config_dict = prepare(
+            model, dataset, config_files=config_files, overrides=overrides, seed=seed,
+            device=device, epochs=epochs, data_path=data_path,
+        )
     run_dir = Path(run_dir).resolve() if run_dir else _new_run_dir(model, dataset)
     if resume_state.folder(run_dir).is_dir():
         raise UserError(f"{run_dir} holds an unfinished run; expected a new folder "
@@ -323,7 +339,7 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
         model, dataset = request["model"], request["dataset"]
         model_class = get_model_class(model)
         try:
-            with _inside(run_dir), _log_to(run_dir, verbose):
+            with _inside(run_dir), _log_to(run_dir, verbose), progress.quiet(not verbose), _transient_batch_bars():
                 logger.info("run folder: %s", run_dir)
                 if resumable and not continuing:
                     resume_state.write_request(run_dir, request)
@@ -463,7 +479,7 @@ def _train_and_evaluate(
                 config["model"], dataset, data.user_num - 1, data.item_num - 1,
                 len(train_data.dataset), config["epochs"])
     bar = tqdm(total=config["epochs"], initial=trainer.start_epoch, desc=f"{config['model']} epochs",
-               unit="epoch", disable=not progress, dynamic_ncols=True, leave=False)
+               unit="epoch", disable=not shown(progress), dynamic_ncols=True, leave=False)
     fit_started = time.time()
 
     def epoch_done(epoch: int, valid_score: float) -> None:

@@ -80,3 +80,32 @@ def test_help_teaches() -> None:
     assert result.returncode == 0
     assert "examples:" in result.stdout and "--set KEY=VALUE" in result.stdout
     assert "recbole-llm resume" in result.stdout  # how to continue a stopped run
+
+
+def _own_dataset(root: Path) -> Path:
+    """A dataset of one's own, no YAML, its text columns named unlike ml-100k's (and an image URL)."""
+    folder = write_amazon_fixture(root, "shop")
+    rows = (folder / "shop.item").read_text().splitlines()[1:]
+    lines = ["item_id:token\tname:token_seq\tgenre:token_seq\tprice:float\timage_url:token"]
+    lines += [f"{r.split(chr(9))[0]}\tProduct {i} lotion\tBeauty Skin\t{i}.5\thttp://x/{i}.jpg" for i, r in enumerate(rows)]
+    (folder / "shop.item").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_own_dataset_needs_no_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The plain command works on a dataset of one's own: its item text is rendered from the .item
+    file's text columns (named in the feature file's metadata); --set item_text_template chooses."""
+    import json
+
+    folder = _own_dataset(tmp_path / "data")
+    common = ["run", "-m", "AlphaRec", "-d", "shop", "--data-path", str(tmp_path / "data"), "--epochs", "1", "--no-record"]
+    assert main([*common, "--quiet"]) == 0
+    meta = json.loads((folder / "shop.item_minilm.json").read_text())
+    assert meta["template"] == "Name: {name}. Genre: {genre}. [lists: genre]"  # no price, no URL
+
+    assert main([*common, "--quiet", "--set", 'item_text_template=["Product: {name}."]',
+                 "--set", "item_text_list_fields=[]"]) == 0
+    assert json.loads((folder / "shop.item_minilm.json").read_text())["template"] == "Product: {name}."
+    capsys.readouterr()
+    assert main(["encode", "-d", "shop", "--data-path", str(tmp_path / "data"), "--show", "1"]) == 0
+    assert "Name: Product 0 lotion. Genre: Beauty, Skin." in capsys.readouterr().out

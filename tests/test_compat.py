@@ -139,3 +139,30 @@ def test_pop_counts_interactions(monkeypatch: pytest.MonkeyPatch) -> None:
     fake.item_cnt.zero_()
     compat.ORIGINALS["Pop.calculate_loss"](fake, batch)
     assert fake.item_cnt.view(-1).tolist() == [0, 1, 1, 0, 1]  # RecBole's own: once per batch
+
+
+def test_tune_report_repair() -> None:
+    """objective_function's ``tune.report(**metrics)`` reaches today's Ray as one dict (the real Ray
+    Tune trial is in tests/test_recbole_doors.py)."""
+    import inspect
+
+    import recbole.quick_start.quick_start as quick_start
+
+    original = compat.ORIGINALS["quick_start.tune"]
+    assert list(inspect.signature(original.report).parameters)[0] == "metrics"  # one dict, no **kwargs
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def report(self, metrics: dict, *, checkpoint: object = None) -> None:
+            self.calls.append((metrics, checkpoint))
+
+    recorder = Recorder()
+    shim = compat._TuneReportingDicts(recorder)
+    with pytest.raises(TypeError):
+        recorder.report(**{"recall@10": 0.5})  # what RecBole's call does to today's signature
+    shim.report(**{"recall@10": 0.5, "ndcg@10": 0.25})
+    shim.report({"mrr@10": 0.1})
+    assert recorder.calls == [({"recall@10": 0.5, "ndcg@10": 0.25}, None), ({"mrr@10": 0.1}, None)]
+    assert isinstance(quick_start.tune, compat._TuneReportingDicts) and quick_start.tune.Tuner is original.Tuner

@@ -40,6 +40,34 @@ def test_empty_cells_are_skipped(amazon_root: Path) -> None:
     assert item_texts(amazon_root / "amazon-beauty", "amazon-beauty", custom)["B0001"] == "Product 1 lotion by Brand1"
 
 
+def test_default_template_from_the_item_columns(tmp_path: Path) -> None:
+    """Without item_text_template: one segment per token / token_seq column, except ids, URLs and
+    paths; category-like token_seq columns are lists."""
+    from recbole_llm.data.datasets import embedded_copy
+    from recbole_llm.data.text import infer_template, template_for
+
+    ml = infer_template(embedded_copy(), "ml-100k")  # movie_title:token_seq release_year:token class:token_seq
+    assert ml.segments == ("Movie title: {movie_title}.", "Release year: {release_year}.", "Class: {class}.")
+    assert ml.list_fields == ("class",)
+    assert item_texts(embedded_copy(), "ml-100k", ml)["1"] == \
+        "Movie title: Toy Story. Release year: 1995. Class: Animation, Children's, Comedy."
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "shop.item").write_text("iid:token\tshop_id:token\ttitle:token\ttags:token_seq\tdescription:token_seq\t"
+                                      "price:float\timg_url:token\tlink:token\tpaths:token_seq\n")
+    shop = infer_template(folder, "shop")
+    assert shop.segments == ("Title: {title}.", "Tags: {tags}.", "Description: {description}.")
+    assert shop.list_fields == ("tags",)
+    given = template_for(folder, "shop", {"item_text_template": "{title}", "item_text_list_fields": None})
+    assert given.segments == ("{title}",)
+    (folder / "shop.item").write_text("item_id:token\tprice:float\n")
+    with pytest.raises(UserError, match=r"shop.item has no text column \(its columns are item_id:token, price:float\)"):
+        infer_template(folder, "shop")
+    (folder / "shop.item").unlink()
+    with pytest.raises(UserError, match=r"shop.item is missing; item text needs the .item atomic file"):
+        template_for(folder, "shop", {})
+
+
 def test_missing_text_column_is_named(amazon_root: Path) -> None:
     template = TextTemplate.from_config("Title: {title}. Author: {author}.")
     with pytest.raises(UserError, match="no column author"):
@@ -152,6 +180,7 @@ def _own_file(folder: Path, rows: dict[str, str]) -> FeatureFile:
 
 @pytest.mark.parametrize("problem, message", [
     ("ragged", "different dimensions"), ("nan", "NaN or inf"), ("missing", "has no vector for 1 items"),
+    ("size", r"item_minilm holds 3-d vectors; expected 384-d \(minilm\)"),  # named after MiniLM, not its size
 ])
 def test_user_supplied_feature_file_is_validated(amazon_root: Path, problem: str, message: str) -> None:
     folder = amazon_root / "amazon-beauty"
@@ -160,7 +189,7 @@ def test_user_supplied_feature_file_is_validated(amazon_root: Path, problem: str
         rows["B0003"] = "0.1 0.2"
     elif problem == "nan":
         rows["B0004"] = "0.1 nan 0.3"
-    else:
+    elif problem == "missing":
         del rows["B0005"]
     _own_file(folder, rows)
     with pytest.raises(UserError, match=message):

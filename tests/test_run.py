@@ -131,3 +131,40 @@ def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_
     assert not (tmp_path / "cut" / "resume").exists()
     with pytest.raises(UserError, match="holds no unfinished run"):
         resume(tmp_path / "cut", verbose=False)
+
+
+class _Terminal:
+    """A stand-in for stderr on a terminal: records what is drawn on it."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("verbose", [True, False], ids=["terminal", "quiet"])
+def test_batch_progress_bars_on_a_terminal_only(verbose: bool, amazon_root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long epoch (LLM-ESR: minutes on a CPU) shows RecBole's per-batch bars for training and
+    evaluation on a terminal; --quiet (verbose=False) draws none, and the run log never holds one."""
+    import sys
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    record = run("LLMESR", "amazon-beauty", data_path=amazon_root, epochs=1, output=None, verbose=verbose,
+                 run_dir=tmp_path / "run", overrides={"hidden_size": 8, "inner_size": 16, "sim_user_num": 3})
+    drawn = terminal.buffer.getvalue()
+    assert record["config"]["show_progress"] is verbose
+    assert ("Train     0" in drawn) is verbose and ("Evaluate" in drawn) is verbose
+    assert ("Batches" in drawn) is verbose  # MiniLM encoding the feature files on the way
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "Train     0" not in log and "it/s" not in log

@@ -24,15 +24,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from recbole_llm.data.text import TextTemplate, item_texts, texts_hash
+from recbole_llm.data.text import TextTemplate, item_texts, template_for, texts_hash
 from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
 KINDS = {"item": "item", "item_profile": "item", "user_profile": "user"}  # kind -> entity
 
-# kind -> builder(folder, dataset, config_dict) returning the FeatureFile a model of that kind needs;
-# models declare the kinds in ``llm_features`` and the runner calls the builders (attach_llm_features).
-FeatureBuilder = Callable[[Path, str, dict], "FeatureFile"]
+# kind -> builder(folder, dataset, config_dict) returning the FeatureFile a model of that kind needs
+# (or a dict kind -> FeatureFile when one builder makes several kinds at once); models declare the
+# kinds in ``llm_features`` and attach_llm_features calls the builders.
+FeatureBuilder = Callable[[Path, str, dict], "FeatureFile | dict[str, FeatureFile]"]
 FEATURE_BUILDERS: dict[str, FeatureBuilder] = {}
 
 
@@ -236,7 +237,9 @@ def ensure_text_features(
     meta = ff.meta()
     if not force and ff.path.is_file():
         if meta is None:  # the user's own file: validate, never overwrite
-            check_feature_file(ff, texts)
+            from recbole_llm.llm.encoders import PACKAGED_DIMS
+
+            check_feature_file(ff, texts, PACKAGED_DIMS.get(encoder))
             logger.info("using %s (no metadata: a user-supplied feature file)", ff.path)
             return ff
         if all(meta.get(k) == v for k, v in wanted.items()) and meta.get("count") == len(texts):
@@ -281,11 +284,66 @@ def ensure_item_features(
 @feature_builder("item", "item")
 def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
     """The item text vectors of the run's ``llm_encoder``, built when missing or stale."""
-    if not config_dict.get("item_text_template"):
-        raise UserError(f"dataset '{dataset}' has no item_text_template; expected one in its "
-                        "properties/dataset YAML or a --config file to render item text")
-    template = TextTemplate.from_config(config_dict["item_text_template"],
-                                        config_dict.get("item_text_list_fields") or ())
     return ensure_item_features(
-        folder, dataset, template, encoder=config_dict.get("llm_encoder") or "minilm",
+        folder, dataset, template_for(folder, dataset, config_dict), encoder=config_dict.get("llm_encoder") or "minilm",
         device=config_dict.get("llm_device"), batch_size=int(config_dict.get("llm_batch_size") or 32))
+
+
+def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """For a model that declares ``llm_features`` (e.g. ``("item",)``): build the feature files it
+    needs when missing or stale, and add the RecBole settings that load them.
+
+    The model then finds the RecBole field of each kind in ``config["llm_feature_fields"]`` and
+    reads the aligned matrix with ``dataset.get_preload_weight(field)``. A kind the config already
+    names there is the user's own file, loaded by their own RecBole settings, and used as it is.
+    """
+    kinds = tuple(getattr(model_class, "llm_features", ()) or ())
+    if not kinds:
+        return config_dict
+    named = dict(config_dict.get("llm_feature_fields") or {})
+    preload = config_dict.get("preload_weight") or {}
+    for kind, field in named.items():
+        if field not in preload:
+            raise UserError(f"llm_feature_fields names {field!r} for the {kind} vectors, but no preload_weight "
+                            f"loads it; expected preload_weight: {{{field}: <its float_seq column>}} and its file "
+                            "in additional_feat_suffix")
+    load_col = config_dict.get("load_col")
+    if named and isinstance(load_col, dict):
+        # RecBole loads no column of a listed feature file that load_col leaves out: the user's own
+        # files are loaded whole, as listing them asks.
+        extra = [s for s in config_dict.get("additional_feat_suffix") or [] if s not in load_col]
+        config_dict = {**config_dict, "load_col": {**load_col, **{suffix: "*" for suffix in extra}}}
+    built: dict[str, FeatureFile] = {}
+    for kind in kinds:
+        if kind in named or kind in built:
+            continue
+        if kind not in FEATURE_BUILDERS:
+            raise UserError(f"model {model_class.__name__} asks for LLM features of kind '{kind}'; "
+                            f"expected one of {sorted(FEATURE_BUILDERS)}")
+        made = FEATURE_BUILDERS[kind](folder, dataset, config_dict)
+        built.update(made if isinstance(made, dict) else {kind: made})  # one builder may make several kinds
+    files = [built[kind] for kind in kinds if kind in built]
+    config_dict = merge_recbole_config(config_dict, files)
+    config_dict["llm_feature_fields"] = {**named, **{ff.kind: ff.id_field for ff in files}}
+    return config_dict
+
+
+def preloaded_matrix(dataset: Any, config: Any, kind: str) -> np.ndarray:
+    """The vectors of feature ``kind`` aligned to RecBole's internal ids (row 0 is padding).
+
+    RecBole fills ids that the feature file lacks with zeros; an all-zero row for an id RecBole kept
+    (a file written for other ids) is a UserError naming the file, instead of silent zero vectors.
+    """
+    fields = config["llm_feature_fields"] or {}
+    if kind not in fields:
+        raise UserError(f"{config['model']} was built without its '{kind}' vectors; expected "
+                        f"llm_feature_fields['{kind}'] (set by `import recbole_llm` for RecBole's Config)")
+    matrix = np.asarray(dataset.get_preload_weight(fields[kind]), dtype=np.float32)
+    entity_field = dataset.iid_field if KINDS.get(kind, "item") == "item" else dataset.uid_field
+    missing = np.where(~matrix[1:].any(axis=1))[0] + 1
+    if len(missing):
+        examples = ", ".join(str(dataset.id2token(entity_field, i)) for i in missing[:3])
+        raise UserError(f"{len(missing)} {KINDS.get(kind, 'item')}s of {config['dataset']} have no vector in the "
+                        f"'{kind}' feature file (field {fields[kind]}; e.g. {examples}); expected one row per id "
+                        "of the dataset (a file written for another dataset or another id set?)")
+    return matrix

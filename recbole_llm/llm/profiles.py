@@ -12,8 +12,11 @@ by RecBole itself, so no validation or test interaction can reach a profile. Pro
 to a JSONL file one record per id as they are generated: an interrupted run resumes without
 redoing finished ids. A change of generator, prompts, sample size or split starts afresh.
 
-The feature kinds ``user_profile`` / ``item_profile`` (RLMRec models) find these files for a run;
-they never generate them inside a run: a missing file is a UserError naming the command.
+The feature kinds ``user_profile`` / ``item_profile`` (RLMRec models) build these files for a run
+when they are missing or stale: the profiles of ml-100k behind the committed results ship with the
+package (``recbole_llm/resources/profiles/``) and are only encoded; for another dataset the
+profiles are generated (announced with an estimate of the time), unless ``llm_generate`` is False,
+in which case the error names the command that writes them and how long it is expected to take.
 """
 from __future__ import annotations
 
@@ -145,18 +148,21 @@ def generate_profiles(
     loaded (``get_generator()``) only when something is left to write."""
     from tqdm.auto import tqdm
 
+    from recbole_llm.progress import shown
     from recbole_llm.records import append_record
 
     done = read_profiles(path, fingerprint)
     todo = [key for key in inputs if key not in done]
-    if done:
-        logger.info("%s: %d of %d profiles already in %s, generating %d", desc, len(inputs) - len(todo),
+    if done and not todo:
+        logger.info("%s: all %d in %s", desc, len(inputs), path)
+    elif done:
+        logger.info("%s: %d of %d already in %s, generating %d", desc, len(inputs) - len(todo),
                     len(inputs), path, len(todo))
     if todo:
         model = get_generator()
         # Longest prompts first: a bad memory estimate shows up at once, not at the end.
         todo.sort(key=lambda key: -len(inputs[key]))
-        with tqdm(total=len(todo), desc=desc, unit="profile", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=len(todo), desc=desc, unit="profile", disable=not shown(progress), dynamic_ncols=True) as bar:
             for start in range(0, len(todo), settings.batch_size):
                 keys = todo[start:start + settings.batch_size]
                 answers = model.generate(system_prompt, [inputs[k] for k in keys], settings.max_new_tokens)
@@ -168,14 +174,19 @@ def generate_profiles(
     return {key: done[key]["profile"] for key in inputs}
 
 
-def training_histories(dataset: str, data_path: str | Path | None = None) -> tuple[dict[str, list[str]], str]:
+def training_histories(dataset: str, data_path: str | Path | None = None,
+                       config_dict: dict[str, Any] | None = None) -> tuple[dict[str, list[str]], str]:
     """user token -> item tokens of their *training* interactions (general protocol, oldest first),
-    and a fingerprint of that split. Built by RecBole with the same config as a general run."""
+    and a fingerprint of that split. Built by RecBole with the same config as a general run: the
+    run's own ``config_dict`` when given, else the dataset's defaults."""
     from recbole.config import Config
 
     from recbole_llm.runner import load_split, prepare, recbole_argv
 
-    _, config_dict = prepare("Pop", dataset, data_path=data_path)
+    if config_dict is None:
+        _, config_dict = prepare("Pop", dataset, data_path=data_path)
+    else:  # the run's settings, without the feature files (they do not change the split)
+        config_dict = {k: v for k, v in config_dict.items() if k != "llm_feature_fields"}
     with recbole_argv():
         config = Config(model="Pop", dataset=dataset, config_dict=config_dict)
     data, train, _, _ = load_split(config, check_topk=False)  # the very split a general run trains on
@@ -214,6 +225,38 @@ def profile_files(folder: Path, dataset: str, generator: str) -> tuple[Path, Pat
     return folder / f"{dataset}.item_profiles_{name}.jsonl", folder / f"{dataset}.user_profiles_{name}.jsonl"
 
 
+# Seconds per profile of the packaged SmolLM2-135M with 96 new tokens, measured on the 2-core CPU
+# build machine with a core to itself (ml-100k: 1.4 s per item, 3-6 s per user, whose prompts are
+# longer); the time scales with max_new_tokens. Other generators and machines differ.
+SECONDS_PER_PROFILE = {"item": 1.4, "user": 4.5}
+PACKAGED_PROFILES = Path(__file__).resolve().parent.parent / "resources" / "profiles"
+
+
+def expected_seconds(n_items: int, n_users: int, settings: ProfileSettings) -> float:
+    """Rough generation time of that many profiles (SECONDS_PER_PROFILE)."""
+    scale = settings.max_new_tokens / 96
+    return scale * (n_items * SECONDS_PER_PROFILE["item"] + n_users * SECONDS_PER_PROFILE["user"])
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def seed_packaged_profiles(folder: Path, dataset: str, generator: str) -> None:
+    """Copy the profile texts shipped with the package (ml-100k, SmolLM2) beside the dataset when
+    none are there; records whose inputs differ from this dataset's are ignored by their fingerprint."""
+    import shutil
+
+    for path in profile_files(folder, dataset, generator):
+        packaged = PACKAGED_PROFILES / path.name
+        if packaged.is_file() and not path.exists():
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.copyfile(packaged, tmp)
+            tmp.replace(path)
+            logger.info("using the packaged profiles %s", packaged.name)
+
+
 def build_profiles(
     dataset: str,
     settings: ProfileSettings = ProfileSettings(),
@@ -222,24 +265,48 @@ def build_profiles(
     device: str | None = "cpu",
     dtype: str | None = None,
     progress: bool = True,
+    config_dict: dict[str, Any] | None = None,
+    generate: bool = True,
 ) -> tuple[Any, Any]:
     """Write item and user profiles (resumable), then encode them into two feature files.
 
-    Returns the (item_profile, user_profile) :class:`~recbole_llm.data.features.FeatureFile`.
+    ``config_dict``: the general-protocol run they are for (its item text template and its split);
+    by default the dataset's. With ``generate`` False, profiles left to write are a UserError that
+    names the command writing them and the expected time. Returns the (item_profile, user_profile)
+    :class:`~recbole_llm.data.features.FeatureFile`.
     """
     from recbole_llm.config import dataset_settings
     from recbole_llm.data.datasets import resolve_dataset
     from recbole_llm.data.features import ensure_text_features
-    from recbole_llm.data.text import TextTemplate, item_texts, texts_hash
+    from recbole_llm.data.text import item_texts, template_for, texts_hash
 
     folder = resolve_dataset(dataset, data_path)
-    config = dataset_settings(dataset, "general")
-    if not config.get("item_text_template"):
-        raise UserError(f"dataset '{dataset}' has no item_text_template; profiles need item text")
-    template = TextTemplate.from_config(config["item_text_template"], config.get("item_text_list_fields") or ())
+    config = config_dict if config_dict is not None else dataset_settings(dataset, "general")
+    template = template_for(folder, dataset, config)
     texts = item_texts(folder, dataset, template)
-    histories, split_digest = training_histories(dataset, data_path)
+    histories, split_digest = training_histories(dataset, data_path, config_dict)
+    seed_packaged_profiles(folder, dataset, settings.generator)
     items_path, users_path = profile_files(folder, dataset, settings.generator)
+
+    item_fp = settings.fingerprint(ITEM_SYSTEM_PROMPT, texts_hash(texts))
+    item_inputs = {item: f"ITEM: {text}" for item, text in texts.items()}
+    items_left = len(set(item_inputs) - set(read_profiles(items_path, item_fp)))
+    # New item profiles change every user's prompt, so then every user profile is left to write.
+    users_left = len(histories)
+    if not items_left:
+        done_items = read_profiles(items_path, item_fp)
+        user_fp = _user_fingerprint(settings, item_fp, split_digest, histories, texts,
+                                    {k: r["profile"] for k, r in done_items.items()})
+        users_left = len(set(histories) - set(read_profiles(users_path, user_fp)))
+    if items_left or users_left:
+        estimate = _duration(expected_seconds(items_left, users_left, settings))
+        what = (f"{items_left} item and {users_left} user profiles of {dataset} with {settings.generator}"
+                f" (about {estimate} on a 2-core CPU for SmolLM2-135M)")
+        if not generate:
+            raise UserError(f"{what} are missing from {items_path.parent}; expected them written first by "
+                            f"`{profile_command(folder, dataset, settings.generator, encoder)}` "
+                            "(or let the run write them: llm_generate True, no --no-generate)")
+        logger.warning("generating %s; resumable: an interrupted run continues where it stopped", what)
 
     loaded: list[ProfileGenerator] = []
 
@@ -248,13 +315,11 @@ def build_profiles(
             loaded.append(ProfileGenerator(settings.generator, device, dtype))
         return loaded[0]
 
-    item_fp = settings.fingerprint(ITEM_SYSTEM_PROMPT, texts_hash(texts))
-    item_profiles = generate_profiles(
-        items_path, {item: f"ITEM: {text}" for item, text in texts.items()}, ITEM_SYSTEM_PROMPT,
-        model, settings, item_fp, "item profiles", progress)
+    item_profiles = generate_profiles(items_path, item_inputs, ITEM_SYSTEM_PROMPT, model, settings, item_fp,
+                                      "item profiles", progress)
     user_inputs = {user: user_prompt(history, texts, item_profiles, settings.user_history)
                    for user, history in histories.items()}
-    user_fp = settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
+    user_fp = _user_fingerprint(settings, item_fp, split_digest, histories, texts, item_profiles)
     user_profiles = generate_profiles(users_path, user_inputs, USER_SYSTEM_PROMPT, model, settings,
                                       user_fp, "user profiles", progress)
     loaded.clear()  # free the generator before the encoder loads
@@ -266,6 +331,16 @@ def build_profiles(
             ff, profiles, {"generator": settings.generator, "profiles_fingerprint": fp},
             encoder, device=device, dtype=dtype, progress=progress))
     return files[0], files[1]
+
+
+def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str, histories: dict[str, list[str]],
+                      texts: dict[str, str], item_profiles: dict[str, str]) -> str:
+    """What decides the user profiles: the item profiles' fingerprint, the split and the prompts."""
+    from recbole_llm.data.text import texts_hash
+
+    user_inputs = {user: user_prompt(history, texts, item_profiles, settings.user_history)
+                   for user, history in histories.items()}
+    return settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
 
 
 def profile_feature_file(folder: Path, dataset: str, kind: str, generator: str = "smollm2",
@@ -285,31 +360,29 @@ def profile_command(folder: Path, dataset: str, generator: str, encoder: str) ->
     return f"recbole-llm profile -d {dataset} --generator {generator} --encoder {encoder}{where}"
 
 
-def _existing_profiles(folder: Path, dataset: str, config_dict: dict[str, Any], kind: str) -> FeatureFile:
-    """The profile vectors a run asks for (``profile_generator``, ``llm_encoder``), validated.
-
-    Never generated here: profiles take about an hour for ml-100k on a CPU, so a missing file is a
-    UserError naming the command that writes it. Which ids must have a row is known only after
-    RecBole's filtering; the model checks that (``RLMRec`` models, on their aligned matrices).
-    """
+def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, FeatureFile]:
+    """The item and user profile vectors a run asks for (``profile_generator``, ``llm_encoder``):
+    reused when current, else encoded from the profile texts, which are written first when missing
+    (``llm_generate``). Vector files without metadata, or without the texts beside them, are the
+    user's own and used as they are. Which ids must have a row is known only after RecBole's
+    filtering; the model checks that (``RLMRec`` models, on their aligned matrices)."""
     generator = str(config_dict.get("profile_generator") or "smollm2")
     encoder = str(config_dict.get("llm_encoder") or "minilm")
-    ff = profile_feature_file(folder, dataset, kind, generator, encoder)
-    if not ff.path.is_file():
-        command = profile_command(folder, dataset, generator, encoder)
-        raise UserError(f"{ff.path} is missing: RLMRec needs the {ff.entity} profiles of generator {generator} "
-                        f"encoded by {encoder}; expected it written by `{command}`")
-    read_feature_file(ff)  # header, numbers, one dimension, no NaN/inf
-    return ff
+    files = {kind: profile_feature_file(folder, dataset, kind, generator, encoder)
+             for kind in ("item_profile", "user_profile")}
+    texts_present = any(path.is_file() for path in profile_files(folder, dataset, generator)) or any(
+        (PACKAGED_PROFILES / path.name).is_file() for path in profile_files(folder, dataset, generator))
+    if all(ff.path.is_file() for ff in files.values()) and (
+            not texts_present or all(ff.meta() is None for ff in files.values())):
+        for ff in files.values():
+            read_feature_file(ff)  # header, numbers, one dimension, no NaN/inf
+        logger.info("using the profile vectors %s and %s as they are", *(ff.path.name for ff in files.values()))
+        return files
+    item_ff, user_ff = build_profiles(
+        dataset, ProfileSettings(generator), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
+        config_dict=config_dict, generate=bool(config_dict.get("llm_generate", True)))
+    return {"item_profile": item_ff, "user_profile": user_ff}
 
 
-@feature_builder("user_profile", "user")
-def user_profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
-    """The user profile vectors of the run's ``profile_generator`` and ``llm_encoder`` (must exist)."""
-    return _existing_profiles(folder, dataset, config_dict, "user_profile")
-
-
-@feature_builder("item_profile", "item")
-def item_profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
-    """The item profile vectors of the run's ``profile_generator`` and ``llm_encoder`` (must exist)."""
-    return _existing_profiles(folder, dataset, config_dict, "item_profile")
+for _kind, _entity in (("user_profile", "user"), ("item_profile", "item")):
+    feature_builder(_kind, _entity)(profiles_for_run)  # one builder makes both kinds

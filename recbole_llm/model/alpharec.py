@@ -17,6 +17,7 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.model.layers import (
     SampledInfoNCE,
     build_projector,
@@ -56,7 +57,7 @@ class AlphaRec(GeneralRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.n_layers = int(config["n_layers"])
-        item_vectors = np.asarray(dataset.get_preload_weight(config["llm_feature_fields"]["item"]), dtype=np.float32)
+        item_vectors = preloaded_matrix(dataset, config, "item")
         interactions = dataset.inter_matrix(form="csr").astype(np.float32)
         # Frozen inputs: buffers, never parameters (no gradient reaches them).
         self.register_buffer("item_llm", torch.from_numpy(item_vectors))

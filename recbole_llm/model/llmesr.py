@@ -49,6 +49,7 @@ from recbole.utils import InputType
 from torch import nn
 
 import recbole_llm.data.user_history  # noqa: F401  (registers the user_history feature builder)
+from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.data.user_history import training_sequences
 from recbole_llm.errors import UserError
 from recbole_llm.registry import register_model
@@ -123,7 +124,7 @@ class LLMESR(SequentialRecommender):
         fields = config["llm_feature_fields"]
 
         # Semantic view: frozen LLM vectors (a buffer: never trained, rebuilt from the feature file).
-        item_llm = np.asarray(dataset.get_preload_weight(fields["item"]), dtype=np.float32)
+        item_llm = preloaded_matrix(dataset, config, "item")
         self.register_buffer("item_llm", torch.from_numpy(item_llm), persistent=False)
         llm_dim = item_llm.shape[1]
         self.adapter = nn.Sequential(nn.Linear(llm_dim, llm_dim // 2), nn.Linear(llm_dim // 2, self.hidden_size))

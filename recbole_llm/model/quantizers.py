@@ -26,6 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
+
+from recbole_llm.progress import shown
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +191,7 @@ class RQVAE(nn.Module):
                 first = x[torch.randperm(x.shape[0], generator=generator)[:max(batch_size, max(self.sizes))]]
                 self._kmeans_init(self.encoder(first), generator)
         history = []
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="RQ-VAE epochs", unit="epoch", leave=False, disable=not shown()):
             order = torch.randperm(x.shape[0], generator=generator)
             total = 0.0
             for start in range(0, x.shape[0], batch_size):

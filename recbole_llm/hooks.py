@@ -1,0 +1,77 @@
+"""RecBole's own entry points after ``import recbole_llm``: the same stages as ``recbole-llm run``.
+
+``run_recbole``, ``run_recboles``, ``objective_function`` and ``load_data_and_model`` each build a
+RecBole ``Config`` and then split the data with ``data_preparation``. Two hooks make them reach
+what ``recbole-llm run`` does, so a recbole-llm model gives the same numbers whichever door a user
+takes:
+
+1. ``Config``, for every registered (plugin) model: the toolkit's settings (properties/overall.yaml,
+   the model's YAML, the dataset's YAML and protocol) become the defaults beneath the user's own
+   config files, dicts and command line; the dataset is looked up in the toolkit's data root
+   (ml-100k is copied there, so feature files never go into site-packages); the LLM feature files
+   the model needs are built when missing or stale, and attached. Feature kinds that the user's
+   config already names in ``llm_feature_fields`` are the user's own files, used as they are.
+2. ``data_preparation``, for every config with a ``split_seed`` (recbole-llm's): the split is seeded
+   by ``split_seed``, as in ``recbole-llm run``, so every seed of a model sees one split and LLM
+   profiles built from its training part never see a validation or test interaction. RecBole's own
+   models run through RecBole's own doors (no ``split_seed``) are left exactly as RecBole runs them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+_INSTALLED: list[str] = []
+
+
+def recbole_llm_config(model_class: type, dataset: str, external: dict[str, Any]) -> dict[str, Any]:
+    """The external config dict of a recbole-llm model: the toolkit's settings beneath ``external``
+    (RecBole's merged config files, dict and command line), with its LLM feature files attached."""
+    from recbole_llm.config import build_config_dict
+    from recbole_llm.data.datasets import resolve_dataset
+    from recbole_llm.data.features import attach_llm_features
+
+    folder = resolve_dataset(dataset, external.get("data_path"))
+    config_dict = build_config_dict(model_class, dataset, folder.parent, overrides=external, check=False)
+    return attach_llm_features(model_class, folder, dataset, config_dict)
+
+
+def _hook_config() -> None:
+    from recbole.config import Config
+
+    from recbole_llm.registry import plugin_entry
+
+    original: Callable[..., Any] = Config._get_model_and_dataset
+
+    def _get_model_and_dataset(self: Any, model: Any, dataset: Any) -> tuple[str, type, str]:
+        name, model_class, dataset_name = original(self, model, dataset)
+        if plugin_entry(name) is not None:
+            self.external_config_dict = recbole_llm_config(model_class, dataset_name, self.external_config_dict)
+        return name, model_class, dataset_name
+
+    Config._get_model_and_dataset = _get_model_and_dataset
+
+
+def _hook_data_preparation() -> None:
+    import recbole.data as data_package
+    import recbole.data.utils as data_utils
+    import recbole.quick_start.quick_start as quick_start
+    from recbole.utils import init_seed
+
+    original: Callable[..., Any] = data_utils.data_preparation
+
+    def data_preparation(config: Any, dataset: Any) -> Any:
+        if config["split_seed"] is not None:  # a recbole-llm config: the split has its own seed
+            init_seed(config["split_seed"], config["reproducibility"])
+        return original(config, dataset)
+
+    data_preparation.__doc__ = original.__doc__
+    for module in (data_utils, data_package, quick_start):
+        module.data_preparation = data_preparation
+
+
+def install() -> None:
+    """Install both hooks once (``import recbole_llm`` does)."""
+    for hook in (_hook_config, _hook_data_preparation):
+        if hook.__name__ not in _INSTALLED:
+            hook()
+            _INSTALLED.append(hook.__name__)
