@@ -6,7 +6,6 @@ line ``recbole-llm: error: ...`` and exits with code 2; ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from typing import Any, Sequence
@@ -377,16 +376,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console_logging() -> logging.Handler:
-    """recbole-llm's own INFO lines on the terminal (commands other than `run`, which logs itself)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("recbole_llm")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -426,11 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*sparse.*deprecated.*")
     warnings.filterwarnings("ignore", message=r".*NumPy array is not writable.*")
-    console = _console_logging() if args.command not in ("run", "resume") else None
     try:
         import recbole_llm  # noqa: F401  (applies the RecBole repairs, registers the models)
+        from recbole_llm.progress import console_log
 
-        return COMMANDS[args.command](args)
+        # `run` and `resume` show their own lines (and none under --quiet).
+        with console_log(args.command not in ("run", "resume")):
+            return COMMANDS[args.command](args)
     except UserError as exc:
         if args.debug:
             raise
@@ -439,9 +430,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recbole-llm: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if console is not None:
-            logging.getLogger("recbole_llm").removeHandler(console)
 
 
 if __name__ == "__main__":

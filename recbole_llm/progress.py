@@ -1,9 +1,11 @@
-"""Whether progress bars show: on a terminal only, never in a log file or captured output, and
-never under ``--quiet`` (:func:`quiet`). Every long loop of the toolkit asks :func:`shown`."""
+"""What the terminal shows. Progress bars: on a terminal only, never in a log file or captured
+output, and never under ``--quiet`` (:func:`quiet`); every long loop of the toolkit asks
+:func:`shown`. recbole-llm's own log lines: :func:`console_log`."""
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import sys
 from typing import Iterator
 
@@ -23,3 +25,23 @@ def quiet(on: bool = True) -> Iterator[None]:
         yield
     finally:
         _QUIET.reset(token)
+
+
+@contextlib.contextmanager
+def console_log(on: bool = True) -> Iterator[None]:
+    """recbole-llm's own INFO lines (which feature files are reused, built or generated, and how
+    long that takes) on the terminal inside this block, unless a handler already shows them."""
+    log = logging.getLogger("recbole_llm")
+    if not on or log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)

@@ -93,26 +93,6 @@ def _log_to(run_dir: Path, verbose: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _console(verbose: bool) -> Iterator[None]:
-    """recbole-llm's own log lines on the terminal while a run is prepared (before its run folder
-    and log exist): which feature files are reused, built or generated, and how long that takes."""
-    log = logging.getLogger("recbole_llm")
-    if not verbose or log.handlers:
-        yield
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    previous = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(previous)
-
-
-@contextlib.contextmanager
 def _transient_batch_bars() -> Iterator[None]:
     """RecBole's per-batch bars (show_progress) vanish when their loop ends, under the epoch bar,
     instead of leaving two lines per epoch on the terminal."""
@@ -291,7 +271,8 @@ def run(
         source, overrides = _zero_shot_source(model, zero_shot_from, overrides)
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
-    with progress.quiet(not verbose), _console(verbose):  # building LLM features can take minutes
+    # Building LLM features can take minutes: say what happens (the run log does not exist yet).
+    with progress.quiet(not verbose), progress.console_log(verbose):
         _, config_dict = prepare(
             model, dataset, config_files=config_files, overrides=overrides, seed=seed,
             device=device, epochs=epochs, data_path=data_path,

@@ -37,6 +37,13 @@ MODELS = {
 }
 
 
+def test_every_registered_model_is_covered() -> None:
+    """A model added to recbole-llm must join MODELS, so that RecBole's doors are tried on it."""
+    from recbole_llm.registry import list_models
+
+    assert {name.split("(")[0] for name in MODELS} == {e.name for e in list_models() if e.source == "recbole-llm"}
+
+
 def _metrics(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()}
 
@@ -89,6 +96,7 @@ def test_run_recbole_then_load_data_and_model(name: str, fixture_root: Path, tmp
     assert _untimed(again) == _untimed(result["test_result"])
 
 
+@pytest.mark.filterwarnings("ignore:`report` is meant to only be called inside")  # Ray's, outside a Tune trial
 def test_objective_function(fixture_root: Path, tmp_path: Path) -> None:
     """RecBole's tuning objective, the model named in its config dict, gives run_recbole's numbers."""
     from recbole.quick_start import objective_function, run_recbole

@@ -290,18 +290,19 @@ def build_profiles(
 
     item_fp = settings.fingerprint(ITEM_SYSTEM_PROMPT, texts_hash(texts))
     item_inputs = {item: f"ITEM: {text}" for item, text in texts.items()}
-    items_left = len(set(item_inputs) - set(read_profiles(items_path, item_fp)))
+    done_items = read_profiles(items_path, item_fp)
+    items_left = len(set(item_inputs) - set(done_items))
     # New item profiles change every user's prompt, so then every user profile is left to write.
     users_left = len(histories)
     if not items_left:
-        done_items = read_profiles(items_path, item_fp)
-        user_fp = _user_fingerprint(settings, item_fp, split_digest, histories, texts,
-                                    {k: r["profile"] for k, r in done_items.items()})
+        item_profiles = {item: record["profile"] for item, record in done_items.items()}
+        user_fp = _user_fingerprint(settings, item_fp, split_digest, _user_inputs(histories, texts, item_profiles, settings))
         users_left = len(set(histories) - set(read_profiles(users_path, user_fp)))
     if items_left or users_left:
         estimate = _duration(expected_seconds(items_left, users_left, settings))
-        what = (f"{items_left} item and {users_left} user profiles of {dataset} with {settings.generator}"
-                f" (about {estimate} on a 2-core CPU for SmolLM2-135M)")
+        cost = (f"about {estimate} on a 2-core CPU" if settings.generator == "smollm2"
+                else f"SmolLM2-135M would take about {estimate} on a 2-core CPU")
+        what = f"{items_left} item and {users_left} user profiles of {dataset} with {settings.generator} ({cost})"
         if not generate:
             raise UserError(f"{what} are missing from {items_path.parent}; expected them written first by "
                             f"`{profile_command(folder, dataset, settings.generator, encoder)}` "
@@ -317,9 +318,8 @@ def build_profiles(
 
     item_profiles = generate_profiles(items_path, item_inputs, ITEM_SYSTEM_PROMPT, model, settings, item_fp,
                                       "item profiles", progress)
-    user_inputs = {user: user_prompt(history, texts, item_profiles, settings.user_history)
-                   for user, history in histories.items()}
-    user_fp = _user_fingerprint(settings, item_fp, split_digest, histories, texts, item_profiles)
+    user_inputs = _user_inputs(histories, texts, item_profiles, settings)
+    user_fp = _user_fingerprint(settings, item_fp, split_digest, user_inputs)
     user_profiles = generate_profiles(users_path, user_inputs, USER_SYSTEM_PROMPT, model, settings,
                                       user_fp, "user profiles", progress)
     loaded.clear()  # free the generator before the encoder loads
@@ -333,13 +333,16 @@ def build_profiles(
     return files[0], files[1]
 
 
-def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str, histories: dict[str, list[str]],
-                      texts: dict[str, str], item_profiles: dict[str, str]) -> str:
+def _user_inputs(histories: dict[str, list[str]], texts: dict[str, str], item_profiles: dict[str, str],
+                 settings: ProfileSettings) -> dict[str, str]:
+    """Each user's prompt: their most recent training items, with those items' profiles."""
+    return {user: user_prompt(history, texts, item_profiles, settings.user_history) for user, history in histories.items()}
+
+
+def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str, user_inputs: dict[str, str]) -> str:
     """What decides the user profiles: the item profiles' fingerprint, the split and the prompts."""
     from recbole_llm.data.text import texts_hash
 
-    user_inputs = {user: user_prompt(history, texts, item_profiles, settings.user_history)
-                   for user, history in histories.items()}
     return settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
 
 
@@ -370,8 +373,8 @@ def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) ->
     encoder = str(config_dict.get("llm_encoder") or "minilm")
     files = {kind: profile_feature_file(folder, dataset, kind, generator, encoder)
              for kind in ("item_profile", "user_profile")}
-    texts_present = any(path.is_file() for path in profile_files(folder, dataset, generator)) or any(
-        (PACKAGED_PROFILES / path.name).is_file() for path in profile_files(folder, dataset, generator))
+    texts_present = any(path.is_file() or (PACKAGED_PROFILES / path.name).is_file()
+                        for path in profile_files(folder, dataset, generator))
     if all(ff.path.is_file() for ff in files.values()) and (
             not texts_present or all(ff.meta() is None for ff in files.values())):
         for ff in files.values():
