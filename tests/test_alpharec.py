@@ -157,3 +157,115 @@ def test_recommend_cli(trained_source: dict, capsys: pytest.CaptureFixture) -> N
     assert "top 3 for user U001" in out and "Title: Product" in out
     assert main(["recommend", "--checkpoint", trained_source["checkpoint"], "--user", "nobody"]) == 2
     assert "user 'nobody' is not in dataset" in capsys.readouterr().err
+
+
+# --- The math, each against an independent computation written from the paper / reference code ---
+
+@pytest.mark.parametrize("d_in, hidden", [(768, 6144), (1536, 3072), (3072, 1536), (4096, 1152), (384, 12288), (576, 8192)])
+def test_projector_width_follows_the_reference_rule(d_in: int, hidden: int) -> None:
+    """The reference's multipliers (8, 2, 1/2, 9/32 for 768-, 1536-, 3072-, 4096-d LMs) keep the first
+    layer at 4096 x 1152 weights; other widths keep that count (MiniLM 384 -> 12288, SmolLM2 576 -> 8192)."""
+    from recbole_llm.model.layers import build_projector
+
+    mlp = build_projector("mlp", d_in, 64)
+    assert [type(m).__name__ for m in mlp] == ["Linear", "LeakyReLU", "Linear"]
+    assert (mlp[0].in_features, mlp[0].out_features, mlp[2].in_features, mlp[2].out_features) == (d_in, hidden, hidden, 64)
+    assert mlp[0].bias is not None and mlp[2].bias is not None
+    assert build_projector("mlp", d_in, 64, hidden_multiplier=0.28125)[0].out_features == int(0.28125 * d_in)
+    linear = build_projector("linear", d_in, 64)
+    assert isinstance(linear, torch.nn.Linear) and linear.bias is None and linear.weight.shape == (64, d_in)
+
+
+def _dense_normalised_graph(train_dataset, n_users: int, n_items: int) -> np.ndarray:
+    """D^-1/2 A D^-1/2 of the user-item bipartite graph, dense, from the training interactions."""
+    a = np.zeros((n_users + n_items, n_users + n_items))
+    for u, i in zip(train_dataset.inter_feat["user_id"].tolist(), train_dataset.inter_feat["item_id"].tolist()):
+        a[u, n_users + i] = a[n_users + i, u] = 1.0
+    degree = a.sum(1)
+    scale = np.where(degree > 0, degree, 1.0) ** -0.5 * (degree > 0)
+    return scale[:, None] * a * scale[None, :]
+
+
+def test_forward_is_the_mean_of_graph_powers_of_the_projected_llm_vectors(amazon_root: Path) -> None:
+    """e = mean_{k=0..L} A^k MLP([z_users; z_items]), A the normalised graph (LightGCN readout)."""
+    _, _, train, _, _, model = _build(amazon_root)
+    graph = _dense_normalised_graph(train._dataset, model.n_users, model.n_items)
+    with torch.no_grad():
+        ego = model.projector(torch.cat([model.user_llm, model.item_llm])).double().numpy()
+        users, items = model.forward()
+    layers = [ego]
+    for _ in range(model.n_layers):
+        layers.append(graph @ layers[-1])
+    expected = np.mean(layers, axis=0)
+    np.testing.assert_allclose(users.numpy(), expected[:model.n_users], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(items.numpy(), expected[model.n_users:], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_is_infonce_over_cosines_with_temperature(amazon_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss = mean_b -log( e^{cos(u,i+)/tau} / (e^{cos(u,i+)/tau} + sum_j e^{cos(u,j)/tau}) ), written
+    out with explicit loops over the pairs and negatives the sampler drew."""
+    *_, train, _, _, model = _build(amazon_root, num_negs=4, tau=0.3)
+    users, positives = torch.tensor([1, 5, 9]), torch.tensor([2, 3, 4])
+    negatives = torch.tensor([[7, 8, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19]])
+    monkeypatch.setattr(model.objective, "pairs", lambda u, i: (users, positives, negatives))
+    with torch.no_grad():
+        loss = model.calculate_loss(next(iter(train))).item()
+        user_all, item_all = (t.double().numpy() for t in model.forward())
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    terms = []
+    for u, p, negs in zip(users.tolist(), positives.tolist(), negatives.tolist()):
+        positive = np.exp(cos(user_all[u], item_all[p]) / 0.3)
+        denominator = positive + sum(np.exp(cos(user_all[u], item_all[j]) / 0.3) for j in negs)
+        terms.append(-np.log(positive / denominator))
+    assert loss == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_full_sort_scores_are_cosines(amazon_root: Path) -> None:
+    from recbole.data.interaction import Interaction
+
+    *_, model = _build(amazon_root)
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(Interaction({"user_id": torch.tensor([3])})).numpy()
+        user_all, item_all = (t.double().numpy() for t in model.forward())
+    expected = item_all @ user_all[3] / np.linalg.norm(item_all, axis=1) / np.linalg.norm(user_all[3])
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_intention_blend_weighs_both_sides_alike(amazon_root: Path) -> None:
+    """score(i) = cos((1 - a) e_u/|e_u| + a e_q/|e_q|, e_i) with e_q the projected intention vector,
+    at an alpha strictly between 0 and 1: a user's norm does not change alpha's weight."""
+    *_, model = _build(amazon_root)
+    intent = torch.randn(384, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model.intent_scores(torch.tensor([2, 6]), intent, 0.3).double().numpy()
+        user_all, item_all = (t.double().numpy() for t in model.forward())
+        query = model.projector(intent.view(1, -1)).double().numpy()[0]
+    for row, user in enumerate((2, 6)):
+        blended = 0.7 * user_all[user] / np.linalg.norm(user_all[user]) + 0.3 * query / np.linalg.norm(query)
+        expected = item_all @ blended / np.linalg.norm(item_all, axis=1) / np.linalg.norm(blended)
+        np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_configuration_reads_titles_and_names_variants(amazon_root: Path) -> None:
+    """The paper's input is the item title alone; the run label names every departure."""
+    import json
+
+    config, *_ = _build(amazon_root)
+    meta = json.loads((amazon_root / "amazon-beauty" / "amazon-beauty.item_minilm_title.json").read_text())
+    assert meta["template"] == "{title}" and config["item_text"] == "title"
+    assert AlphaRec.run_label(config.final_config_dict) == "AlphaRec(minilm)"
+    assert AlphaRec.run_label({"item_text": "full", "projector_hidden_multiplier": 0.28125}) == \
+        "AlphaRec(minilm, hidden 0.28125x, full text)"
+    assert AlphaRec.run_label({"item_text": "title", "projector": "linear", "llm_encoder": "/m/smollm2/"}) == \
+        "AlphaRec(linear, smollm2)"
+    full, *_ = _build(amazon_root, item_text="full")
+    meta = json.loads((amazon_root / "amazon-beauty" / "amazon-beauty.item_minilm.json").read_text())
+    assert meta["template"].startswith("Title: {title}. Categories: {categories}.")
+    from recbole_llm.errors import UserError
+
+    with pytest.raises(UserError, match="item_text='summary': expected title"):
+        _build(amazon_root, item_text="summary")

@@ -31,8 +31,26 @@ def _record(label: str, seed: int, ndcg: float, llm: bool, **extra) -> dict:
                             {"epoch": 2, "valid_score": ndcg - 0.02, "best": False}],
             "hardware": {"cpu_count": 2, "processor": "x86_64", "memory_gb": 24}, "versions": {"recbole": "1.2.1"},
             "config": {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": {"test": "full"}},
-                       "stopping_step": 10, "epochs": 20, "train_batch_size": 4096},
+                       "stopping_step": 10, "epochs": 20, "train_batch_size": 4096,
+                       **(ALPHAREC_REFERENCE if label.startswith("AlphaRec") else {})},
             **extra}
+
+
+# AlphaRec's reference configuration: the name the leaderboard gives it is the paper's alone.
+ALPHAREC_REFERENCE = {"llm_encoder": "minilm", "projector": "mlp", "projector_hidden_multiplier": None,
+                      "item_text": "title"}
+
+
+def test_a_variant_is_never_shown_under_the_papers_name(tmp_path: Path) -> None:
+    """Rows of a model that names its variants are named from the config they ran, whatever label
+    the record carries: an AlphaRec run before the reference configuration (9/32 hidden width,
+    the whole item text) is that variant, not AlphaRec(minilm)."""
+    old = _record("AlphaRec(minilm)", 1, 0.3, True)
+    old["config"].update(projector_hidden_multiplier=0.28125, item_text=None)
+    reference = _record("AlphaRec(minilm)", 1, 0.3, True)
+    boards = build_boards([old, reference])
+    assert sorted(row.label for board in boards for row in board.rows) == [
+        "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)"]
 
 
 def _results(tmp_path: Path) -> Path:
@@ -98,6 +116,8 @@ def test_seeds_of_one_configuration_form_one_row_wherever_they_ran(tmp_path: Pat
 def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     records = [_record("LightGCN", seed, 0.3 + seed / 100, False) for seed in (1, 2)]
     records += [_record("TIGER(rqvae)", seed, 0.2 + seed / 50, True) for seed in (1, 2)]
+    for record in records[2:]:
+        record["config"]["semantic_id_method"] = "rqvae"  # the row is named from what ran
     for record, speed in zip(records[2:], (100.0, 140.0)):
         record["test"].update({"tiger_decode_users_per_s": speed, "tiger_invalid_beam_rate": 0.0,
                                "tiger_unseen_recall@20": 0.5, "ndcg@20_tail_item": 0.1,

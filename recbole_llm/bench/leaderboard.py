@@ -129,7 +129,16 @@ def _config_key(record: dict[str, Any]) -> str:
 
 
 def _label(record: dict[str, Any]) -> str:
+    """The row's name. A model that names its variants (``run_label``) is named from the config
+    the record ran, whatever label it was given, so no variant appears under a paper's name (a
+    record written before a model's reference configuration changed gets its variant's name)."""
     label = record.get("label") or record.get("model") or "?"
+    from recbole_llm.registry import plugin_entry
+
+    entry = plugin_entry(str(record.get("model")))
+    run_label = getattr(entry.cls, "run_label", None) if entry else None
+    if run_label is not None and isinstance(record.get("config"), dict):
+        label = run_label(record["config"])
     zero_shot = record.get("zero_shot")
     if zero_shot:
         label += f" (zero-shot from {zero_shot.get('source_dataset')})"

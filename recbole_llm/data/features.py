@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from recbole_llm.data.text import TextTemplate, item_texts, template_for, texts_hash
+from recbole_llm.data.text import TextTemplate, item_texts, template_for, texts_hash, title_template
 from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
@@ -268,25 +268,33 @@ def ensure_item_features(
     dataset: str,
     template: TextTemplate,
     encoder: str = "minilm",
+    variant: str = "",
     **encode_options: Any,
 ) -> FeatureFile:
     """The item feature file of ``encoder``: item texts rendered with ``template``, encoded when
-    the file is missing or its encoder, template or texts changed."""
+    the file is missing or its encoder, template or texts changed. A ``variant`` (``title``) is a
+    file of its own (``item_<encoder>_title``), so models reading other texts never evict it."""
     from recbole_llm.llm.encoders import slug
 
     texts = item_texts(folder, dataset, template)
     for token in dataset_ids(folder, dataset, "item"):  # items of .inter without a .item row
         texts.setdefault(token, "")
-    ff = FeatureFile(folder, dataset, "item", slug(encoder))
+    ff = FeatureFile(folder, dataset, "item", slug(encoder) + (f"_{variant}" if variant else ""))
     return ensure_text_features(ff, texts, {"template": template.describe()}, encoder, **encode_options)
 
 
 @feature_builder("item", "item")
 def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
-    """The item text vectors of the run's ``llm_encoder``, built when missing or stale."""
+    """The item text vectors of the run's ``llm_encoder``, built when missing or stale: of the
+    item's whole text (``item_text_template``), or of its title alone when ``item_text`` is ``title``."""
+    text = config_dict.get("item_text") or "full"
+    if text not in ("full", "title"):
+        raise UserError(f"item_text={text!r}: expected title (the item's title alone) or full (item_text_template)")
+    template = (title_template if text == "title" else template_for)(folder, dataset, config_dict)
     return ensure_item_features(
-        folder, dataset, template_for(folder, dataset, config_dict), encoder=config_dict.get("llm_encoder") or "minilm",
-        device=config_dict.get("llm_device"), batch_size=int(config_dict.get("llm_batch_size") or 32))
+        folder, dataset, template, encoder=config_dict.get("llm_encoder") or "minilm",
+        variant="title" if text == "title" else "", device=config_dict.get("llm_device"),
+        batch_size=int(config_dict.get("llm_batch_size") or 32))
 
 
 def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:

@@ -147,6 +147,22 @@ def infer_template(folder: Path, dataset: str) -> TextTemplate:
     return TextTemplate(segments, lists)
 
 
+_TITLE_NAME = re.compile(r"(title|name)", re.I)
+
+
+def title_template(folder: Path, dataset: str, config: dict) -> TextTemplate:
+    """The item's title alone: ``item_title_template`` from the config, else the first text column
+    of the .item file named like a title or name; UserError when there is none."""
+    if config.get("item_title_template"):
+        return TextTemplate.from_config(config["item_title_template"])
+    inferred = infer_template(folder, dataset)
+    for field in inferred.fields:
+        if _TITLE_NAME.search(field):
+            return TextTemplate((f"{{{field}}}",))
+    raise UserError(f"{folder / (dataset + '.item')} has no title column ({', '.join(inferred.fields)}); expected "
+                    "item_title_template naming it, e.g. ['{name}'], or item_text: full (the whole item text, a variant)")
+
+
 def template_for(folder: Path, dataset: str, config: dict) -> TextTemplate:
     """The item text template of a run or command: ``item_text_template`` from its config, else
     the template inferred from the .item columns (logged, so the user sees what the LLM reads)."""

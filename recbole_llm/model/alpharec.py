@@ -1,9 +1,10 @@
 """AlphaRec: Sheng et al., "Language Representations Can be What Recommenders Need: Findings and
 Potentials" (ICLR 2025); reference implementation LehengTHU/AlphaRec.
 
-No ID embeddings at all. An item's input is the frozen LLM vector of its text, z_i; a user's is the
-mean of z_i over the user's *training* items. One shared projector (a 2-layer MLP with LeakyReLU,
-or a bias-free linear map) maps both into a 64-d space, LightGCN propagation over the normalised
+No ID embeddings at all. An item's input is the frozen LLM vector of its title, z_i (``item_text:
+title``, the paper's input); a user's is the mean of z_i over the user's *training* items. One
+shared projector (a 2-layer MLP with LeakyReLU whose hidden width follows the reference's rule, or a
+bias-free linear map) maps both into a 64-d space, LightGCN propagation over the normalised
 user-item graph refines them (mean over layers 0..L), and scores are cosine similarities trained
 with InfoNCE (temperature tau) against ``num_negs`` uniformly sampled negatives per positive that
 exclude the user's training items. As in the reference, training draws users uniformly and one of
@@ -45,14 +46,24 @@ class AlphaRec(GeneralRecommender):
     # Without ID embeddings a model trained on one dataset scores another: only the projector is
     # carried over, with the settings that shape it (and the encoder that defines its input).
     zero_shot = True
-    transfer_keys = ("llm_encoder", "embedding_size", "n_layers", "projector", "projector_hidden_multiplier")
+    transfer_keys = ("llm_encoder", "item_text", "embedding_size", "n_layers", "projector",
+                     "projector_hidden_multiplier")
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        """Leaderboard name: the encoder, and the projector when it is the linear one."""
-        encoder = str(config.get("llm_encoder") or "minilm")
-        encoder = encoder.rstrip("/").rsplit("/", 1)[-1]
-        return f"AlphaRec({'linear, ' if config.get('projector') == 'linear' else ''}{encoder})"
+        """Leaderboard name: the encoder, and every departure from the reference configuration
+        (the linear projector, another hidden width, the whole item text instead of the title), so
+        that no variant is shown under the paper's name. Records from before ``item_text`` existed
+        encoded the whole text."""
+        encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
+        parts = ["linear"] if config.get("projector") == "linear" else []
+        parts.append(encoder)
+        multiplier = config.get("projector_hidden_multiplier")
+        if config.get("projector") != "linear" and multiplier is not None:
+            parts.append(f"hidden {float(multiplier):g}x")
+        if (config.get("item_text") or "full") != "title":
+            parts.append("full text")
+        return f"AlphaRec({', '.join(parts)})"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -62,8 +73,9 @@ class AlphaRec(GeneralRecommender):
         # Frozen inputs: buffers, never parameters (no gradient reaches them).
         self.register_buffer("item_llm", torch.from_numpy(item_vectors))
         self.register_buffer("user_llm", torch.from_numpy(mean_of_items(interactions, item_vectors)))
+        multiplier = config["projector_hidden_multiplier"]
         self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
-                                         float(config["projector_hidden_multiplier"]))
+                                         None if multiplier is None else float(multiplier))
         self.register_buffer("adjacency", normalized_adjacency(interactions, self.n_users, self.n_items), persistent=False)
         self.objective = SampledInfoNCE(config, interactions, self.n_items)
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -94,10 +106,13 @@ class AlphaRec(GeneralRecommender):
 
     def intent_scores(self, users: torch.Tensor, intent_llm: torch.Tensor, alpha: float) -> torch.Tensor:
         """Scores of all items for users steered by an intention (the paper's intention-aware use):
-        e~_u = (1 - alpha) e_u + alpha e_intent, with e_intent the projected LLM vector of the text."""
+        e~_u = (1 - alpha) e_u / |e_u| + alpha e_intent / |e_intent|, with e_intent the projected LLM
+        vector of the text, then cosine with the items. Both sides are normalised first, as the
+        model scores by cosine, so alpha weighs them alike for every user whatever its norm (the
+        reference repository has no intention code)."""
         user_all, item_all = self.forward()
         intent = self.projector(intent_llm.view(1, -1).to(self.item_llm.dtype))
-        blended = (1.0 - alpha) * user_all[users] + alpha * intent
+        blended = (1.0 - alpha) * cosine(user_all[users]) + alpha * cosine(intent)
         return cosine(blended) @ cosine(item_all).T
 
     def load_transferable_state(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -143,13 +143,27 @@ class MLPProjector(nn.Sequential):
         super().__init__(nn.Linear(d_in, d_hidden), nn.LeakyReLU(), nn.Linear(d_hidden, d_out))
 
 
-def build_projector(kind: str, d_in: int, d_out: int, hidden_multiplier: float) -> nn.Module:
-    """``mlp`` (2 layers, hidden width ``int(hidden_multiplier * d_in)``) or ``linear`` (no bias,
-    the paper's linear-mapping finding)."""
+# AlphaRec's reference sizes the MLP's hidden layer so that its first layer has the same number of
+# weights for every LM it was run with: 768 x 6144 (BERT, RoBERTa), 1536 x 3072 (text-embedding-ada-002),
+# 3072 x 1536 (text-embedding-3-large), 4096 x 1152 (the 7B LMs; multipliers 8, 2, 1/2 and 9/32).
+REFERENCE_FIRST_LAYER_WEIGHTS = 4096 * 1152
+
+
+def reference_hidden_width(d_in: int) -> int:
+    """The reference's hidden width for an LM of width ``d_in``, extended to any width by keeping
+    the first layer's weight count (MiniLM's 384 -> 12288, SmolLM2's 576 -> 8192)."""
+    return max(1, round(REFERENCE_FIRST_LAYER_WEIGHTS / d_in))
+
+
+def build_projector(kind: str, d_in: int, d_out: int, hidden_multiplier: float | None = None) -> nn.Module:
+    """``mlp`` (Linear -> LeakyReLU -> Linear; hidden width :func:`reference_hidden_width`, or
+    ``int(hidden_multiplier * d_in)`` when a multiplier is given) or ``linear`` (no bias, the
+    paper's linear-mapping finding)."""
     if kind == "linear":
         return nn.Linear(d_in, d_out, bias=False)
     if kind == "mlp":
-        return MLPProjector(d_in, max(1, int(hidden_multiplier * d_in)), d_out)
+        hidden = reference_hidden_width(d_in) if hidden_multiplier is None else max(1, int(hidden_multiplier * d_in))
+        return MLPProjector(d_in, hidden, d_out)
     raise ValueError(f"projector '{kind}': expected mlp or linear")
 
 
