@@ -128,17 +128,26 @@ def _config_key(record: dict[str, Any]) -> str:
     return stable_hash(key)
 
 
+def _label_parts(label: str) -> tuple[str, list[str]]:
+    """``AlphaRec(minilm, full text)`` -> (``AlphaRec``, [``minilm``, ``full text``])."""
+    name, _, rest = label.partition("(")
+    return name.strip(), [part.strip() for part in rest.rstrip(")").split(",") if part.strip()]
+
+
 def _label(record: dict[str, Any]) -> str:
-    """The row's name. A model that names its variants (``run_label``) is named from the config
-    the record ran, whatever label it was given, so no variant appears under a paper's name (a
-    record written before a model's reference configuration changed gets its variant's name)."""
+    """The row's name: the record's label, plus every variant mark that the model's own
+    ``run_label`` gives the config it ran and the label lacks, so no variant appears under a
+    paper's name (e.g. a record written before a model's reference configuration changed)."""
     label = record.get("label") or record.get("model") or "?"
     from recbole_llm.registry import plugin_entry
 
     entry = plugin_entry(str(record.get("model")))
     run_label = getattr(entry.cls, "run_label", None) if entry else None
     if run_label is not None and isinstance(record.get("config"), dict):
-        label = run_label(record["config"])
+        name, parts = _label_parts(label)
+        missing = [part for part in _label_parts(run_label(record["config"]))[1] if part not in parts]
+        if missing:
+            label = f"{name}({', '.join(parts + missing)})"
     zero_shot = record.get("zero_shot")
     if zero_shot:
         label += f" (zero-shot from {zero_shot.get('source_dataset')})"
