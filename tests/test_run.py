@@ -158,13 +158,27 @@ def test_batch_progress_bars_on_a_terminal_only(verbose: bool, amazon_root: Path
     evaluation on a terminal; --quiet (verbose=False) draws none, and the run log never holds one."""
     import sys
 
+    import recbole.trainer.trainer as recbole_trainer
+
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    bars_left: list[bool] = []  # `leave` of each training bar RecBole draws during the run
+    real_tqdm = recbole_trainer.tqdm
+
+    class Spy(real_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "Train" in str(self.desc):
+                bars_left.append(self.leave)
+
+    monkeypatch.setattr(recbole_trainer, "tqdm", Spy)
     record = run("LLMESR", "amazon-beauty", data_path=amazon_root, epochs=1, output=None, verbose=verbose,
                  run_dir=tmp_path / "run", overrides={"hidden_size": 8, "inner_size": 16, "sim_user_num": 3})
     drawn = terminal.buffer.getvalue()
     assert record["config"]["show_progress"] is verbose
     assert ("Train     0" in drawn) is verbose and ("Evaluate" in drawn) is verbose
     assert ("Batches" in drawn) is verbose  # MiniLM encoding the feature files on the way
+    # RecBole's bars are cleared when their loop ends, under the epoch bar (no line per epoch left).
+    assert bars_left == ([False] if verbose else [])
     log = (tmp_path / "run" / "run.log").read_text()
     assert "Train     0" not in log and "it/s" not in log
