@@ -79,6 +79,10 @@ def protocol_of(model_class: type) -> str:
     return "general"
 
 
+# The settings of a dataset YAML that name its own columns: an unconfigured dataset never inherits them.
+DATASET_TEXT_KEYS = ("item_text_template", "item_text_list_fields", "item_title_template")
+
+
 def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
     """The dataset YAML's shared settings merged with its section for ``protocol``."""
     path = dataset_properties_file(dataset)
@@ -88,7 +92,7 @@ def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
         # An unconfigured dataset still gets the toolkit's protocol and filtering, taken from
         # ml-100k's YAML minus what is specific to ml-100k (its text columns).
         settings = dataset_settings("ml-100k", protocol)
-        for key in ("item_text_template", "item_text_list_fields"):
+        for key in DATASET_TEXT_KEYS:
             settings.pop(key, None)
         return settings
     data = load_yaml(path)

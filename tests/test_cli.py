@@ -93,17 +93,20 @@ def _own_dataset(root: Path) -> Path:
 
 
 def test_own_dataset_needs_no_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """The plain command works on a dataset of one's own: its item text is rendered from the .item
-    file's text columns (named in the feature file's metadata); --set item_text_template chooses."""
+    """The plain command works on a dataset of one's own: the item title (AlphaRec's input) and the
+    item text are taken from the .item file's columns (named in the feature file's metadata);
+    --set item_text_template chooses."""
     import json
 
     folder = _own_dataset(tmp_path / "data")
     common = ["run", "-m", "AlphaRec", "-d", "shop", "--data-path", str(tmp_path / "data"), "--epochs", "1", "--no-record"]
     assert main([*common, "--quiet"]) == 0
+    assert json.loads((folder / "shop.item_minilm_title.json").read_text())["template"] == "{name}"
+    assert main([*common, "--quiet", "--set", "item_text=full"]) == 0
     meta = json.loads((folder / "shop.item_minilm.json").read_text())
     assert meta["template"] == "Name: {name}. Genre: {genre}. [lists: genre]"  # no price, no URL
 
-    assert main([*common, "--quiet", "--set", 'item_text_template=["Product: {name}."]',
+    assert main([*common, "--quiet", "--set", "item_text=full", "--set", 'item_text_template=["Product: {name}."]',
                  "--set", "item_text_list_fields=[]"]) == 0
     assert json.loads((folder / "shop.item_minilm.json").read_text())["template"] == "Product: {name}."
     capsys.readouterr()

@@ -256,9 +256,10 @@ def test_bad_llm_inputs_through_recboles_door(fixture_root: Path, tmp_path: Path
     # An item vector file of the user's own, of the wrong size for the encoder it is named after.
     root = tmp_path / "wrongdim"
     folder = write_amazon_fixture(root)
-    write_feature_file(FeatureFile(folder, DATASET, "item", "minilm"), [f"B{i:04d}" for i in range(30)], np.ones((30, 8)), {})
-    (folder / f"{DATASET}.item_minilm.json").unlink()
-    with pytest.raises(UserError, match=r"amazon-beauty.item_minilm holds 8-d vectors; expected 384-d \(minilm\)"):
+    own = FeatureFile(folder, DATASET, "item", "minilm_title")  # AlphaRec reads the titles' vectors
+    write_feature_file(own, [f"B{i:04d}" for i in range(30)], np.ones((30, 8)), {})
+    own.meta_path.unlink()
+    with pytest.raises(UserError, match=r"amazon-beauty.item_minilm_title holds 8-d vectors; expected 384-d \(minilm\)"):
         run_recbole(model="AlphaRec", dataset=DATASET, config_dict=_recbole_config(root, tmp_path))
     assert main(["run", "-m", "AlphaRec", "-d", DATASET, "--data-path", str(root), "--no-record"]) == 2
 

@@ -181,8 +181,10 @@ def read_feature_file(ff: FeatureFile) -> tuple[list[str], np.ndarray]:
     return ids, matrix
 
 
-def check_feature_file(ff: FeatureFile, expected_ids: Iterable[str], expected_dim: int | None = None) -> int:
-    """Validate a feature file against the dataset's ids (and a dimension); returns its dimension."""
+def check_feature_file(ff: FeatureFile, expected_ids: Iterable[str], expected_dim: int | None = None,
+                       encoder: str | None = None) -> int:
+    """Validate a feature file against the dataset's ids (and the dimension of ``encoder``);
+    returns its dimension."""
     ids, matrix = read_feature_file(ff)
     missing = sorted(set(expected_ids) - set(ids))
     if missing:
@@ -191,7 +193,7 @@ def check_feature_file(ff: FeatureFile, expected_ids: Iterable[str], expected_di
                         f"(rebuild it with `recbole-llm encode --force`)")
     dim = int(matrix.shape[1])
     if expected_dim is not None and dim != expected_dim:
-        raise UserError(f"{ff.path} holds {dim}-d vectors; expected {expected_dim}-d ({ff.encoder})")
+        raise UserError(f"{ff.path} holds {dim}-d vectors; expected {expected_dim}-d ({encoder or ff.encoder})")
     return dim
 
 
@@ -239,7 +241,7 @@ def ensure_text_features(
         if meta is None:  # the user's own file: validate, never overwrite
             from recbole_llm.llm.encoders import PACKAGED_DIMS
 
-            check_feature_file(ff, texts, PACKAGED_DIMS.get(encoder))
+            check_feature_file(ff, texts, PACKAGED_DIMS.get(encoder), encoder)
             logger.info("using %s (no metadata: a user-supplied feature file)", ff.path)
             return ff
         if all(meta.get(k) == v for k, v in wanted.items()) and meta.get("count") == len(texts):
