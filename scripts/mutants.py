@@ -1,11 +1,12 @@
 """Targeted mutants: each seeded error must make the named tests fail.
 
 Groups: ``alpharec`` (AlphaRec's math: propagation, InfoNCE, normalised graph, projector width and
-structure, cosine scores, the intention blend, the user mean, title-only text) and ``entry-points``
+structure, cosine scores, the intention blend, the user mean, title-only text), ``simgcl`` (its
+noise, views and contrastive loss) and ``entry-points``
 (RecBole's doors after ``import recbole_llm``: the Config hook, the split seed, your own feature
 files, profile generation and its estimate, progress bars). Run from the repository root:
 
-    .venv/bin/python scripts/mutants.py [alpharec|entry-points]   # about 8 and 6 min on 2 cores
+    .venv/bin/python scripts/mutants.py [alpharec|simgcl|entry-points]   # about 8, 2 and 6 min on 2 cores
 
 mutmut 3.8 was tried first: its forked workers hang once torch is imported, so the mutants are
 applied here by hand, one at a time, and the source is restored after each.
@@ -18,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHAREC_TESTS = ["tests/test_alpharec.py"]
+SIMGCL_TESTS = ["tests/test_rlmrec.py::test_simgcl_noise_and_contrastive_loss_from_their_definitions",
+                "tests/test_rlmrec.py::test_simgcl_trains_and_its_loss_decreases"]
 MUTANTS = {
     "alpharec": [
         ("recbole_llm/model/layers.py", "return torch.stack(layers, dim=1).mean(dim=1)", "return torch.stack(layers, dim=1).sum(dim=1)", ALPHAREC_TESTS),
@@ -36,6 +39,13 @@ MUTANTS = {
         ("recbole_llm/model/alpharec.py", 'if (config.get("item_text") or "full") != "title":', 'if False:', ALPHAREC_TESTS),
         ("recbole_llm/data/features.py", 'template = (title_template if text == "title" else template_for)(folder, dataset, config_dict)', 'template = template_for(folder, dataset, config_dict)', ALPHAREC_TESTS),
 
+    ],
+    "simgcl": [
+        ("recbole_llm/model/simgcl.py", "embeddings = embeddings + torch.sign(embeddings) * noise * self.eps", "embeddings = embeddings + noise * self.eps", SIMGCL_TESTS),
+        ("recbole_llm/model/simgcl.py", "users, items = torch.unique(users), torch.unique(items)", "pass", SIMGCL_TESTS),
+        ("recbole_llm/model/simgcl.py", "noise = F.normalize(torch.rand_like(embeddings), dim=-1)", "noise = torch.rand_like(embeddings)", SIMGCL_TESTS),
+        ("recbole_llm/model/layers.py", "a = F.normalize(anchors, dim=-1) / tau  # scale the [B, d] side, not the [B, M] scores", "a = F.normalize(anchors, dim=-1) * tau", SIMGCL_TESTS),
+        ("recbole_llm/model/simgcl.py", "user_2, item_2 = self.forward(perturbed=True)", "user_2, item_2 = user_1, item_1", SIMGCL_TESTS),
     ],
     "entry-points": [
         ("recbole_llm/hooks.py", "        if config[\"split_seed\"] is not None:  # a recbole-llm config: the split has its own seed\n            init_seed(config[\"split_seed\"], config[\"reproducibility\"])\n", "        pass\n",

@@ -243,3 +243,42 @@ def test_alignment_follows_the_backbones_loss_reduction(profiled_root: Path, mod
             user_all, item_all = net.backbone.forward(*([net.backbone.train_graph] if summed else []))
             align = net.alignment_loss(user_all, item_all, batch[net.USER_ID], batch[net.ITEM_ID], batch[net.NEG_ITEM_ID])
             torch.testing.assert_close(mean, net.align_weight * align)
+
+
+def test_simgcl_noise_and_contrastive_loss_from_their_definitions(profiled_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SimGCL's Eq. 7 and Eq. 3, written out: every layer e_k = A e_{k-1} gets
+    eps * sign(e_k) * u / |u| with u ~ U(0, 1) (here a known draw), the readout is the mean of
+    layers 1..L, and the loss is InfoNCE between two such views over the batch's distinct users and
+    distinct items, the other batch nodes being the negatives, at temperature cl_tau."""
+    _, _, train, model = build(profiled_root, "SimGCL", cl_tau=0.3, eps=0.2)
+    draws = [torch.rand(model.n_users + model.n_items, SMALL["embedding_size"], generator=torch.Generator().manual_seed(s))
+             for s in range(4)]
+    given = iter(draws)
+    monkeypatch.setattr(torch, "rand_like", lambda t: next(given))
+    with torch.no_grad():
+        ego, graph = model.get_ego_embeddings().double().numpy(), model.norm_adj_matrix.to_dense().double().numpy()
+        users = torch.tensor([1, 4, 4, 9])
+        items = torch.tensor([2, 2, 5, 7])
+        loss = model.contrastive_loss(users, items).item()
+
+    def view(noises: list[torch.Tensor]) -> np.ndarray:
+        layer, layers = ego, []
+        for u in noises:
+            layer = graph @ layer
+            u = u.double().numpy()
+            layer = layer + 0.2 * np.sign(layer) * u / np.linalg.norm(u, axis=1, keepdims=True)
+            layers.append(layer)
+        return np.mean(layers, axis=0)
+
+    first, second = view(draws[:2]), view(draws[2:])
+
+    def info_nce(a: np.ndarray, b: np.ndarray) -> float:
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return float(np.mean([-np.log(np.exp(a[i] @ b[i] / 0.3) / np.exp(a[i] @ b.T / 0.3).sum())
+                              for i in range(len(a))]))
+
+    user_rows, item_rows = [1, 4, 9], [model.n_users + i for i in (2, 5, 7)]
+    expected = info_nce(first[user_rows], second[user_rows]) + info_nce(first[item_rows], second[item_rows])
+    assert loss == pytest.approx(expected, rel=1e-5)
