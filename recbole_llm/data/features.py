@@ -338,11 +338,13 @@ def attach_llm_features(model_class: type, folder: Path, dataset: str, config_di
     return config_dict
 
 
-def preloaded_matrix(dataset: Any, config: Any, kind: str) -> np.ndarray:
+def preloaded_matrix(dataset: Any, config: Any, kind: str,
+                     fix: str = "a file written for this dataset's ids") -> np.ndarray:
     """The vectors of feature ``kind`` aligned to RecBole's internal ids (row 0 is padding).
 
     RecBole fills ids that the feature file lacks with zeros; an all-zero row for an id RecBole kept
-    (a file written for other ids) is a UserError naming the file, instead of silent zero vectors.
+    (a file written for other ids) is a UserError naming the file and ``fix``, instead of silent
+    zero vectors. RLMRec's profiles, AlphaRec's and LLM-ESR's item vectors all go through here.
     """
     fields = config["llm_feature_fields"] or {}
     if kind not in fields:
@@ -353,7 +355,6 @@ def preloaded_matrix(dataset: Any, config: Any, kind: str) -> np.ndarray:
     missing = np.where(~matrix[1:].any(axis=1))[0] + 1
     if len(missing):
         examples = ", ".join(str(dataset.id2token(entity_field, i)) for i in missing[:3])
-        raise UserError(f"{len(missing)} {KINDS.get(kind, 'item')}s of {config['dataset']} have no vector in the "
-                        f"'{kind}' feature file (field {fields[kind]}; e.g. {examples}); expected one row per id "
-                        "of the dataset (a file written for another dataset or another id set?)")
+        raise UserError(f"{len(missing)} {KINDS.get(kind, 'item')}s of {config['dataset']} have no vector in "
+                        f"{config['dataset']}.{fields[kind][:-len('_id')]} (e.g. {examples}); expected one per id, {fix}")
     return matrix

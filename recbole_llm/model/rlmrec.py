@@ -167,25 +167,12 @@ class _RLMRec(GeneralRecommender):
     def _profile_vectors(self, config: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
         """Profile matrices aligned to RecBole's user and item ids (row 0: padding), checked
         complete for every id RecBole kept, and permuted across ids if ``shuffle_profiles``."""
-        fields = config["llm_feature_fields"] or {}
-        if "user_profile" not in fields or "item_profile" not in fields:
-            raise UserError(f"{type(self).__name__} was built without its profile features; expected a run "
-                            "prepared by recbole_llm.runner.prepare (llm_feature_fields)")
-        matrices = []
-        for kind, id_field in (("user_profile", dataset.uid_field), ("item_profile", dataset.iid_field)):
-            matrix = np.asarray(dataset.get_preload_weight(fields[kind]), dtype=np.float32)
-            missing = np.where(~matrix[1:].any(axis=1))[0] + 1  # a real vector is never all zeros
-            if len(missing):
-                from recbole_llm.llm.profiles import profile_command
+        from recbole_llm.data.features import preloaded_matrix
+        from recbole_llm.llm.profiles import profile_command
 
-                examples = ", ".join(str(dataset.id2token(id_field, i)) for i in missing[:3])
-                generator, encoder = config["profile_generator"] or "smollm2", config["llm_encoder"] or "minilm"
-                raise UserError(
-                    f"{len(missing)} {kind.split('_')[0]}s of {config['dataset']} have no vector in "
-                    f"{config['dataset']}.{fields[kind][:-3]} (e.g. {examples}); expected one per id, re-create it "
-                    f"with `{profile_command(Path(config['data_path']), config['dataset'], generator, encoder)}`")
-            matrices.append(matrix)
-        users, items = matrices
+        generator, encoder = config["profile_generator"] or "smollm2", config["llm_encoder"] or "minilm"
+        fix = f"re-create it with `{profile_command(Path(config['data_path']), config['dataset'], generator, encoder)}`"
+        users, items = (preloaded_matrix(dataset, config, kind, fix) for kind in ("user_profile", "item_profile"))
         if users.shape[1] != items.shape[1]:
             raise UserError(f"user profiles are {users.shape[1]}-d but item profiles {items.shape[1]}-d; "
                             "expected both encoded by the same llm_encoder")
