@@ -1,5 +1,5 @@
-"""RLMRec-Con / RLMRec-Gen on RecBole backbones, and SimGCL, on the tiny Amazon fixture with
-random profile vectors written straight into feature files (no LLM runs here)."""
+"""RLMRec-Con / RLMRec-Gen on RLMRec's own backbones and RecBole's, and SimGCL, on the tiny Amazon
+fixture with random profile vectors written straight into feature files (no LLM runs here)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,12 +40,12 @@ def profiled_root(amazon_root: Path) -> Path:
     return amazon_root
 
 
-def build(root: Path, model: str, **overrides):
+def build(root: Path, model: str, small: bool = True, **overrides):
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
-    model_class, config_dict = prepare(model, DATASET, data_path=root, overrides={**SMALL, **overrides})
+    model_class, config_dict = prepare(model, DATASET, data_path=root, overrides={**(SMALL if small else {}), **overrides})
     with recbole_argv():
         config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
     init_seed(config["split_seed"], True)
@@ -68,7 +68,7 @@ def test_profiles_are_aligned_frozen_buffers(amazon_root: Path) -> None:
         np.testing.assert_array_equal(model.user_profiles[dataset.token2id("user_id", token)].numpy(), written["user"][token])
     np.testing.assert_array_equal(model.item_profiles[dataset.token2id("item_id", "B0011")].numpy(), written["item"]["B0011"])
     loss = model.calculate_loss(next(iter(train)))
-    assert len(loss) == 2  # BPR (+ LightGCN's regulariser), alignment
+    assert len(loss) == 3  # BPR, the regulariser, alignment
     sum(loss).backward()
     assert model.user_profiles.grad is None and model.item_profiles.grad is None
     assert model.mapper[0].weight.grad.abs().sum() > 0
@@ -109,19 +109,26 @@ def test_mask_ratio_is_honoured(profiled_root: Path) -> None:
     assert model.node_profiles.grad is None
 
 
-@pytest.mark.parametrize("model, backbone", [("RLMRecCon", "LightGCN"), ("RLMRecCon", "SGL"),
-                                             ("RLMRecGen", "SimGCL")])
-def test_zero_weight_reproduces_the_backbone(profiled_root: Path, model: str, backbone: str) -> None:
-    """Same seed, lambda = 0: the same metrics and, bit for bit, the same trained backbone (the
-    alignment draws nothing from the run's random streams, so sampling and noise stay the same)."""
+@pytest.mark.parametrize("model, backbone, code, plain_model", [
+    ("RLMRecCon", "LightGCN", "RLMRec", "RLMRecLightGCN"), ("RLMRecCon", "SGL", "RLMRec", "RLMRecSGL"),
+    ("RLMRecGen", "SimGCL", "RLMRec", "RLMRecSimGCL"), ("RLMRecCon", "SGL", "RecBole", "SGL"),
+    ("RLMRecGen", "SimGCL", "SELFRec", "SimGCL")])
+def test_zero_weight_reproduces_the_backbone(profiled_root: Path, model: str, backbone: str, code: str,
+                                             plain_model: str) -> None:
+    """Same seed and backbone settings, lambda = 0: the same metrics and, bit for bit, the same
+    trained backbone (the alignment draws nothing from the run's random streams, so sampling,
+    edge dropping and noise stay the same)."""
     weight = {"RLMRecCon": "align_weight", "RLMRecGen": "recon_weight"}[model]
     common = dict(data_path=profiled_root, epochs=2, output=None, verbose=False)
-    plain = run(backbone, DATASET, overrides=SMALL, **common)
-    wrapped = run(model, DATASET, overrides={**SMALL, "backbone": backbone, weight: 0.0}, **common)
-    aligned = run(model, DATASET, overrides={**SMALL, "backbone": backbone}, **common)
+    # The reference's RLMRec rows use other L2 weights than its plain backbones: the same here.
+    same = {**SMALL, "reg_weight": 1e-5, "n_layers": 3} if code == "RLMRec" else SMALL
+    plain = run(plain_model, DATASET, overrides=same, **common)
+    wrapped = run(model, DATASET, overrides={**same, "backbone": backbone, "backbone_code": code, weight: 0.0}, **common)
+    aligned = run(model, DATASET, overrides={**same, "backbone": backbone, "backbone_code": code}, **common)
     assert wrapped["test"] == plain["test"] and wrapped["valid"] == plain["valid"]
-    assert wrapped["config"]["n_layers"] == plain["config"]["n_layers"]  # the backbone's own default
-    assert wrapped["label"] == aligned["label"] == f"RLMRec-{model[-3:]}({backbone})"
+    assert wrapped["config"]["n_layers"] == plain["config"]["n_layers"]
+    mark = "" if code == "RLMRec" else f", {code} code"
+    assert wrapped["label"] == aligned["label"] == f"RLMRec-{model[-3:]}({backbone}{mark})"
     plain_state, wrapped_state, aligned_state = (torch.load(r["checkpoint"])["state_dict"] for r in (plain, wrapped, aligned))
     for key, value in plain_state.items():
         torch.testing.assert_close(wrapped_state[f"backbone.{key}"], value, rtol=0, atol=0)
@@ -198,24 +205,49 @@ def test_shuffled_profiles_are_a_fixed_permutation(profiled_root: Path) -> None:
 
 
 def test_labels_and_settings() -> None:
-    assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL)"
-    assert RLMRecGen.run_label({"backbone": "LightGCN", "shuffle_profiles": True}) == \
+    assert RLMRecCon.run_label({"backbone": "SGL", "backbone_code": "RLMRec"}) == "RLMRec-Con(SGL)"
+    assert RLMRecCon.run_label({"backbone": "SGL", "backbone_code": "RecBole"}) == "RLMRec-Con(SGL, RecBole code)"
+    # Records written before backbone_code existed ran RecBole's LightGCN/SGL and SELFRec's SimGCL.
+    assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL, RecBole code)"
+    assert RLMRecGen.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "shuffle_profiles": True}) == \
         "RLMRec-Gen(LightGCN, shuffled profiles)"
     assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_generator": "/m/Llama-3-8B/", "llm_encoder": "minilm"}) == \
-        "RLMRec-Con(SimGCL, Llama-3-8B+minilm)"
+        "RLMRec-Con(SimGCL, SELFRec code, Llama-3-8B+minilm)"
+
+
+def test_reference_settings_per_backbone(profiled_root: Path) -> None:
+    """RLMRec's own backbones with the reference's Amazon-book rows (*_plus.yml, *_gene.yml)."""
+    expected = {  # model, backbone -> n_layers, reg_weight, keep_rate, and the backbone's own settings
+        ("RLMRecCon", "LightGCN"): (3, 1e-7, 0.8, {}),
+        ("RLMRecCon", "SGL"): (3, 1e-5, 0.8, {"cl_weight": 0.1, "cl_tau": 0.2}),
+        ("RLMRecCon", "SimGCL"): (3, 1e-5, 1.0, {"cl_weight": 0.1, "cl_tau": 0.2, "eps": 0.9}),
+        ("RLMRecGen", "LightGCN"): (2, 1e-7, 0.8, {}),
+    }
+    for (model, backbone), (layers, reg, keep, own) in expected.items():
+        config, _, _, net = build(profiled_root, model, small=False, backbone=backbone)
+        assert type(net.backbone).__name__ == f"RLMRec{backbone}"
+        assert (net.backbone.n_layers, net.backbone.reg_weight, net.backbone.keep_rate) == (layers, reg, keep)
+        assert config["embedding_size"] == 32 and config["train_batch_size"] == 4096
+        assert (config["learning_rate"], config["eval_step"], config["stopping_step"]) == (0.001, 3, 5)
+        assert all(getattr(net.backbone, key) == value for key, value in own.items()), (model, backbone)
 
 
 def test_backbone_settings_default_to_the_backbones_own(profiled_root: Path) -> None:
-    config, _, _, model = build(profiled_root, "RLMRecCon", backbone="SGL", ssl_weight=0.2, align_tau=0.3)
+    config, _, _, model = build(profiled_root, "RLMRecCon", backbone="SGL", backbone_code="RecBole",
+                                ssl_weight=0.2, align_tau=0.3)
     assert model.backbone.n_layers == 3 and model.backbone.type == "ED"  # RecBole's SGL.yaml
+    assert model.backbone.reg_weight == 1e-5  # RecBole's, not the reference row's mapping
     assert model.backbone.ssl_weight == 0.2 and model.align_tau == 0.3 and config["align_tau"] == 0.3
     *_, gen = build(profiled_root, "RLMRecGen", backbone="SGL")
     assert (gen.mask_ratio, gen.recon_tau, gen.recon_weight) == (0.2, 0.2, 0.1)  # the reference's SGL row
 
 
 def test_unknown_backbone(profiled_root: Path) -> None:
-    with pytest.raises(UserError, match="backbone 'NGCF' is not supported; expected one of LightGCN, SGL, SimGCL"):
+    with pytest.raises(UserError, match=r"backbone 'NGCF' with backbone_code 'RLMRec' is not supported; expected "
+                                        r"one of LightGCN \(RLMRec code\), SGL \(RLMRec code\)"):
         build(profiled_root, "RLMRecCon", backbone="NGCF")
+    with pytest.raises(UserError, match="backbone 'SimGCL' with backbone_code 'RecBole' is not supported"):
+        build(profiled_root, "RLMRecCon", backbone="SimGCL", backbone_code="RecBole")
 
 
 @pytest.mark.parametrize("model", ["RLMRecCon", "RLMRecGen"])
@@ -231,8 +263,8 @@ def test_alignment_follows_the_backbones_loss_reduction(profiled_root: Path, mod
             net.mask_generator.set_state(state)
         return part
 
-    for backbone, summed in (("LightGCN", False), ("SGL", True)):
-        _, _, train, net = build(profiled_root, model, backbone=backbone)
+    for code, summed in (("RLMRec", False), ("RecBole", True)):
+        _, _, train, net = build(profiled_root, model, backbone="SGL", backbone_code=code)
         batch = next(iter(train))
         assert net.backbone.sums_over_batch is summed
         scaled = last_part(net, batch)

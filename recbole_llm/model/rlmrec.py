@@ -18,10 +18,13 @@ vectors s of LLM-written user and item profiles (``recbole-llm profile``):
   masked nodes an MLP sigma_up reconstructs their profile vectors, scored by InfoNCE among the
   masked nodes. lambda = ``recon_weight``, tau = ``recon_tau``.
 
-Backbones (``backbone``): RecBole's own LightGCN and SGL, and this package's SimGCL, their code
-unchanged. Each is subclassed only to keep its noise-free propagation of the training step (the
-"main view", which its BPR loss uses), so the alignment reuses it instead of propagating again.
-With lambda = 0 a model is exactly its backbone: nothing extra is computed or drawn at random.
+Backbones (``backbone``: LightGCN | SGL | SimGCL; ``backbone_code``): by default RLMRec's own
+implementations (``RLMRec``: recbole_llm/model/rlmrec_backbones.py, the backbones its published
+gains are over), with the reference's per-backbone settings; ``backbone_code: RecBole`` takes
+RecBole's LightGCN or SGL, ``SELFRec`` this package's port of SELFRec's SimGCL (variants, labelled
+so). Each backbone keeps its noise-free propagation of the training step (the "main view", which
+its BPR loss uses), so the alignment reuses it instead of propagating again. With lambda = 0 a
+model is exactly its backbone: nothing extra is computed or drawn at random.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from torch import nn
 import recbole_llm.llm.profiles  # noqa: F401  (registers the user_profile / item_profile feature builders)
 from recbole_llm.errors import UserError
 from recbole_llm.model.layers import MLPProjector, info_nce
+from recbole_llm.model.rlmrec_backbones import RLMRecLightGCN, RLMRecSGL, RLMRecSimGCL
 from recbole_llm.model.simgcl import SimGCL
 from recbole_llm.registry import register_model
 
@@ -83,10 +87,22 @@ class _SimGCLBackbone(_KeepsMainView, SimGCL):
         return not perturbed
 
 
-# backbone name -> its class; it reads its settings (defaults: its own YAML) and must expose
-# user_embedding / item_embedding (ego embeddings) and users-then-items propagation, as RecBole's
-# graph models do. Adding one: a _KeepsMainView subclass that tells its main view, and a line here.
-BACKBONES: dict[str, type] = {"LightGCN": _LightGCNBackbone, "SGL": _SGLBackbone, "SimGCL": _SimGCLBackbone}
+# (backbone, code) -> its class; it reads its settings (defaults: its own YAML) and must expose
+# user_embedding / item_embedding (ego embeddings), users-then-items propagation and, after
+# calculate_loss in training, ``main_view``. Adding one: such a class and a line here.
+BACKBONES: dict[tuple[str, str], type] = {
+    ("LightGCN", "RLMRec"): RLMRecLightGCN, ("SGL", "RLMRec"): RLMRecSGL, ("SimGCL", "RLMRec"): RLMRecSimGCL,
+    ("LightGCN", "RecBole"): _LightGCNBackbone, ("SGL", "RecBole"): _SGLBackbone, ("SimGCL", "SELFRec"): _SimGCLBackbone,
+}
+REFERENCE_CODE = "RLMRec"
+# What ran before ``backbone_code`` existed: records without it used these.
+LEGACY_CODE = {"LightGCN": "RecBole", "SGL": "RecBole", "SimGCL": "SELFRec"}
+
+
+def backbone_model_name(cls: type) -> str:
+    """The registered model whose YAML holds a backbone class's defaults."""
+    return next(base.__name__ for base in cls.__mro__ if base.__module__.startswith(("recbole.", "recbole_llm."))
+                and not base.__name__.startswith("_"))
 
 
 def backbone_defaults(name: str) -> dict[str, Any]:
@@ -97,11 +113,12 @@ def backbone_defaults(name: str) -> dict[str, Any]:
     return load_yaml(path) if path is not None else {}
 
 
-def _backbone_name(config: Any) -> str:
-    name = str(config["backbone"] or "LightGCN")
-    if name not in BACKBONES:
-        raise UserError(f"backbone '{name}' is not supported; expected one of {', '.join(BACKBONES)}")
-    return name
+def _backbone_key(config: Any) -> tuple[str, str]:
+    name, code = str(config["backbone"] or "LightGCN"), str(config["backbone_code"] or REFERENCE_CODE)
+    if (name, code) not in BACKBONES:
+        known = ", ".join(f"{n} ({c} code)" for n, c in BACKBONES)
+        raise UserError(f"backbone '{name}' with backbone_code '{code}' is not supported; expected one of {known}")
+    return name, code
 
 
 def _per_backbone(config: Any, key: str, backbone: str) -> float:
@@ -139,7 +156,11 @@ class _RLMRec(GeneralRecommender):
     @classmethod
     def run_label(cls, config: dict) -> str:
         """Leaderboard name, e.g. ``RLMRec-Con(SGL)``; other profiles or a shuffled control say so."""
-        parts = [str(config.get("backbone") or "LightGCN")]
+        backbone = str(config.get("backbone") or "LightGCN")
+        parts = [backbone]
+        code = config.get("backbone_code") or LEGACY_CODE.get(backbone, REFERENCE_CODE)
+        if code != REFERENCE_CODE:
+            parts.append(f"{code} code")
         generator, encoder = config.get("profile_generator") or "smollm2", config.get("llm_encoder") or "minilm"
         if (generator, encoder) != ("smollm2", "minilm"):
             parts.append(f"{Path(str(generator).rstrip('/')).name}+{Path(str(encoder).rstrip('/')).name}")
@@ -149,17 +170,21 @@ class _RLMRec(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.backbone_name = _backbone_name(config)
-        # Settings the user left unset (~) take the backbone's own defaults, so RLMRec(X) starts
-        # from exactly the configuration X is run with; the run record shows the values used.
-        for key, value in backbone_defaults(self.backbone_name).items():
-            if config[key] is None:
-                config[key] = value
+        self.backbone_name, self.backbone_code = _backbone_key(config)
+        backbone_cls = BACKBONES[(self.backbone_name, self.backbone_code)]
+        # The backbone's settings: a mapping backbone -> value is the reference's per-backbone
+        # setting (RLMRec's code only); unset (~) takes the backbone's own default, so a variant
+        # RLMRec(X) starts from exactly the configuration X is run with. The record shows the values used.
+        for key, default in backbone_defaults(backbone_model_name(backbone_cls)).items():
+            value = config[key]
+            if isinstance(value, dict):
+                value = value.get(self.backbone_name) if self.backbone_code == REFERENCE_CODE else None
+            config[key] = default if value is None else value
         user_profiles, item_profiles = self._profile_vectors(config, dataset)
         # Frozen inputs: buffers, never parameters; rebuilt from the feature files, not checkpointed.
         self.register_buffer("user_profiles", torch.from_numpy(user_profiles), persistent=False)
         self.register_buffer("item_profiles", torch.from_numpy(item_profiles), persistent=False)
-        self.backbone = BACKBONES[self.backbone_name](config, dataset)
+        self.backbone = backbone_cls(config, dataset)
         if self.backbone.input_type != self.input_type:
             raise UserError(f"backbone {self.backbone_name} is trained {self.backbone.input_type.name}; "
                             f"expected a pairwise (BPR) backbone")
