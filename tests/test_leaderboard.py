@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_llm.bench.leaderboard import build_boards, leaderboard
+from recbole_llm.bench.leaderboard import _label, build_boards, leaderboard
 from recbole_llm.cli import main
 from recbole_llm.records import read_records
 
@@ -50,10 +50,20 @@ def test_a_variant_is_never_shown_under_the_papers_name(tmp_path: Path) -> None:
     reference = _record("AlphaRec(minilm)", 1, 0.3, True)
     # A label that already says more than the model's own name for the config keeps it all.
     tuned = _record("RLMRec-Gen(SimGCL, recon_weight 0.01)", 1, 0.3, True)
-    tuned["config"].update(backbone="SimGCL", recon_weight=0.01)
-    boards = build_boards([old, reference, tuned])
+    tuned["model"] = "RLMRecGen"
+    tuned["config"].update(backbone="SimGCL", backbone_code="RLMRec", recon_weight=0.01)
+    # An RLMRec record from before backbone_code: it ran RecBole's LightGCN, and says so.
+    legacy = _record("RLMRec-Con(LightGCN)", 1, 0.3, True)
+    legacy["model"] = "RLMRecCon"
+    legacy["config"].update(backbone="LightGCN")
+    boards = build_boards([old, reference, tuned, legacy])
     assert sorted(row.label for board in boards for row in board.rows) == [
-        "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)", "RLMRec-Gen(SimGCL, recon_weight 0.01)"]
+        "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)", "RLMRec-Con(LightGCN, RecBole code)",
+        "RLMRec-Gen(SimGCL, recon_weight 0.01)"]
+    # A pruned search trial records its overrides only: it is counted under the same row.
+    pruned = {"model": "RLMRecCon", "label": "RLMRec-Con(LightGCN)", "dataset": "ml-100k", "status": "pruned",
+              "overrides": {"backbone": "LightGCN"}, "bench": {"phase": "search", "grid": "g"}}
+    assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code)"
 
 
 def _results(tmp_path: Path) -> Path:

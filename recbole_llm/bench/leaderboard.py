@@ -143,9 +143,11 @@ def _label(record: dict[str, Any]) -> str:
 
     entry = plugin_entry(str(record.get("model")))
     run_label = getattr(entry.cls, "run_label", None) if entry else None
-    if run_label is not None and isinstance(record.get("config"), dict):
+    # A finished run records its whole config; a pruned search trial only its overrides.
+    config = record.get("config") if isinstance(record.get("config"), dict) else record.get("overrides")
+    if run_label is not None and isinstance(config, dict):
         name, parts = _label_parts(label)
-        missing = [part for part in _label_parts(run_label(record["config"]))[1] if part not in parts]
+        missing = [part for part in _label_parts(run_label(config))[1] if part not in parts]
         if missing:
             label = f"{name}({', '.join(parts + missing)})"
     zero_shot = record.get("zero_shot")

@@ -1,0 +1,195 @@
+"""RLMRec side by side with its official code (HKUDS/RLMRec) on one ml-100k split.
+
+Exports the general protocol's ml-100k split (split_seed 2020) and this toolkit's profile vectors
+(packaged SmolLM2 profiles, MiniLM) in the official code's input format, runs the official code
+from a checkout you give (never vendored: it is copied to a scratch folder and patched there),
+runs recbole-llm's models with the same settings and seeds, and prints both side by side.
+
+    python benchmarks/parity/rlmrec.py --official ~/src/RLMRec [--models lightgcn lightgcn_plus]
+        [--seeds 2023 2024 2025] [--out results/parity/rlmrec-ml-100k.md]
+
+Official model -> ours: lightgcn -> RLMRecLightGCN, lightgcn_plus -> RLMRecCon(LightGCN),
+lightgcn_gene -> RLMRecGen(LightGCN); sgl*/simgcl* likewise. Both read the official YAML's
+Amazon-book row (the official code picks it for --dataset amazon, whose folder holds ml-100k here).
+
+Patches to the scratch copy (printed when applied):
+1. ``.cuda()`` calls removed, so it runs on the CPU (``--device cpu``).
+2. The test split masks the training *and* validation items of each user, as RecBole's full
+   ranking does (the official code masks training items only, leaving validation items as
+   candidates in the test ranking).
+Both sides select the best epoch by validation Recall@20, every 3 epochs, patience 5.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+OURS = {  # official model name -> (our model, overrides)
+    "lightgcn": ("RLMRecLightGCN", {}),
+    "lightgcn_plus": ("RLMRecCon", {"backbone": "LightGCN"}),
+    "lightgcn_gene": ("RLMRecGen", {"backbone": "LightGCN"}),
+    "sgl": ("RLMRecSGL", {}),
+    "sgl_plus": ("RLMRecCon", {"backbone": "SGL"}),
+    "sgl_gene": ("RLMRecGen", {"backbone": "SGL"}),
+    "simgcl": ("RLMRecSimGCL", {}),
+    "simgcl_plus": ("RLMRecCon", {"backbone": "SimGCL"}),
+    "simgcl_gene": ("RLMRecGen", {"backbone": "SimGCL"}),
+}
+# The official trainer's selection: validation Recall@20, every 3 epochs, 5 evaluations of patience.
+SAME_PROTOCOL = {"valid_metric": "Recall@20", "eval_step": 3, "stopping_step": 5, "epochs": 3000}
+
+
+def export_split(folder: Path) -> dict[str, int]:
+    """The general protocol's ml-100k split and the profile vectors, as the official code reads
+    them: trn/val/tst_mat.pkl (users x items, 0-based: RecBole id - 1) and usr/itm_emb_np.pkl."""
+    from recbole.config import Config
+
+    from recbole_llm.data.features import preloaded_matrix
+    from recbole_llm.runner import load_split, prepare, recbole_argv
+
+    model_class, config_dict = prepare("RLMRecCon", "ml-100k")
+    with recbole_argv():
+        config = Config(model=model_class, dataset="ml-100k", config_dict=config_dict)
+    data, train, valid, test = load_split(config)
+    import scipy.sparse as sp
+
+    shape = (data.user_num - 1, data.item_num - 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, part in (("trn", train.dataset), ("val", valid.dataset), ("tst", test.dataset)):
+        users = part.inter_feat[data.uid_field].numpy() - 1
+        items = part.inter_feat[data.iid_field].numpy() - 1
+        matrix = sp.coo_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
+        with open(folder / f"{name}_mat.pkl", "wb") as f:
+            pickle.dump(matrix, f)
+        counts[name] = len(users)
+    for kind, file in (("user_profile", "usr_emb_np.pkl"), ("item_profile", "itm_emb_np.pkl")):
+        with open(folder / file, "wb") as f:
+            pickle.dump(preloaded_matrix(data, config, kind)[1:], f)  # row 0: RecBole's padding
+    return counts
+
+
+def scratch_copy(official: Path, work: Path) -> Path:
+    """The checkout copied and patched to run on the CPU with RecBole's test masking."""
+    target = work / "RLMRec"
+    shutil.copytree(official, target, ignore=shutil.ignore_patterns(".git", "data"))
+    patched = []
+    for path in (target / "encoder").rglob("*.py"):
+        text = path.read_text()
+        new = text.replace(".cuda()", "")
+        if path.name == "data_handler_general_cf.py":
+            new = new.replace("tst_data = AllRankTstData(tst_mat, trn_mat)",
+                              "tst_data = AllRankTstData(tst_mat, (trn_mat + val_mat).tocoo())")
+        if new != text:
+            path.write_text(new)
+            patched.append(str(path.relative_to(target)))
+    if "encoder/data_utils/data_handler_general_cf.py" not in patched:
+        raise SystemExit("the official data handler changed: the test-masking patch did not apply")
+    print(f"patched in the scratch copy: {', '.join(sorted(patched))}", flush=True)
+    return target
+
+
+RESULT = re.compile(r"Final test result: (\{.*\})")
+
+
+def run_official(copy: Path, model: str, seed: int, log: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    started = time.time()
+    with open(log, "w") as out:
+        code = subprocess.call([sys.executable, "encoder/train_encoder.py", "--model", model, "--dataset", "amazon",
+                                "--device", "cpu", "--seed", str(seed)], cwd=copy, stdout=out, stderr=subprocess.STDOUT, env=env)
+    text = log.read_text()
+    match = RESULT.search(text)
+    if code or not match:
+        raise SystemExit(f"official {model} seed {seed} failed (exit {code}); see {log}")
+    # The official logger prints a dict of numpy arrays: {'recall': array([...]), 'ndcg': array([...])}
+    values = {name: [float(x) for x in re.search(rf"'{name}': array\(\[([^\]]*)\]", match.group(1)).group(1).split(",")]
+              for name in ("recall", "ndcg")}
+    best = re.findall(r"Best Epoch (\d+)", text)
+    # k = [5, 10, 20] in every official YAML: the last entry is @20
+    return {"recall@20": float(values["recall"][-1]), "ndcg@20": float(values["ndcg"][-1]),
+            "best_epoch": int(best[-1]) if best else None, "seconds": round(time.time() - started, 1)}
+
+
+def run_ours(model: str, seed: int, work: Path) -> dict[str, float]:
+    from recbole_llm.runner import run
+
+    name, overrides = OURS[model]
+    started = time.time()
+    record = run(name, "ml-100k", seed=seed, overrides={**overrides, **SAME_PROTOCOL}, output=None, verbose=False,
+                 run_dir=work / f"ours-{model}-{seed}")
+    return {"recall@20": record["test"]["recall@20"], "ndcg@20": record["test"]["ndcg@20"],
+            "best_epoch": record["best_epoch"], "seconds": round(time.time() - started, 1), "label": record["label"]}
+
+
+def summarise(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="a checkout of github.com/HKUDS/RLMRec")
+    parser.add_argument("--models", nargs="+", default=["lightgcn", "lightgcn_plus", "lightgcn_gene"], choices=list(OURS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2023, 2024, 2025])
+    parser.add_argument("--out", type=Path, default=None, help="write the table (Markdown) and runs (JSONL) here")
+    args = parser.parse_args()
+    if not (args.official / "encoder" / "train_encoder.py").is_file():
+        parser.error(f"--official {args.official}: expected a checkout of HKUDS/RLMRec (encoder/train_encoder.py)")
+
+    work = Path(tempfile.mkdtemp(prefix="rlmrec-parity-"))
+    copy = scratch_copy(args.official, work)
+    counts = export_split(copy / "data" / "amazon")
+    print(f"ml-100k split exported: {counts}", flush=True)
+    runs = []
+    for model in args.models:
+        for seed in args.seeds:
+            theirs = run_official(copy, model, seed, work / f"official-{model}-{seed}.log")
+            ours = run_ours(model, seed, work)
+            runs.append({"official_model": model, "seed": seed, "official": theirs, "ours": ours})
+            print(json.dumps(runs[-1]), flush=True)
+
+    lines = [f"# RLMRec: official code vs recbole-llm on ml-100k (seeds {', '.join(map(str, args.seeds))})", "",
+             f"Split: general protocol, split_seed 2020 ({counts['trn']} train / {counts['val']} valid / "
+             f"{counts['tst']} test interactions); profiles: packaged SmolLM2-135M, MiniLM vectors; the "
+             "official YAML's Amazon-book row on both sides; best epoch by validation Recall@20.", "",
+             "| official model | ours | official Recall@20 | ours Recall@20 | official NDCG@20 | ours NDCG@20 | NDCG@20 ours/official |",
+             "|---|---|---|---|---|---|---|"]
+    for model in args.models:
+        rows = [r for r in runs if r["official_model"] == model]
+        theirs = {m: [r["official"][m] for r in rows] for m in ("recall@20", "ndcg@20")}
+        ours = {m: [r["ours"][m] for r in rows] for m in ("recall@20", "ndcg@20")}
+        ratio = statistics.mean(ours["ndcg@20"]) / statistics.mean(theirs["ndcg@20"])
+        lines.append(f"| {model} | {rows[0]['ours']['label']} | {summarise(theirs['recall@20'])} | "
+                     f"{summarise(ours['recall@20'])} | {summarise(theirs['ndcg@20'])} | {summarise(ours['ndcg@20'])} | {ratio:.3f} |")
+    lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+              f"command: `python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
+              f"--seeds {' '.join(map(str, args.seeds))}`"]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+        with open(args.out.with_suffix(".jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in runs)
+
+
+if __name__ == "__main__":
+    main()
