@@ -8,8 +8,10 @@ files, profile generation and its estimate, progress bars). Run from the reposit
 
     .venv/bin/python scripts/mutants.py [alpharec|simgcl|entry-points]   # about 8, 2 and 6 min on 2 cores
 
-mutmut 3.8 was tried first: its forked workers hang once torch is imported, so the mutants are
-applied here by hand, one at a time, and the source is restored after each.
+These are hand-picked mutants whose tests are whole runs (RecBole's doors) or that read across
+files. The exhaustive mutation test of the models' math is mutmut's (setup.cfg [mutmut]: its
+workers come from a fork server, as forked workers hang once torch is imported); see the README's
+development section. Here each mutant is applied in turn and the source restored after each.
 """
 from __future__ import annotations
 

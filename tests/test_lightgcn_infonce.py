@@ -49,3 +49,24 @@ def test_loss_and_scores_from_their_definitions(profiled_root: Path, monkeypatch
     np.testing.assert_allclose(scores, unit(out[batch_users]) @ unit(out[net.n_users:]).T, rtol=1e-5, atol=1e-6)
     pair = net.predict(batch).detach().double().numpy()
     np.testing.assert_allclose(pair, (unit(out[batch_users]) * unit(out[net.n_users + batch_items])).sum(1), rtol=1e-5, atol=1e-6)
+
+
+def test_interaction_sampling_scores_the_batchs_own_pairs(profiled_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_sampling: interaction``: RecBole's batch pairs are the positives; with
+    ``require_pow`` RecBole's regulariser is (|U_b|^2 + |I_b|^2) / (2 B)."""
+    _, _, train, net = build(profiled_root, "LightGCNInfoNCE", tau=0.2, num_negs=2, n_layers=1, reg_weight=0.5,
+                             train_sampling="interaction", require_pow=True)
+    batch = next(iter(train))
+    users, items = batch["user_id"].numpy(), batch["item_id"].numpy()
+    negatives = torch.from_numpy(np.stack([(items % 29) + 1, ((items + 7) % 29) + 1], axis=1))
+    monkeypatch.setattr(net.objective.positives, "sample_negatives", lambda *_: negatives)
+    loss = net.calculate_loss(batch).item()
+
+    out = mean_readout(normalised_graph(net), ego_of(net), 1)
+    u, all_items = unit(out[users]), unit(out[net.n_users:])
+    logits = np.concatenate([(u * all_items[items]).sum(1, keepdims=True),
+                             np.einsum("bd,bkd->bk", u, all_items[negatives.numpy()])], axis=1) / 0.2
+    expected = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0]))
+    ego = ego_of(net)
+    reg = ((ego[users] ** 2).sum() + (ego[net.n_users + items] ** 2).sum()) / len(users) / 2
+    assert loss == pytest.approx(expected + 0.5 * reg, rel=1e-5)

@@ -181,3 +181,19 @@ def test_gen_reconstruction_is_the_references_recon_loss(profiled_root: Path) ->
     decoded = mlp(net.decoder, main[nodes])
     expected = infonce(decoded, profiles[nodes], profiles[nodes], 0.3)
     assert recon_part.item() == pytest.approx(0.2 * expected, rel=1e-5)
+
+
+def test_drop_edges_keeps_the_graphs_shape_and_the_kept_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edge j survives iff floor(u_j + keep) = 1; the graph keeps its size even when a node loses
+    every edge, and the kept values are not rescaled."""
+    from recbole_llm.model.rlmrec_backbones import drop_edges
+
+    index = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+    graph = torch.sparse_coo_tensor(index, torch.tensor([0.5, 0.5, 0.25, 0.25]), (5, 5)).coalesce()
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.tensor([0.9, 0.1, 0.5, 0.05]))
+    dropped = drop_edges(graph, 0.4)  # u >= 0.6 survives: edge (0, 1) only
+    expected = np.zeros((5, 5))
+    expected[0, 1] = 0.5
+    assert dropped.shape == (5, 5)
+    np.testing.assert_array_equal(dropped.to_dense().numpy(), expected)
+    assert drop_edges(graph, 1.0) is graph  # nothing dropped, nothing drawn
