@@ -314,3 +314,15 @@ def test_simgcl_noise_and_contrastive_loss_from_their_definitions(profiled_root:
     user_rows, item_rows = [1, 4, 9], [model.n_users + i for i in (2, 5, 7)]
     expected = info_nce(first[user_rows], second[user_rows]) + info_nce(first[item_rows], second[item_rows])
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_simgcl_weighs_its_contrastive_term_by_cl_weight(profiled_root: Path) -> None:
+    """The loss parts: LightGCN's BPR + regulariser, then cl_weight x the contrastive loss (pinned
+    against its definition above), with the same noise draws."""
+    _, _, train, model = build(profiled_root, "SimGCL", cl_weight=0.3)
+    batch = next(iter(train))
+    torch.manual_seed(3)
+    contrastive = model.contrastive_loss(batch[model.USER_ID], batch[model.ITEM_ID])
+    torch.manual_seed(3)
+    _, weighted = model.calculate_loss(batch)
+    torch.testing.assert_close(weighted, 0.3 * contrastive)
