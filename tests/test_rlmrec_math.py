@@ -197,3 +197,16 @@ def test_drop_edges_keeps_the_graphs_shape_and_the_kept_values(monkeypatch: pyte
     assert dropped.shape == (5, 5)
     np.testing.assert_array_equal(dropped.to_dense().numpy(), expected)
     assert drop_edges(graph, 1.0) is graph  # nothing dropped, nothing drawn
+
+
+def test_bad_keep_rate_and_layers_are_refused(profiled_root: Path) -> None:
+    from recbole_llm.errors import UserError
+
+    for keep in (0.0, 1.5):
+        with pytest.raises(UserError, match=rf"keep_rate={keep}: expected the fraction of edges kept, in \(0, 1\]"):
+            build(profiled_root, "RLMRecLightGCN", keep_rate=keep)
+    assert build(profiled_root, "RLMRecLightGCN", keep_rate=1.0)[-1].keep_rate == 1.0
+    assert build(profiled_root, "RLMRecLightGCN", keep_rate=None)[-1].keep_rate == 1.0  # unset: no dropping
+    assert build(profiled_root, "SimGCL", n_layers=1)[-1].n_layers == 1
+    with pytest.raises(UserError, match="n_layers=0: expected a whole number of at least 1"):
+        build(profiled_root, "SimGCL", n_layers=0)
