@@ -31,7 +31,9 @@ MODELS = {
     "AlphaRec(smollm2)": {"llm_encoder": "smollm2"},
     "LightGCNInfoNCE": {},
     "SimGCL": {},
+    "RLMRecLightGCN": {}, "RLMRecSGL": {}, "RLMRecSimGCL": {},
     **{f"{m}({b})": {"backbone": b} for m in ("RLMRecCon", "RLMRecGen") for b in ("LightGCN", "SGL", "SimGCL")},
+    "RLMRecCon(SGL, RecBole code)": {"backbone": "SGL", "backbone_code": "RecBole"},
     "LLMESR": {"MAX_ITEM_LIST_LENGTH": 4, "hidden_size": 8, "inner_size": 16, "sim_user_num": 3},
     "TIGER": TINY_TIGER,
 }
