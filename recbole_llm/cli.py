@@ -132,6 +132,11 @@ def _add_profile_parser(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96, help="length limit of each profile (default 96)")
     p.add_argument("--history", type=int, default=5, help="training items shown per user (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
+    p.add_argument("--checked", action="store_true",
+                   help="checked generation: repetition penalties; answers that echo their input, loop, copy the "
+                        "prompt's placeholder, duplicate another profile or (users) describe no person are written "
+                        "again by sampling; the user's ratings in user prompts (runs: --set profile_checks=True)")
+    p.add_argument("--retries", type=int, default=2, help="checked: new attempts for a failing answer (default 2)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
     p.add_argument("--data-path", help="folder holding one sub-folder per dataset")
@@ -370,7 +375,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     for name in ("max_new_tokens", "history", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive number")
-    settings = ProfileSettings(args.generator, args.max_new_tokens, args.batch_size, args.history)
+    if args.retries < 0:
+        raise UserError(f"--retries {args.retries}: expected 0 or more")
+    settings = ProfileSettings(args.generator, args.max_new_tokens, args.batch_size, args.history, args.checked, args.retries)
     item_ff, user_ff = build_profiles(args.dataset, settings, args.encoder, args.data_path, args.device, args.dtype)
     print(f"{item_ff.path}\n{user_ff.path}")
     return 0

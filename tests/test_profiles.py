@@ -100,3 +100,71 @@ def test_real_profiles_with_smollm2(tmp_path: Path) -> None:
     assert len(users_path.read_text().splitlines()) == 6
     assert read_feature_file(user_ff)[1].shape == (6, 384)
     assert item_ff.meta()["generator"] == "smollm2"
+
+
+class ScriptedGenerator:
+    """First answers with each failure a small LLM shows; retries (sampled) answer well, except
+    for item B0002, whose every answer copies the prompt's placeholder."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool, int | None]] = []
+        self.user_prompts: list[str] = []
+
+    def generate(self, system: str, inputs: list[str], max_new_tokens: int, checked: bool = False,
+                 sample_seed: int | None = None) -> list[str]:
+        self.calls.append((len(inputs), checked, sample_seed))
+        answers = []
+        for text in inputs:
+            user = text.startswith("ITEMS THE USER")
+            if user:
+                self.user_prompts.append(text)
+            if "Product 2 lotion" in text and not user:
+                answers.append("<who would enjoy this item, at most 80 words>")
+            elif sample_seed is None and not user:
+                # an echo of the input for the first items, the same text for the others
+                answers.append(text[len("ITEM: "):] if "Product 1 lotion" in text else "Shoppers who like lotions will enjoy it.")
+            elif sample_seed is None:
+                answers.append("A soothing lotion for dry skin with a light scent and a pump bottle.")  # an item
+            elif user:
+                answers.append(f"This user likes calm evenings, wool socks and jazz ({len(self.calls)}-{len(answers)}).")
+            else:
+                answers.append(f"Answer {len(self.calls)}-{len(answers)}: people who enjoy careful skin care, "
+                               f"retry {sample_seed}.")
+        return [json.dumps({"summarization": a, "reasoning": "r"}) if not a.startswith("A soothing") else a
+                for a in answers]
+
+
+def test_checked_generation_rewrites_failing_answers_and_records_why(amazon_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = ScriptedGenerator()
+    monkeypatch.setattr(profiles, "ProfileGenerator", lambda *a, **k: fake)
+    settings = ProfileSettings(batch_size=64, checked=True, retries=2)
+    item_ff, user_ff = build_profiles("amazon-beauty", settings, data_path=amazon_root, progress=False)
+    items_path, users_path = profiles.profile_files(amazon_root / "amazon-beauty", "amazon-beauty", "smollm2")
+    items = {r["id"]: r for r in map(json.loads, items_path.read_text().splitlines())}
+    users = {r["id"]: r for r in map(json.loads, users_path.read_text().splitlines())}
+
+    assert items["B0001"]["rejected"] == ["echo"] and items["B0001"]["problem"] is None  # "Product 1" echoes
+    assert items["B0002"]["rejected"] == ["placeholder", "placeholder"] and items["B0002"]["problem"] == "placeholder"
+    generic = [r for key, r in items.items() if key not in ("B0001", "B0002") and not r["rejected"]]
+    assert len(generic) == 1  # the first "Shoppers who like lotions" is kept, every copy is rewritten
+    assert all(r["rejected"] == ["duplicate"] for key, r in items.items()
+               if key not in ("B0001", "B0002") and r["rejected"])
+    assert all(r["rejected"] == ["not about a user"] and r["problem"] is None for r in users.values())
+    # first answers greedy with repetition penalties, retries sampled with their own seeds
+    assert fake.calls[0] == (30, True, None) and fake.calls[1][1:] == (True, 1) and fake.calls[2][1:] == (True, 2)
+    # the user's ratings reach the user prompts (the fixture's rating column)
+    assert all('"user\'s rating": "' in prompt for prompt in fake.user_prompts)
+    item_meta = read_feature_file(item_ff) and item_ff.meta()
+    assert item_meta["quality"] == {"profiles": 30, "rewritten": 30 - len(generic), "still_failing": {"placeholder": 1},
+                                    "rejected_attempts": {"echo": 1, "placeholder": 2, "duplicate": 30 - len(generic) - 2}}
+    assert user_ff.meta()["quality"]["rejected_attempts"] == {"not about a user": 40}
+
+
+def test_unchecked_profiles_keep_their_fingerprint() -> None:
+    """The shipped profiles stay current: without checks the fingerprint is the one they were written with."""
+    import hashlib
+
+    expected = hashlib.sha256(json.dumps(["smollm2", 96, "system", "extra"]).encode()).hexdigest()[:16]
+    assert ProfileSettings().fingerprint("system", "extra") == expected
+    assert ProfileSettings(checked=True).fingerprint("system", "extra") != expected

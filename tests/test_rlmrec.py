@@ -211,6 +211,8 @@ def test_labels_and_settings() -> None:
     assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL, RecBole code)"
     assert RLMRecGen.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "shuffle_profiles": True}) == \
         "RLMRec-Gen(LightGCN, shuffled profiles)"
+    assert RLMRecCon.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "profile_checks": True}) == \
+        "RLMRec-Con(LightGCN, checked profiles)"
     assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_generator": "/m/Llama-3-8B/", "llm_encoder": "minilm"}) == \
         "RLMRec-Con(SimGCL, SELFRec code, Llama-3-8B+minilm)"
 

@@ -50,18 +50,29 @@ USER_SYSTEM_PROMPT = (
 )
 
 
+# Checked generation (``checked``): greedy decoding that penalises repetition, each answer checked
+# (recbole_llm/llm/quality.py) and a failing one written again by sampling, up to ``retries`` times.
+REPETITION_PENALTY = 1.3
+NO_REPEAT_NGRAM = 4
+RETRY_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
+
+
 @dataclass(frozen=True)
 class ProfileSettings:
     generator: str = "smollm2"
     max_new_tokens: int = 96
     batch_size: int = 16
     user_history: int = 5  # most recent training items shown per user (prompt length drives the cost)
+    checked: bool = False  # repetition control, answers checked and rewritten, ratings in user prompts
+    retries: int = 2       # checked: new attempts for an answer that fails its check
 
     def fingerprint(self, system_prompt: str, extra: str = "") -> str:
         """What decides a profile's text: generator, length limit, prompt and its inputs (``extra``;
-        the user prompts, and so user_history, enter through it)."""
-        text = json.dumps([self.generator, self.max_new_tokens, system_prompt, extra])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        the user prompts, and so user_history, enter through it), and checked generation's settings."""
+        parts: list = [self.generator, self.max_new_tokens, system_prompt, extra]
+        if self.checked:  # unchecked profiles keep the fingerprint they were written with
+            parts += ["checked", self.retries, REPETITION_PENALTY, NO_REPEAT_NGRAM, RETRY_SAMPLING]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def extract_summary(generated: str) -> str:
@@ -106,14 +117,24 @@ class ProfileGenerator:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f"{system}\n\n{user}\n\nAnswer:"
 
-    def generate(self, system: str, inputs: Sequence[str], max_new_tokens: int) -> list[str]:
+    def generate(self, system: str, inputs: Sequence[str], max_new_tokens: int, checked: bool = False,
+                 sample_seed: int | None = None) -> list[str]:
+        """Greedy answers; ``checked``: with repetition penalties; ``sample_seed``: sampled instead
+        (a retry), from a private stream seeded by it."""
         import torch
 
         prompts = [self._prompt(system, text) for text in inputs]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+        options: dict[str, Any] = {"do_sample": False}
+        if checked:
+            options.update(repetition_penalty=REPETITION_PENALTY, no_repeat_ngram_size=NO_REPEAT_NGRAM)
+        if sample_seed is not None:
+            options.update(RETRY_SAMPLING)
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            if sample_seed is not None:
+                torch.manual_seed(sample_seed)
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                      **options)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -143,11 +164,17 @@ def generate_profiles(
     fingerprint: str,
     desc: str,
     progress: bool = True,
+    about_user: bool = False,
 ) -> dict[str, str]:
     """id -> profile summary for every id in ``inputs``, resuming from ``path``; the generator is
-    loaded (``get_generator()``) only when something is left to write."""
+    loaded (``get_generator()``) only when something is left to write. With ``settings.checked``
+    every answer is checked (:func:`~recbole_llm.llm.quality.profile_problem`, and for duplicates
+    of the profiles written so far) and a failing one is written again by sampling, up to
+    ``settings.retries`` times; each record keeps the reasons of its rejected attempts
+    (``rejected``) and the problem of the answer kept, if it still has one (``problem``)."""
     from tqdm.auto import tqdm
 
+    from recbole_llm.llm.quality import normalised, profile_problem
     from recbole_llm.progress import shown
     from recbole_llm.records import append_record
 
@@ -158,6 +185,12 @@ def generate_profiles(
     elif done:
         logger.info("%s: %d of %d already in %s, generating %d", desc, len(inputs) - len(todo),
                     len(inputs), path, len(todo))
+    seen = {normalised(record["profile"]) for record in done.values()}
+
+    def problem(key: str, summary: str) -> str | None:
+        found = profile_problem(summary, inputs[key], about_user)
+        return found or ("duplicate" if normalised(summary) in seen else None)
+
     if todo:
         model = get_generator()
         # Longest prompts first: a bad memory estimate shows up at once, not at the end.
@@ -165,13 +198,50 @@ def generate_profiles(
         with tqdm(total=len(todo), desc=desc, unit="profile", disable=not shown(progress), dynamic_ncols=True) as bar:
             for start in range(0, len(todo), settings.batch_size):
                 keys = todo[start:start + settings.batch_size]
-                answers = model.generate(system_prompt, [inputs[k] for k in keys], settings.max_new_tokens)
-                for key, answer in zip(keys, answers):
-                    record = {"id": key, "profile": extract_summary(answer), "raw": answer, "fingerprint": fingerprint}
+                answers = dict(zip(keys, model.generate(system_prompt, [inputs[k] for k in keys], settings.max_new_tokens,
+                                                        **({"checked": True} if settings.checked else {}))))
+                rejected: dict[str, list[str]] = {key: [] for key in keys}
+                final: dict[str, str] = {}  # checked: the problem an answer kept still has
+                pending = list(keys) if settings.checked else []
+                for attempt in range(1, settings.retries + 2):  # the first answer, then the retries
+                    failing = {}
+                    for key in pending:
+                        summary = extract_summary(answers[key])
+                        reason = problem(key, summary)
+                        if reason is None:
+                            seen.add(normalised(summary))
+                        else:
+                            failing[key] = reason
+                    if not failing or attempt > settings.retries:
+                        final = failing
+                        break
+                    for key, reason in failing.items():
+                        rejected[key].append(reason)
+                    pending = list(failing)
+                    answers.update(zip(pending, model.generate(system_prompt, [inputs[k] for k in pending],
+                                                               settings.max_new_tokens, checked=True, sample_seed=attempt)))
+                for key in keys:
+                    summary = extract_summary(answers[key])
+                    record = {"id": key, "profile": summary, "raw": answers[key], "fingerprint": fingerprint}
+                    if settings.checked:
+                        record.update(rejected=rejected[key], problem=final.get(key))
+                        seen.add(normalised(summary))
                     append_record(record, path)  # one whole line per id: resumable at any point
                     done[key] = record
                 bar.update(len(keys))
     return {key: done[key]["profile"] for key in inputs}
+
+
+def quality_summary(path: Path, fingerprint: str) -> dict[str, Any]:
+    """Of the checked profiles in ``path``: how many attempts were rejected and why, how many ids
+    were written again, and how many kept answers still fail their check (by reason)."""
+    from collections import Counter
+
+    records = read_profiles(path, fingerprint).values()
+    rejected = Counter(reason for record in records for reason in record.get("rejected", []))
+    still = Counter(record["problem"] for record in records if record.get("problem"))
+    return {"profiles": len(records), "rewritten": sum(bool(record.get("rejected")) for record in records),
+            "rejected_attempts": dict(rejected), "still_failing": dict(still)}
 
 
 def training_histories(dataset: str, data_path: str | Path | None = None,
@@ -208,13 +278,42 @@ def training_histories(dataset: str, data_path: str | Path | None = None,
 ITEM_PROFILE_WORDS_IN_USER_PROMPT = 20
 
 
-def user_prompt(history: Sequence[str], item_texts: dict[str, str], item_profiles: dict[str, str], limit: int) -> str:
+def user_prompt(history: Sequence[str], item_texts: dict[str, str], item_profiles: dict[str, str], limit: int,
+                ratings: dict[str, str] | None = None) -> str:
+    """The user's most recent ``limit`` training items, each with its text, its profile and, when
+    ``ratings`` (item -> the user's rating) are given, the user's rating: the reference's prompt
+    has the user's review there, which ml-100k and most atomic datasets do not have."""
     lines = ["ITEMS THE USER INTERACTED WITH:"]
     for item in list(history)[-limit:]:
         words = item_profiles.get(item, "").split()
         profile = " ".join(words[:ITEM_PROFILE_WORDS_IN_USER_PROMPT]) + (" ..." if len(words) > ITEM_PROFILE_WORDS_IN_USER_PROMPT else "")
-        lines.append(json.dumps({"item": item_texts.get(item, ""), "enjoyed by": profile}, ensure_ascii=False))
+        entry = {"item": item_texts.get(item, ""), "enjoyed by": profile}
+        if ratings is not None and item in ratings:
+            entry["user's rating"] = ratings[item]
+        lines.append(json.dumps(entry, ensure_ascii=False))
     return "\n".join(lines)
+
+
+RATED_USER_SYSTEM_PROMPT = USER_SYSTEM_PROMPT + " Each item may carry the user's rating of it: the higher, the more they liked it."
+
+
+def interaction_ratings(folder: Path, dataset: str) -> dict[str, dict[str, str]]:
+    """user token -> item token -> rating, from the ``.inter`` file's rating column ({} without one)."""
+    import csv
+
+    path = folder / f"{dataset}.inter"
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names = [column.split(":")[0] for column in next(reader, [])]
+        if not {"user_id", "item_id", "rating"} <= set(names):
+            return {}
+        user, item, rating = (names.index(name) for name in ("user_id", "item_id", "rating"))
+        ratings: dict[str, dict[str, str]] = {}
+        for row in reader:
+            if len(row) > max(user, item, rating) and row[rating]:
+                value = row[rating]
+                ratings.setdefault(row[user], {})[row[item]] = value[:-2] if value.endswith(".0") else value
+    return ratings
 
 
 def profile_files(folder: Path, dataset: str, generator: str) -> tuple[Path, Path]:
@@ -285,6 +384,8 @@ def build_profiles(
     template = template_for(folder, dataset, config)
     texts = item_texts(folder, dataset, template)
     histories, split_digest = training_histories(dataset, data_path, config_dict)
+    ratings = interaction_ratings(folder, dataset) if settings.checked else None
+    user_system = RATED_USER_SYSTEM_PROMPT if ratings else USER_SYSTEM_PROMPT
     seed_packaged_profiles(folder, dataset, settings.generator)
     items_path, users_path = profile_files(folder, dataset, settings.generator)
 
@@ -296,7 +397,8 @@ def build_profiles(
     users_left = len(histories)
     if not items_left:
         item_profiles = {item: record["profile"] for item, record in done_items.items()}
-        user_fp = _user_fingerprint(settings, item_fp, split_digest, _user_inputs(histories, texts, item_profiles, settings))
+        user_fp = _user_fingerprint(settings, item_fp, split_digest,
+                                    _user_inputs(histories, texts, item_profiles, settings, ratings), user_system)
         users_left = len(set(histories) - set(read_profiles(users_path, user_fp)))
     if items_left or users_left:
         estimate = _duration(expected_seconds(items_left, users_left, settings))
@@ -318,32 +420,38 @@ def build_profiles(
 
     item_profiles = generate_profiles(items_path, item_inputs, ITEM_SYSTEM_PROMPT, model, settings, item_fp,
                                       "item profiles", progress)
-    user_inputs = _user_inputs(histories, texts, item_profiles, settings)
-    user_fp = _user_fingerprint(settings, item_fp, split_digest, user_inputs)
-    user_profiles = generate_profiles(users_path, user_inputs, USER_SYSTEM_PROMPT, model, settings,
-                                      user_fp, "user profiles", progress)
+    user_inputs = _user_inputs(histories, texts, item_profiles, settings, ratings)
+    user_fp = _user_fingerprint(settings, item_fp, split_digest, user_inputs, user_system)
+    user_profiles = generate_profiles(users_path, user_inputs, user_system, model, settings,
+                                      user_fp, "user profiles", progress, about_user=True)
     loaded.clear()  # free the generator before the encoder loads
 
     files = []
-    for kind, profiles, fp in (("item_profile", item_profiles, item_fp), ("user_profile", user_profiles, user_fp)):
+    for kind, profiles, fp, path in (("item_profile", item_profiles, item_fp, items_path),
+                                     ("user_profile", user_profiles, user_fp, users_path)):
         ff = profile_feature_file(folder, dataset, kind, settings.generator, encoder)
-        files.append(ensure_text_features(
-            ff, profiles, {"generator": settings.generator, "profiles_fingerprint": fp},
-            encoder, device=device, dtype=dtype, progress=progress))
+        meta = {"generator": settings.generator, "profiles_fingerprint": fp}
+        if settings.checked:  # what the checks rejected and what still fails them
+            meta["quality"] = quality_summary(path, fp)
+        files.append(ensure_text_features(ff, profiles, meta, encoder, device=device, dtype=dtype, progress=progress))
     return files[0], files[1]
 
 
 def _user_inputs(histories: dict[str, list[str]], texts: dict[str, str], item_profiles: dict[str, str],
-                 settings: ProfileSettings) -> dict[str, str]:
-    """Each user's prompt: their most recent training items, with those items' profiles."""
-    return {user: user_prompt(history, texts, item_profiles, settings.user_history) for user, history in histories.items()}
+                 settings: ProfileSettings, ratings: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """Each user's prompt: their most recent training items, with those items' profiles (and the
+    user's ratings of them, for checked generation)."""
+    return {user: user_prompt(history, texts, item_profiles, settings.user_history,
+                              (ratings or {}).get(user, {}) if settings.checked else None)
+            for user, history in histories.items()}
 
 
-def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str, user_inputs: dict[str, str]) -> str:
+def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str, user_inputs: dict[str, str],
+                      system_prompt: str = USER_SYSTEM_PROMPT) -> str:
     """What decides the user profiles: the item profiles' fingerprint, the split and the prompts."""
     from recbole_llm.data.text import texts_hash
 
-    return settings.fingerprint(USER_SYSTEM_PROMPT, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
+    return settings.fingerprint(system_prompt, f"{item_fp}:{split_digest}:{texts_hash(user_inputs)}")
 
 
 def profile_feature_file(folder: Path, dataset: str, kind: str, generator: str = "smollm2",
@@ -382,7 +490,7 @@ def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) ->
         logger.info("using the profile vectors %s and %s as they are", *(ff.path.name for ff in files.values()))
         return files
     item_ff, user_ff = build_profiles(
-        dataset, ProfileSettings(generator), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
+        dataset, ProfileSettings(generator, checked=bool(config_dict.get("profile_checks"))), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
         config_dict=config_dict, generate=bool(config_dict.get("llm_generate", True)))
     return {"item_profile": item_ff, "user_profile": user_ff}
 

@@ -164,6 +164,8 @@ class _RLMRec(GeneralRecommender):
         generator, encoder = config.get("profile_generator") or "smollm2", config.get("llm_encoder") or "minilm"
         if (generator, encoder) != ("smollm2", "minilm"):
             parts.append(f"{Path(str(generator).rstrip('/')).name}+{Path(str(encoder).rstrip('/')).name}")
+        if config.get("profile_checks"):
+            parts.append("checked profiles")
         if config.get("shuffle_profiles"):
             parts.append("shuffled profiles")
         return f"RLMRec-{cls.variant}({', '.join(parts)})"
