@@ -262,6 +262,9 @@ def test_reference_configuration_reads_titles_and_names_variants(amazon_root: Pa
         "AlphaRec(minilm, hidden 0.28125x, full text)"
     assert AlphaRec.run_label({"item_text": "title", "projector": "linear", "llm_encoder": "/m/smollm2/"}) == \
         "AlphaRec(linear, smollm2)"
+    # A linear projector has no hidden layer: a width setting is not a variant of it.
+    assert AlphaRec.run_label({"item_text": "title", "projector": "linear", "projector_hidden_multiplier": 0.5}) == \
+        "AlphaRec(linear, minilm)"
     full, *_ = _build(amazon_root, item_text="full")
     meta = json.loads((amazon_root / "amazon-beauty" / "amazon-beauty.item_minilm.json").read_text())
     assert meta["template"].startswith("Title: {title}. Categories: {categories}.")

@@ -211,6 +211,9 @@ def test_labels_and_settings() -> None:
     assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL, RecBole code)"
     assert RLMRecGen.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "shuffle_profiles": True}) == \
         "RLMRec-Gen(LightGCN, shuffled profiles)"
+    assert RLMRecCon.run_label({}) == "RLMRec-Con(LightGCN, RecBole code)"  # a record from before both keys
+    assert RLMRecGen.run_label({"backbone": "SGL", "backbone_code": "RLMRec", "llm_encoder": "/m/e5-large/"}) == \
+        "RLMRec-Gen(SGL, smollm2+e5-large)"
     assert RLMRecCon.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "profile_checks": True}) == \
         "RLMRec-Con(LightGCN, checked profiles)"
     assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_generator": "/m/Llama-3-8B/", "llm_encoder": "minilm"}) == \

@@ -12,6 +12,8 @@ their training items per step (``train_sampling: user``); ``interaction`` uses R
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -55,7 +57,7 @@ class AlphaRec(GeneralRecommender):
         (the linear projector, another hidden width, the whole item text instead of the title), so
         that no variant is shown under the paper's name. Records from before ``item_text`` existed
         encoded the whole text."""
-        encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
+        encoder = Path(str(config.get("llm_encoder") or "minilm")).name  # a model folder: its name
         parts = ["linear"] if config.get("projector") == "linear" else []
         parts.append(encoder)
         multiplier = config.get("projector_hidden_multiplier")

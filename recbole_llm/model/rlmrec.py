@@ -163,7 +163,7 @@ class _RLMRec(GeneralRecommender):
             parts.append(f"{code} code")
         generator, encoder = config.get("profile_generator") or "smollm2", config.get("llm_encoder") or "minilm"
         if (generator, encoder) != ("smollm2", "minilm"):
-            parts.append(f"{Path(str(generator).rstrip('/')).name}+{Path(str(encoder).rstrip('/')).name}")
+            parts.append(f"{Path(str(generator)).name}+{Path(str(encoder)).name}")  # model folders: their names
         if config.get("profile_checks"):
             parts.append("checked profiles")
         if config.get("shuffle_profiles"):
