@@ -18,20 +18,24 @@ takes:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterable
 
 _INSTALLED: list[str] = []
 
 
-def recbole_llm_config(model_class: type, dataset: str, external: dict[str, Any]) -> dict[str, Any]:
+def recbole_llm_config(model_class: type, dataset: str, external: dict[str, Any], *,
+                       data_path: str | os.PathLike | None = None, config_files: Iterable[str | os.PathLike] = (),
+                       check: bool = False) -> dict[str, Any]:
     """The external config dict of a recbole-llm model: the toolkit's settings beneath ``external``
-    (RecBole's merged config files, dict and command line), with its LLM feature files attached."""
+    (RecBole's merged config files, dict and command line, or `run`'s --set), with its LLM feature
+    files attached. ``check``: refuse unknown or ill-typed keys, as `recbole-llm run` does."""
     from recbole_llm.config import build_config_dict
     from recbole_llm.data.datasets import resolve_dataset
     from recbole_llm.data.features import attach_llm_features
 
-    folder = resolve_dataset(dataset, external.get("data_path"))
-    config_dict = build_config_dict(model_class, dataset, folder.parent, overrides=external, check=False)
+    folder = resolve_dataset(dataset, data_path if data_path is not None else external.get("data_path"))
+    config_dict = build_config_dict(model_class, dataset, folder.parent, config_files, overrides=external, check=check)
     return attach_llm_features(model_class, folder, dataset, config_dict)
 
 

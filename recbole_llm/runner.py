@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from recbole_llm import progress, resume_state
-from recbole_llm.config import build_config_dict, parse_overrides
-from recbole_llm.data.datasets import home, resolve_dataset
-from recbole_llm.data.features import attach_llm_features
+from recbole_llm.config import parse_overrides
+from recbole_llm.data.datasets import home
 from recbole_llm.errors import UserError
+from recbole_llm.hooks import recbole_llm_config
 from recbole_llm.progress import shown
 from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions, source_commit
 from recbole_llm.registry import get_model_class
@@ -160,9 +160,8 @@ def prepare(
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
     overrides = {**(overrides or {}), **_flag_overrides(seed, device, epochs)}
-    folder = resolve_dataset(dataset, data_path)
-    config_dict = build_config_dict(model_class, dataset, folder.parent, config_files, overrides)
-    config_dict = attach_llm_features(model_class, folder, dataset, config_dict)
+    config_dict = recbole_llm_config(model_class, dataset, overrides, data_path=data_path, config_files=config_files,
+                                     check=True)
     return model_class, config_dict
 
 
