@@ -126,7 +126,7 @@ class ScriptedGenerator:
             elif sample_seed is None:
                 answers.append("A soothing lotion for dry skin with a light scent and a pump bottle.")  # an item
             elif user:
-                answers.append(f"This user likes calm evenings, wool socks and jazz ({len(self.calls)}-{len(answers)}).")
+                answers.append(f"This user likes rich lotions, wool socks and jazz ({len(self.calls)}-{len(answers)}).")
             else:
                 answers.append(f"Answer {len(self.calls)}-{len(answers)}: people who enjoy careful skin care, "
                                f"retry {sample_seed}.")

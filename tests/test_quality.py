@@ -16,6 +16,7 @@ ITEM = "ITEM: Title: Barcelona. Year: 1994. Genres: Comedy, Romance."
     ("It is a work of fiction. It is a work of fiction. It is a work of fiction.", "loop"),
     ("Ok.", "empty"),
     ("Viewers who like witty, talky romances about Americans abroad will enjoy it.", None),
+    ("I'm glad I could assist you today on your project about personalised products.", "off topic"),
 ])
 def test_item_profiles(profile: str, reason: str | None) -> None:
     assert profile_problem(profile, ITEM) == reason

@@ -1,7 +1,8 @@
 """Is an LLM-written profile worth encoding? The failure modes seen in small generators' output
 (the packaged SmolLM2-135M on ml-100k): the answer only repeats its input, copies the prompt's
 placeholder, loops on a phrase, is the same text as another entity's profile, or (for a user)
-describes an item instead of a person. ``profile_problem`` names the first one found;
+describes an item instead of a person, or wanders off topic (not one content word of its prompt:
+a repetition penalty turns a small model's loops into such rambling). ``profile_problem`` names the first one found;
 ``quality_report`` gives the share of each over a set of profiles."""
 from __future__ import annotations
 
@@ -16,12 +17,18 @@ PLACEHOLDER = re.compile(r"<[^<>]{3,}>|\bjson object\b|\bsummarization\b|\breaso
 PERSON_WORDS = frozenset("user users they them their he she his her viewer viewers fan fans person someone "
                          "enjoys enjoy likes like prefers prefer loves love dislikes dislike interested taste tastes".split())
 
+# Words that say nothing about the topic: common words and the prompts' own scaffolding.
+STOP_WORDS = frozenset("""a an the and or but of to in on at by for with from as is are was were be been it its this
+that these those who what which when where how why not no yes you your i me my we our will would can could may might
+should also very more most some any all each other such than then there here about into over under after before
+title year years genre genres item items user users interacted enjoyed rating description none""".split())
+
 ECHO_SHARE = 0.8     # a profile whose words are at least this share input words only repeats its input
 LOOP_NGRAM = 3       # a word 3-gram ...
 LOOP_REPEATS = 3     # ... seen this many times is a loop
 MIN_WORDS = 3
 
-REASONS = ("empty", "placeholder", "loop", "echo", "not about a user", "duplicate")
+REASONS = ("empty", "placeholder", "loop", "echo", "off topic", "not about a user", "duplicate")
 
 
 def words(text: str) -> list[str]:
@@ -36,6 +43,11 @@ def normalised(text: str) -> str:
 def is_loop(tokens: Sequence[str]) -> bool:
     grams = Counter(tuple(tokens[i:i + LOOP_NGRAM]) for i in range(len(tokens) - LOOP_NGRAM + 1))
     return bool(grams) and max(grams.values()) >= LOOP_REPEATS
+
+
+def _stems(tokens: Iterable[str]) -> set[str]:
+    """Content words cut to 5 letters, so "romances" meets "romance" and "comedies" "comedy"."""
+    return {token[:5] for token in tokens if len(token) > 2 and token not in STOP_WORDS}
 
 
 def profile_problem(profile: str, source: str, about_user: bool = False) -> str | None:
@@ -72,5 +84,7 @@ def problems(profile: str, source: str, about_user: bool = False) -> Iterable[st
     known = set(words(source))
     if sum(token in known for token in tokens) >= ECHO_SHARE * len(tokens):
         yield "echo"
+    elif not _stems(tokens) & _stems(known):
+        yield "off topic"
     if about_user and not PERSON_WORDS.intersection(tokens):
         yield "not about a user"
