@@ -272,3 +272,28 @@ def test_reference_configuration_reads_titles_and_names_variants(amazon_root: Pa
 
     with pytest.raises(UserError, match="item_text='summary': expected title"):
         _build(amazon_root, item_text="summary")
+
+
+def test_samplers_cover_every_pair_and_every_negative(amazon_root: Path) -> None:
+    """User-uniform sampling reaches every training pair, negatives reach every other item
+    (ids 1 .. n-1), and ``train_sampling: interaction`` takes RecBole's batch as it is."""
+    import scipy.sparse as sp
+
+    config, _, train, *_, model = _build(amazon_root)
+    positives = model.objective.positives
+    matrix = sp.csr_matrix(train._dataset.inter_matrix(form="csr"))
+    generator = torch.Generator().manual_seed(0)
+    users, items = positives.sample_user_positive_pairs(20000, generator=generator)
+    assert set(zip(users.tolist(), items.tolist())) == set(zip(*matrix.nonzero()))
+    counts = torch.bincount(users, minlength=matrix.shape[0])[1:]
+    assert counts.min() > 0.6 * counts.float().mean()  # users drawn uniformly, not by activity
+    user = int(users[0])
+    negatives = positives.sample_negatives(torch.full((4000,), user), 1, generator=generator).view(-1)
+    assert set(negatives.tolist()) == set(range(1, model.n_items)) - set(matrix[user].indices.tolist())
+    batch = next(iter(train))
+    drawn_users, drawn_items, _ = model.objective.pairs(batch["user_id"], batch["item_id"])
+    assert len(drawn_users) == len(batch) and not torch.equal(drawn_items, batch["item_id"])  # user sampling
+    *_, interaction_model = _build(amazon_root, train_sampling="interaction")
+    same_users, same_items, negs = interaction_model.objective.pairs(batch["user_id"], batch["item_id"])
+    assert torch.equal(same_users, batch["user_id"]) and torch.equal(same_items, batch["item_id"])
+    assert negs.shape == (len(batch), config["num_negs"])

@@ -188,7 +188,9 @@ def test_missing_profile_file_names_the_command(amazon_root: Path, capsys: pytes
 
 def test_profile_missing_for_a_kept_user(amazon_root: Path) -> None:
     write_profiles(amazon_root, leave_out_user="U005")
-    with pytest.raises(UserError, match=r"1 users of amazon-beauty have no vector .*\(e.g. U005\)"):
+    with pytest.raises(UserError, match=r"1 users of amazon-beauty have no vector .*\(e.g. U005\); expected one per id, "
+                                        r"re-create it with `recbole-llm profile -d amazon-beauty --generator smollm2 "
+                                        r"--encoder minilm"):
         build(amazon_root, "RLMRecCon")
 
 
@@ -331,3 +333,28 @@ def test_simgcl_weighs_its_contrastive_term_by_cl_weight(profiled_root: Path) ->
     torch.manual_seed(3)
     _, weighted = model.calculate_loss(batch)
     torch.testing.assert_close(weighted, 0.3 * contrastive)
+
+
+def test_rlmrec_modules_and_settings_as_the_reference(profiled_root: Path) -> None:
+    """The MLPs' hidden width is (d_profile + d_cf) // 2; Gen's mask token is one learnable row and
+    its maskable nodes are every real user and item; per-backbone values are written back to the
+    config (the run record shows them); a mapping is the reference's, RecBole's code keeps its own."""
+    config, _, _, con = build(profiled_root, "RLMRecCon", backbone="SGL")
+    assert [layer.out_features for layer in con.mapper if hasattr(layer, "out_features")] == [(PROFILE_DIM + 16) // 2, 16]
+    assert config["align_tau"] == 0.5 and config["align_weight"] == 0.01  # the SGL row
+    assert "item_profiles" not in con.state_dict() and "user_profiles" not in con.state_dict()
+    config, _, _, gen = build(profiled_root, "RLMRecGen", backbone="LightGCN")
+    assert [layer.out_features for layer in gen.decoder if hasattr(layer, "out_features")] == [(PROFILE_DIM + 16) // 2, PROFILE_DIM]
+    assert (config["recon_tau"], config["mask_ratio"], config["recon_weight"]) == (0.5, 0.15, 0.1)
+    assert gen.mask_token.shape == (1, 16)
+    assert sorted(gen.maskable.tolist()) == [n for n in range(gen.n_users + gen.n_items) if n not in (0, gen.n_users)]
+    assert not {"node_profiles", "maskable"} & set(gen.state_dict())
+    *_, tiny = build(profiled_root, "RLMRecGen", mask_ratio=0.001)
+    assert tiny.n_masked == 1  # at least one node
+    for bad in (0.0, 1.0):
+        with pytest.raises(UserError, match=rf"mask_ratio={bad}: expected a fraction of nodes between 0 and 1"):
+            build(profiled_root, "RLMRecGen", mask_ratio=bad)
+    *_, recbole_lightgcn = build(profiled_root, "RLMRecCon", backbone="LightGCN", backbone_code="RecBole")
+    assert recbole_lightgcn.backbone.reg_weight == 1e-5  # RecBole's LightGCN.yaml, not the reference row's 1e-7
+    *_, unnamed = build(profiled_root, "RLMRecCon", backbone=None)
+    assert type(unnamed.backbone).__name__ == "RLMRecLightGCN"

@@ -16,9 +16,7 @@ def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) 
     Built directly with COO/CSR (LightGCN's normalisation; isolated nodes keep degree 0 -> 0).
     """
     inter = sp.coo_matrix(interactions, shape=(n_users, n_items))
-    inter = sp.coo_matrix((np.ones_like(inter.data, dtype=np.float32), (inter.row, inter.col)), shape=inter.shape)
-    inter.sum_duplicates()
-    inter.data[:] = 1.0  # a repeated interaction is one edge
+    inter.sum_duplicates()  # a repeated interaction is one edge (the values are not used)
     rows = np.concatenate([inter.row, inter.col + n_users])
     cols = np.concatenate([inter.col + n_users, inter.row])
     n = n_users + n_items
