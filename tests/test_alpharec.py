@@ -297,3 +297,4 @@ def test_samplers_cover_every_pair_and_every_negative(amazon_root: Path) -> None
     same_users, same_items, negs = interaction_model.objective.pairs(batch["user_id"], batch["item_id"])
     assert torch.equal(same_users, batch["user_id"]) and torch.equal(same_items, batch["item_id"])
     assert negs.shape == (len(batch), config["num_negs"])
+    assert torch.isfinite(interaction_model.calculate_loss(batch))  # the batch's pairs reach the loss
