@@ -298,3 +298,23 @@ def test_samplers_cover_every_pair_and_every_negative(amazon_root: Path) -> None
     assert torch.equal(same_users, batch["user_id"]) and torch.equal(same_items, batch["item_id"])
     assert negs.shape == (len(batch), config["num_negs"])
     assert torch.isfinite(interaction_model.calculate_loss(batch))  # the batch's pairs reach the loss
+
+
+def test_graph_and_user_mean_on_a_hand_made_graph() -> None:
+    """Small cases the fixture lacks: a node of degree 1, a user with one item, a user with none,
+    and a repeated interaction (one edge, counted once)."""
+    import scipy.sparse as sp
+
+    from recbole_llm.model.alpharec import mean_of_items
+    from recbole_llm.model.layers import normalized_adjacency
+
+    # users 0..2, items 0..2: user 0 - items 0, 1; user 1 - item 1 (twice); user 2 - nothing
+    pairs = sp.coo_matrix((np.ones(4), ([0, 0, 1, 1], [0, 1, 1, 1])), shape=(3, 3))
+    dense = normalized_adjacency(pairs, 3, 3).to_dense().numpy()
+    expected = np.zeros((6, 6))
+    degree = {0: 2, 1: 1, 3: 1, 4: 2}  # node ids: users 0..2, then items 3..5
+    for u, i in [(0, 3), (0, 4), (1, 4)]:
+        expected[u, i] = expected[i, u] = 1 / np.sqrt(degree[u] * degree[i])
+    np.testing.assert_allclose(dense, expected, rtol=1e-6)
+    vectors = np.array([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]], dtype=np.float32)
+    np.testing.assert_allclose(mean_of_items(pairs.tocsr(), vectors), [[0.5, 1.0], [0.0, 2.0], [0.0, 0.0]])
