@@ -185,7 +185,8 @@ def generate_profiles(
     elif done:
         logger.info("%s: %d of %d already in %s, generating %d", desc, len(inputs) - len(todo),
                     len(inputs), path, len(todo))
-    seen = {normalised(record["profile"]) for record in done.values()}
+    # Checked runs compare each answer with the profiles written so far; unchecked runs never look.
+    seen = {normalised(record["profile"]) for record in done.values()} if settings.checked else set()
 
     def problem(key: str, summary: str) -> str | None:
         found = profile_problem(summary, inputs[key], about_user)
