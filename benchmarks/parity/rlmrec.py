@@ -6,7 +6,10 @@ from a checkout you give (never vendored: it is copied to a scratch folder and p
 runs recbole-llm's models with the same settings and seeds, and prints both side by side.
 
     python benchmarks/parity/rlmrec.py --official ~/src/RLMRec [--models lightgcn lightgcn_plus]
-        [--seeds 2023 2024 2025] [--out results/parity/rlmrec-ml-100k.md]
+        [--seeds 2023 2024 2025] [--epochs N] [--out results/parity/rlmrec-ml-100k.md]
+
+With --out, each finished pair of runs is appended to the JSONL beside the table and skipped when
+the command is run again, so a long comparison can be resumed.
 
 Official model -> ours: lightgcn -> RLMRecLightGCN, lightgcn_plus -> RLMRecCon(LightGCN),
 lightgcn_gene -> RLMRecGen(LightGCN); sgl*/simgcl* likewise. Both read the official YAML's
@@ -17,6 +20,7 @@ Patches to the scratch copy (printed when applied):
 2. The test split masks the training *and* validation items of each user, as RecBole's full
    ranking does (the official code masks training items only, leaving validation items as
    candidates in the test ranking).
+3. With ``--epochs N``: the model YAML's ``epoch: 3000`` becomes N (a budget both sides share).
 Both sides select the best epoch by validation Recall@20, every 3 epochs, patience 5.
 """
 from __future__ import annotations
@@ -85,11 +89,19 @@ def export_split(folder: Path) -> dict[str, int]:
     return counts
 
 
-def scratch_copy(official: Path, work: Path) -> Path:
-    """The checkout copied and patched to run on the CPU with RecBole's test masking."""
+def scratch_copy(official: Path, work: Path, epochs: int | None = None) -> Path:
+    """The checkout copied and patched to run on the CPU with RecBole's test masking (and, given
+    ``epochs``, that training budget)."""
     target = work / "RLMRec"
     shutil.copytree(official, target, ignore=shutil.ignore_patterns(".git", "data"))
     patched = []
+    if epochs is not None:
+        for path in sorted((target / "encoder" / "config" / "modelconf").glob("*.yml")):
+            text = path.read_text()
+            new = re.sub(r"(?m)^(\s+epoch:\s*)\d+", rf"\g<1>{epochs}", text)
+            if new != text:
+                path.write_text(new)
+                patched.append(str(path.relative_to(target)))
     for path in (target / "encoder").rglob("*.py"):
         text = path.read_text()
         new = text.replace(".cuda()", "")
@@ -127,12 +139,13 @@ def run_official(copy: Path, model: str, seed: int, log: Path) -> dict[str, floa
             "best_epoch": int(best[-1]) if best else None, "seconds": round(time.time() - started, 1)}
 
 
-def run_ours(model: str, seed: int, work: Path) -> dict[str, float]:
+def run_ours(model: str, seed: int, work: Path, epochs: int | None = None) -> dict[str, float]:
     from recbole_llm.runner import run
 
     name, overrides = OURS[model]
+    protocol = {**SAME_PROTOCOL, **({"epochs": epochs} if epochs else {})}
     started = time.time()
-    record = run(name, "ml-100k", seed=seed, overrides={**overrides, **SAME_PROTOCOL}, output=None, verbose=False,
+    record = run(name, "ml-100k", seed=seed, overrides={**overrides, **protocol}, output=None, verbose=False,
                  run_dir=work / f"ours-{model}-{seed}")
     return {"recall@20": record["test"]["recall@20"], "ndcg@20": record["test"]["ndcg@20"],
             "best_epoch": record["best_epoch"], "seconds": round(time.time() - started, 1), "label": record["label"]}
@@ -149,27 +162,41 @@ def main() -> None:
     parser.add_argument("--official", type=Path, required=True, help="a checkout of github.com/HKUDS/RLMRec")
     parser.add_argument("--models", nargs="+", default=["lightgcn", "lightgcn_plus", "lightgcn_gene"], choices=list(OURS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[2023, 2024, 2025])
-    parser.add_argument("--out", type=Path, default=None, help="write the table (Markdown) and runs (JSONL) here")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training budget for both sides (default: the official 3000, i.e. early stopping decides)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the table (Markdown) here and the runs beside it (JSONL; finished runs are skipped)")
     args = parser.parse_args()
     if not (args.official / "encoder" / "train_encoder.py").is_file():
         parser.error(f"--official {args.official}: expected a checkout of HKUDS/RLMRec (encoder/train_encoder.py)")
 
     work = Path(tempfile.mkdtemp(prefix="rlmrec-parity-"))
-    copy = scratch_copy(args.official, work)
+    copy = scratch_copy(args.official, work, args.epochs)
     counts = export_split(copy / "data" / "amazon")
     print(f"ml-100k split exported: {counts}", flush=True)
-    runs = []
+    store = args.out.with_suffix(".jsonl") if args.out else None
+    finished = [json.loads(line) for line in store.read_text().splitlines() if line.strip()] \
+        if store and store.is_file() else []
+    runs = [r for r in finished if r["official_model"] in args.models and r["seed"] in args.seeds
+            and r.get("epochs") == args.epochs]
     for model in args.models:
         for seed in args.seeds:
+            if any(r["official_model"] == model and r["seed"] == seed for r in runs):
+                continue
             theirs = run_official(copy, model, seed, work / f"official-{model}-{seed}.log")
-            ours = run_ours(model, seed, work)
-            runs.append({"official_model": model, "seed": seed, "official": theirs, "ours": ours})
+            ours = run_ours(model, seed, work, args.epochs)
+            runs.append({"official_model": model, "seed": seed, "epochs": args.epochs, "official": theirs, "ours": ours})
             print(json.dumps(runs[-1]), flush=True)
+            if store:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                with open(store, "a") as f:
+                    f.write(json.dumps(runs[-1]) + "\n")
 
     lines = [f"# RLMRec: official code vs recbole-llm on ml-100k (seeds {', '.join(map(str, args.seeds))})", "",
              f"Split: general protocol, split_seed 2020 ({counts['trn']} train / {counts['val']} valid / "
              f"{counts['tst']} test interactions); profiles: packaged SmolLM2-135M, MiniLM vectors; the "
-             "official YAML's Amazon-book row on both sides; best epoch by validation Recall@20.", "",
+             "official YAML's Amazon-book row on both sides; best epoch by validation Recall@20"
+             + (f" within {args.epochs} epochs." if args.epochs else " (early stopping, patience 5)."), "",
              "| official model | ours | official Recall@20 | ours Recall@20 | official NDCG@20 | ours NDCG@20 | NDCG@20 ours/official |",
              "|---|---|---|---|---|---|---|"]
     for model in args.models:
@@ -181,14 +208,11 @@ def main() -> None:
                      f"{summarise(ours['recall@20'])} | {summarise(theirs['ndcg@20'])} | {summarise(ours['ndcg@20'])} | {ratio:.3f} |")
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"command: `python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
-              f"--seeds {' '.join(map(str, args.seeds))}`"]
+              f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else "") + "`"]
     table = "\n".join(lines)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-        with open(args.out.with_suffix(".jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in runs)
 
 
 if __name__ == "__main__":
