@@ -21,10 +21,10 @@ from recbole_llm.llm.profiles import profile_feature_file, profile_files
 from recbole_llm.runner import run
 from tests.conftest import LAST_PLACE, assert_same_metrics, write_amazon_fixture
 from tests.test_profiles import RecordingGenerator
-from tests.test_tiger import TINY_T5
+from tests.test_tiger import TINY
 
 DATASET = "amazon-beauty"
-TINY_TIGER = {**TINY_T5, "semantic_id_method": "rqvae", "rqvae_epochs": 5, "MAX_ITEM_LIST_LENGTH": 4}
+TINY_TIGER = {**TINY, "MAX_ITEM_LIST_LENGTH": 4}
 # Every registered model, with the settings that keep it small on the fixture.
 MODELS = {
     "AlphaRec": {},

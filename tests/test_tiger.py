@@ -20,6 +20,10 @@ from tests.conftest import write_amazon_fixture
 
 TINY_T5 = {"t5_d_model": 32, "t5_d_ff": 64, "t5_d_kv": 8, "t5_num_heads": 2, "t5_num_layers": 1,
            "tiger_user_buckets": 16}
+# A budget TIGER for the 31-item fixture: tiny T5, 8 codes per level, a 5-epoch RQ-VAE, AdamW at a
+# constant rate for `epochs` (the paper's 256 codes need at least 256 items).
+TINY = {**TINY_T5, "semantic_id_codebook_size": 8, "rqvae_epochs": 5, "learner": "adamw", "learning_rate": 0.001,
+        "tiger_lr_schedule": "constant", "tiger_train_steps": None}
 COLD_ITEM = "B0099"
 
 
@@ -48,7 +52,7 @@ def _build(data_root: Path, **overrides):
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
-    _, config_dict = prepare("TIGER", "amazon-beauty", data_path=data_root, overrides={**TINY_T5, **overrides})
+    _, config_dict = prepare("TIGER", "amazon-beauty", data_path=data_root, overrides={**TINY, **overrides})
     with recbole_argv():
         config = Config(model="TIGER", dataset="amazon-beauty", config_dict=config_dict)
     init_seed(config["split_seed"], True)
@@ -113,9 +117,9 @@ def test_semantic_id_file_is_recbole_readable_unique_and_cached(data_root: Path)
         np.testing.assert_array_equal(loaded[internal], codes[file_ids.index(token)])
     # Cached: the same settings reuse the file; other settings get their own file.
     mtime = ff.path.stat().st_mtime_ns
-    again = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4})
+    again = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4, "rqvae_epochs": 5})
     assert again.path == ff.path and ff.path.stat().st_mtime_ns == mtime
-    other = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4, "semantic_id_method": "rqvae", "rqvae_epochs": 2})
+    other = ensure_semantic_ids(item_ff, {"semantic_id_codebook_size": 4, "semantic_id_method": "rqkmeans"})
     assert other.path != ff.path and other.path.is_file()
 
 
@@ -170,6 +174,32 @@ def test_constrained_beams_only_yield_real_items(data_root: Path) -> None:
     assert stats["invalid_beams"] == int((free == 0).sum()) > 0
 
 
+def test_beams_are_the_exhaustive_search_over_the_catalogue(data_root: Path) -> None:
+    """With as many beams as items in the trie, the constrained beam search is exact: its items and
+    scores are every trie item ranked by log p(semantic ID | history), computed here by teacher
+    forcing each item's whole tuple through T5 (sum of its tokens' log-probabilities). A narrower
+    beam returns items whose scores are their exact log-likelihoods."""
+    *_, test, model = _build(data_root)
+    model.eval()
+    batch = next(iter(test))[0]
+    input_ids, mask = model.encoder_inputs(batch)
+    trie_items = torch.nonzero(model.train_item_mask).view(-1)
+    with torch.no_grad():
+        exact = torch.empty(len(input_ids), len(trie_items))
+        for column, item in enumerate(trie_items.tolist()):
+            labels = model.item_tokens[item].repeat(len(input_ids), 1)
+            logits = model.t5(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+            exact[:, column] = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(1)
+    expected_scores, order = exact.sort(dim=1, descending=True)
+    items, scores = model.beam_search(input_ids, mask, beam_size=len(trie_items), constrained=True)
+    assert torch.equal(items, trie_items[order])
+    torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-4)
+    narrow, narrow_scores = model.beam_search(input_ids, mask, beam_size=5, constrained=True)
+    column_of = {item: column for column, item in enumerate(trie_items.tolist())}
+    columns = torch.tensor([[column_of[i] for i in row] for row in narrow.tolist()])
+    torch.testing.assert_close(narrow_scores, exact.gather(1, columns), atol=1e-4, rtol=1e-4)
+
+
 def test_training_loss_decreases(data_root: Path) -> None:
     *_, train, _, _, model = _build(data_root)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -195,16 +225,42 @@ def test_inverse_sqrt_schedule_holds_then_decays(data_root: Path) -> None:
     steps = 2 * len(train)
     assert steps > 2  # the fixture gives more than the warm-up
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * (2 / steps) ** 0.5)
-    # The default schedule leaves RecBole's constant rate alone.
+    # The constant schedule leaves RecBole's rate alone.
     config, _, train, valid, _, model = _build(data_root, epochs=1, learning_rate=0.004)
     trainer = TIGERTrainer(config, model)
     trainer.fit(train, valid, saved=False, show_progress=False)
     assert trainer.lr_scheduler is None and trainer.optimizer.param_groups[0]["lr"] == 0.004
-    assert TIGER.run_label({"semantic_id_method": "rqvae", "tiger_lr_schedule": "inverse_sqrt"}) \
-        == "TIGER(rqvae, inverse_sqrt)"  # its own leaderboard row
     config, *_, model = _build(data_root, tiger_lr_schedule="cosine")
     with pytest.raises(UserError, match="tiger_lr_schedule='cosine': expected constant or inverse_sqrt"):
         TIGERTrainer(config, model)
+
+
+def test_the_papers_optimiser_and_step_budget(data_root: Path) -> None:
+    """``learner: adafactor`` is T5X's Adafactor (rate as given, updates scaled by the parameters'
+    RMS, no relative step); ``tiger_train_steps`` sets the epochs to the steps' worth of batches;
+    a bad budget is one clear error."""
+    from transformers.optimization import Adafactor
+
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, _, train, valid, _, model = _build(data_root, learner="adafactor", learning_rate=0.01,
+                                               tiger_train_steps=3, train_batch_size=16)
+    trainer = TIGERTrainer(config, model)
+    assert isinstance(trainer.optimizer, Adafactor)
+    group = trainer.optimizer.param_groups[0]
+    assert group["lr"] == 0.01 and group["scale_parameter"] and not group["relative_step"] and not group["warmup_init"]
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    batches = len(train)
+    assert batches > 3 and trainer.epochs == 1  # 3 steps: one epoch (RecBole counts whole epochs)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    config, _, train, *_, model = _build(data_root, tiger_train_steps=batches + 1, train_batch_size=16)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, None, saved=False, show_progress=False)
+    assert trainer.epochs == 2  # one batch more than an epoch: a second epoch
+    config, _, train, *_, model = _build(data_root, tiger_train_steps=0)
+    with pytest.raises(UserError, match="tiger_train_steps=0"):
+        TIGERTrainer(config, model).fit(train, None, saved=False, show_progress=False)
 
 
 def test_resumed_run_keeps_the_learning_rate_schedule(data_root: Path, tmp_path: Path,
@@ -216,7 +272,7 @@ def test_resumed_run_keeps_the_learning_rate_schedule(data_root: Path, tmp_path:
 
     monkeypatch.setattr(resume_state, "discard", lambda run_dir: None)  # keep the last epoch's state
     settings = dict(data_path=data_root, epochs=2, output=None, verbose=False,
-                    overrides={**TINY_T5, "tiger_lr_schedule": "inverse_sqrt", "tiger_warmup_steps": 2,
+                    overrides={**TINY, "tiger_lr_schedule": "inverse_sqrt", "tiger_warmup_steps": 2,
                                "train_batch_size": 16, "learning_rate": 0.004})
     unbroken = run("TIGER", "amazon-beauty", run_dir=tmp_path / "unbroken", **settings)
 
@@ -286,9 +342,11 @@ def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> N
 
 def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     record = run("TIGER", "amazon-beauty", data_path=data_root, epochs=1, output=tmp_path / "runs.jsonl",
-                 verbose=False, overrides={**TINY_T5, "semantic_id_method": "rqvae", "rqvae_epochs": 5,
+                 verbose=False, overrides={**TINY, "semantic_id_method": "rqvae",
                                            "MAX_ITEM_LIST_LENGTH": 4})  # shorter than the histories
-    assert record["label"] == "TIGER(rqvae)" and record["llm_enhanced"] and record["protocol"] == "sequential"
+    assert record["label"] == ("TIGER(RQ-VAE 5 epochs, 8 codes, T5 32-d 1+1 layers 2x8 heads FF 64, adamw 0.001 "
+                               "constant, max 1 epoch)")
+    assert record["llm_enhanced"] and record["protocol"] == "sequential"
     test = record["test"]
     assert 0 <= test["recall@10"] <= 1 and test["tiger_invalid_beam_rate"] == 0.0
     assert test["tiger_unseen_targets"] == 5 and test["tiger_unseen_recall@20"] == 0.0  # not in the trie
@@ -319,10 +377,20 @@ def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
 
 
-def test_defaults_scale_with_the_catalogue() -> None:
-    from recbole_llm.data.semantic_ids import default_codebook_size
-    from recbole_llm.model.tiger import T5_PAPER, T5_SMALL, t5_sizes
+def test_defaults_are_the_papers_and_sizes_left_unset_scale_with_the_catalogue(tmp_path: Path) -> None:
+    import yaml
 
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, default_codebook_size
+    from recbole_llm.model.tiger import T5_PAPER, T5_SMALL, t5_sizes
+    from recbole_llm.paths import PROPERTIES_DIR
+
+    defaults = yaml.safe_load((PROPERTIES_DIR / "model" / "TIGER.yaml").read_text())
+    assert TIGER.run_label(defaults) == "TIGER"  # the shipped defaults are the paper's configuration
+    assert t5_sizes(defaults, 1683) == {**T5_PAPER, "t5_num_decoder_layers": 4}
+    settings = SemanticIdSettings.from_config(defaults, 1682)
+    assert (settings.method, settings.levels, settings.codebook_sizes) == ("rqvae", 3, (256, 256, 256))
+    assert (settings.rqvae_epochs, settings.rqvae_batch_size, settings.rqvae_beta) == (20000, 1024, 0.25)
+    assert defaults["learning_rate"] == 0.01 and defaults["tiger_warmup_steps"] == 10_000
     assert [default_codebook_size(n) for n in (30, 1682, 12101, 10**6)] == [8, 64, 128, 256]
     small, paper = t5_sizes({}, 1683), t5_sizes({"t5_num_decoder_layers": 2}, 20_000)
     assert small == {**T5_SMALL, "t5_num_decoder_layers": T5_SMALL["t5_num_layers"]}

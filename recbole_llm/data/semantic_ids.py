@@ -40,11 +40,13 @@ from recbole_llm.errors import UserError
 
 logger = logging.getLogger("recbole_llm")
 METHODS = ("rqkmeans", "rqvae")
+RQVAE_OPTIMIZERS = ("adamw", "adam", "adagrad")
 MAX_DEFAULT_CODEBOOK = 256  # the paper's codebook size, for catalogues of ~65k items and more
 
 
 def default_codebook_size(n_items: int) -> int:
-    """The smallest power of two K with K^2 >= n_items, at most 256 (the paper's size).
+    """``semantic_id_codebook_size: ~`` (a variant; the paper uses 256): the smallest power of two
+    K with K^2 >= n_items, at most 256.
 
     Why: the first two levels then have about one cell per item, so level 1 groups items into
     coarse clusters of ~sqrt(n) and level 3 only splits what is left; 256 codes per level for
@@ -61,23 +63,27 @@ def default_codebook_size(n_items: int) -> int:
 class SemanticIdSettings:
     """What determines the codes (all of it goes into the file's name hash)."""
 
-    method: str = "rqkmeans"
+    method: str = "rqvae"
     levels: int = 3
-    codebook_sizes: tuple[int, ...] = (64, 64, 64)
+    codebook_sizes: tuple[int, ...] = (256, 256, 256)
     seed: int = 2020
     normalize: bool = True          # L2-normalise the vectors: the direction carries the meaning
     kmeans_iters: int = 100
     rqvae_hidden_dims: tuple[int, ...] = (512, 256, 128)
     rqvae_latent_dim: int = 32
     rqvae_beta: float = 0.25
-    rqvae_epochs: int = 300
-    rqvae_batch_size: int = 256
-    rqvae_learning_rate: float = 0.001
+    rqvae_epochs: int = 20000        # the paper's 20k epochs of batches of 1,024
+    rqvae_batch_size: int = 1024
+    rqvae_learning_rate: float = 0.001  # the references' AdamW (the paper's Adagrad 0.4 diverges: quantizers.py)
+    rqvae_optimizer: str = "adamw"
+    rqvae_weight_decay: float = 0.0001
+    rqvae_loss: str = "per-item squared norms"  # v2 of the loss (v1 averaged the quantization terms
+                                                # per dimension); part of the file hash, so old codes are rebuilt
 
     @classmethod
     def from_config(cls, config: dict[str, Any], n_items: int) -> "SemanticIdSettings":
         """Read the ``semantic_id_*`` / ``rqkmeans_*`` / ``rqvae_*`` settings; UserError if invalid."""
-        method = str(config.get("semantic_id_method") or "rqkmeans").lower()
+        method = str(config.get("semantic_id_method") or "rqvae").lower()
         if method not in METHODS:
             raise UserError(f"semantic_id_method={method!r}: expected one of {', '.join(METHODS)}")
         levels = config.get("semantic_id_levels") or 3
@@ -95,17 +101,23 @@ class SemanticIdSettings:
                             f"{levels} such integers (one per level)")
         if max(sizes) > n_items:
             raise UserError(f"semantic_id_codebook_size={size!r} is larger than the {n_items} items to quantize; "
-                            f"expected at most {n_items} codes per level (default: {default_codebook_size(n_items)})")
+                            f"expected at most {n_items} codes per level (~ picks {default_codebook_size(n_items)} "
+                            "for this catalogue)")
         hidden = tuple(int(h) for h in (config.get("rqvae_hidden_dims") or (512, 256, 128)))
+        optimizer = str(config.get("rqvae_optimizer") or "adamw").lower()
+        if optimizer not in RQVAE_OPTIMIZERS:
+            raise UserError(f"rqvae_optimizer={optimizer!r}: expected one of {', '.join(RQVAE_OPTIMIZERS)}")
+        decay = config.get("rqvae_weight_decay")
         return cls(
             method=method, levels=levels, codebook_sizes=sizes, seed=int(config.get("semantic_id_seed") or 2020),
             normalize=bool(config.get("semantic_id_normalize", True)),
             kmeans_iters=int(config.get("rqkmeans_iters") or 100),
             rqvae_hidden_dims=hidden, rqvae_latent_dim=int(config.get("rqvae_latent_dim") or 32),
             rqvae_beta=float(config.get("rqvae_beta") if config.get("rqvae_beta") is not None else 0.25),
-            rqvae_epochs=int(config.get("rqvae_epochs") or 300),
-            rqvae_batch_size=int(config.get("rqvae_batch_size") or 256),
+            rqvae_epochs=int(config.get("rqvae_epochs") or 20000),
+            rqvae_batch_size=int(config.get("rqvae_batch_size") or 1024),
             rqvae_learning_rate=float(config.get("rqvae_learning_rate") or 0.001),
+            rqvae_optimizer=optimizer, rqvae_weight_decay=float(1e-4 if decay is None else decay),
         )
 
     def relevant(self) -> dict[str, Any]:
@@ -142,7 +154,7 @@ def quantize(vectors: np.ndarray, settings: SemanticIdSettings) -> tuple[np.ndar
             quantizer = RQVAE(x.shape[1], settings.levels, settings.codebook_sizes, settings.rqvae_hidden_dims,
                               settings.rqvae_latent_dim, settings.rqvae_beta)
             losses = quantizer.fit(x, settings.rqvae_epochs, settings.rqvae_batch_size, settings.rqvae_learning_rate,
-                                   settings.seed)
+                                   settings.seed, settings.rqvae_optimizer, settings.rqvae_weight_decay)
             report["rqvae_loss_first_last"] = [round(losses[0], 5), round(losses[-1], 5)]
         codes = quantizer.codes(x)
         with torch.no_grad():

@@ -1,8 +1,9 @@
 """Long-tail evaluation: RecBole's top-k metrics per user group and per item group.
 
-The groups follow LLM-ESR (Liu et al., "LLM-ESR: Large Language Models Enhancement for
-Long-tailed Sequential Recommendation", NeurIPS 2024), which splits both sides by the Pareto
-principle, counted on the *training* split only:
+The groups follow the Pareto principle named by LLM-ESR (Liu et al., "LLM-ESR: Large Language
+Models Enhancement for Long-tailed Sequential Recommendation", NeurIPS 2024), counted on the
+*training* split only (the official code instead uses fixed per-dataset thresholds, with item
+popularity over all interactions):
 
 - **items**: the ``longtail_head_ratio`` (default 20%) most popular items by number of training
   interactions are *head* items, the rest *tail* items (items never seen in training are tail);

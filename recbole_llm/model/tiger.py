@@ -47,10 +47,10 @@ logger = logging.getLogger("recbole_llm")
 PAD, EOS = 0, 1
 FIRST_CODE_TOKEN = 2
 
-# T5 sizes when unset (``~``): scaled to the catalogue. Small catalogues (ml-100k: 1,682 items,
-# ~100k training pairs) get SASRec-sized layers (RecBole's SASRec: 64-d, 2 layers, FFN 256), which
-# also keeps a CPU epoch affordable; large ones the paper's T5 (4+4 layers, d_model 128, 6 heads of
-# 64, MLP 1024).
+# The paper's T5 (4+4 layers, d_model 128, 6 heads of 64, MLP 1024) is the default (TIGER.yaml).
+# A size left at ``~`` is scaled to the catalogue instead (a variant, labelled "scaled T5"): small
+# catalogues (ml-100k: 1,682 items, ~100k training pairs) get SASRec-sized layers (RecBole's
+# SASRec: 64-d, 2 layers, FFN 256), which keeps a CPU epoch affordable.
 SMALL_CATALOGUE = 10_000
 T5_SMALL = {"t5_d_model": 64, "t5_d_ff": 256, "t5_d_kv": 16, "t5_num_heads": 4, "t5_num_layers": 2}
 T5_PAPER = {"t5_d_model": 128, "t5_d_ff": 1024, "t5_d_kv": 64, "t5_num_heads": 6, "t5_num_layers": 4}
@@ -67,7 +67,8 @@ def _cache_argument() -> str:
 
 
 def t5_sizes(config: Any, n_items: int) -> dict[str, int]:
-    """The T5 sizes of a run: the configured ones, the scaled defaults for those left unset."""
+    """The T5 sizes of a run: the configured ones (TIGER.yaml: the paper's), sizes scaled to the
+    catalogue for those left at ``~``."""
     defaults = T5_SMALL if n_items < SMALL_CATALOGUE else T5_PAPER
     sizes = {}
     for key, default in defaults.items():
@@ -108,6 +109,60 @@ def _schedule_name(value: Any) -> str:
     return str(value or "constant").lower()
 
 
+# What the paper trains with (section 4 and appendix): the T5 above, semantic IDs of an RQ-VAE with
+# 3 levels of 256 codes, Adafactor (T5X's optimizer; the paper names the rate and the schedule) at
+# 0.01 for the first 10k steps, then inverse square-root decay, 200k steps of batches of 256.
+# ``run_label`` names every departure from it, so no variant shows under the paper's name.
+REFERENCE = {"semantic_id_method": "rqvae", "semantic_id_codebook_size": 256, "learner": "adafactor",
+             "learning_rate": 0.01, "tiger_lr_schedule": "inverse_sqrt", "tiger_warmup_steps": 10_000,
+             "tiger_train_steps": 200_000, "train_batch_size": 256}
+
+
+def variant_parts(config: dict) -> list[str]:
+    """How ``config`` departs from :data:`REFERENCE` and the paper's T5, in short words (empty for
+    the paper's configuration). Records from before these settings existed carry ``None`` for the
+    sizes they scaled to the catalogue and no ``tiger_train_steps``."""
+    parts = []
+    method = str(config.get("semantic_id_method") or "rqkmeans")
+    if method != "rqvae":
+        parts.append(method)
+    elif config.get("rqvae_optimizer") is None:
+        parts.append("RQ-VAE v1 loss")  # before the loss terms were put on one scale
+    elif (config.get("rqvae_epochs") or 20000) < 20000:
+        parts.append(f"RQ-VAE {config['rqvae_epochs']} epochs")
+    size = config.get("semantic_id_codebook_size")
+    if size is None:
+        parts.append("scaled codebooks")
+    elif size != REFERENCE["semantic_id_codebook_size"]:
+        parts.append(f"{'x'.join(map(str, size)) if isinstance(size, (list, tuple)) else size} codes")
+    encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
+    if encoder != "minilm":
+        parts.append(encoder)
+    sizes = {key: config.get(key) for key in T5_PAPER}
+    decoder_layers = config.get("t5_num_decoder_layers")
+    if any(value is None for value in sizes.values()):
+        parts.append("scaled T5")
+    elif sizes != T5_PAPER or decoder_layers not in (None, T5_PAPER["t5_num_layers"]):
+        parts.append(f"T5 {sizes['t5_d_model']}-d {sizes['t5_num_layers']}+{decoder_layers or sizes['t5_num_layers']} "
+                     f"layers {sizes['t5_num_heads']}x{sizes['t5_d_kv']} heads FF {sizes['t5_d_ff']}")
+    learner, lr = str(config.get("learner") or "adam").lower(), config.get("learning_rate")
+    schedule = _schedule_name(config.get("tiger_lr_schedule"))
+    if (learner, lr) != (REFERENCE["learner"], REFERENCE["learning_rate"]) or schedule != "inverse_sqrt":
+        parts.append(f"{learner} {lr:g} {schedule}" if isinstance(lr, (int, float)) else f"{learner} {schedule}")
+    elif (config.get("tiger_warmup_steps") or 0) != REFERENCE["tiger_warmup_steps"]:
+        parts.append(f"warm-up {config.get('tiger_warmup_steps') or '1 epoch'}")
+    steps = config.get("tiger_train_steps")
+    if steps is None:
+        epochs = config.get("epochs")
+        parts.append(f"max {epochs} epoch{'' if epochs == 1 else 's'}")
+    elif steps != REFERENCE["tiger_train_steps"]:
+        parts.append(f"{steps} steps max")
+    batch = config.get("train_batch_size")
+    if batch is not None and batch != REFERENCE["train_batch_size"]:
+        parts.append(f"batch {batch}")
+    return parts
+
+
 class TIGERTrainer(Trainer):
     """RecBole's trainer, unchanged for training and full-ranking evaluation; each evaluation's
     result also carries TIGER's own numbers (kept out of RecBole's metric names):
@@ -139,11 +194,31 @@ class TIGERTrainer(Trainer):
     def restore_for_resume(self, state: dict) -> None:
         self._scheduler_state = state["lr_scheduler"]
 
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizers, plus ``learner: adafactor``: T5X's Adafactor (the paper trains T5
+        with T5X), i.e. transformers' Adafactor with the given rate, updates scaled by each
+        parameter's RMS, update clipping 1 and no momentum; ``weight_decay`` as given."""
+        if str(kwargs.get("learner", self.learner)).lower() != "adafactor":
+            return super()._build_optimizer(**kwargs)
+        from transformers.optimization import Adafactor
+
+        return Adafactor(kwargs.get("params", self.model.parameters()), lr=kwargs.get("learning_rate", self.learning_rate),
+                         weight_decay=kwargs.get("weight_decay", self.weight_decay) or 0.0,
+                         scale_parameter=True, relative_step=False, warmup_init=False)
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        steps = self.config["tiger_train_steps"]
+        if steps is not None:
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise UserError(f"tiger_train_steps={steps!r}: expected a positive number of optimizer steps "
+                                "(or ~ to train for `epochs`)")
+            # The paper's budget is counted in steps; RecBole counts epochs (early stopping still applies).
+            self.epochs = -(-steps // max(len(train_data), 1))
+            logger.info("TIGER: at most %d steps = %d epochs of %d batches", steps, self.epochs, len(train_data))
         if self.lr_schedule == "inverse_sqrt" and self.lr_scheduler is None:
-            # The paper's schedule: the learning rate is constant for the first W steps, then
-            # lr * sqrt(W / step). W defaults to one epoch (the paper's 10k steps are more than a
-            # whole ml-100k training run). Stepped after every optimizer step.
+            # The paper's schedule: the learning rate is constant for the first W steps (10k), then
+            # lr * sqrt(W / step); ``tiger_warmup_steps: ~`` makes W one epoch. Stepped after every
+            # optimizer step.
             warmup = self.warmup_steps or max(len(train_data), 1)
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda step: 1.0 if step < warmup else (warmup / step) ** 0.5)
@@ -195,15 +270,10 @@ class TIGER(SequentialRecommender):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        """Leaderboard name: the quantizer, then the encoder and schedule where not the defaults."""
-        parts = [str(config.get("semantic_id_method") or "rqkmeans")]
-        encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
-        if encoder != "minilm":
-            parts.append(encoder)
-        schedule = _schedule_name(config.get("tiger_lr_schedule"))
-        if schedule != "constant":
-            parts.append(schedule)
-        return f"TIGER({', '.join(parts)})"
+        """Leaderboard name: ``TIGER`` for the paper's configuration, else ``TIGER(...)`` naming
+        each departure (:func:`variant_parts`)."""
+        parts = variant_parts(config)
+        return f"TIGER({', '.join(parts)})" if parts else "TIGER"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

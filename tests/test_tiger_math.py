@@ -1,0 +1,186 @@
+"""TIGER's math against computations written from the paper's formulas (Rajput et al., NeurIPS 2023,
+section 3.1 and eq. 1): residual quantization, the RQ-VAE loss and its straight-through gradient,
+residual k-means, and the labels that keep variants apart from the paper's configuration. The
+beam search against an exhaustive search over the catalogue is in test_tiger.py (it needs the
+fixture dataset)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recbole_llm.model.quantizers import RQVAE, ResidualKMeans, kmeans, make_optimizer
+from recbole_llm.model.tiger import REFERENCE, T5_PAPER, TIGER
+
+BETA = 0.25
+
+
+def _small_rqvae(seed: int = 0) -> tuple[RQVAE, torch.Tensor]:
+    """A 2-level RQ-VAE with 3 codes per level and hand-set codebooks, and a batch of 7 inputs."""
+    torch.manual_seed(seed)
+    model = RQVAE(6, levels=2, codebook_size=3, hidden_dims=(5,), latent_dim=4, beta=BETA)
+    with torch.no_grad():
+        for codebook in model.codebooks:
+            codebook.copy_(torch.randn_like(codebook))
+    model.initialised.fill_(True)
+    return model, torch.randn(7, 6)
+
+
+def _by_hand(z: torch.Tensor, codebooks: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Residual quantization item by item: code = the nearest codeword to what is left; returns
+    (codes [n, L], residuals r_l [n, d] and chosen codewords e_l [n, d] per level)."""
+    codes, residuals, chosen = [], [], []
+    residual = z.detach().clone()
+    for codebook in codebooks:
+        distances = torch.stack([((residual - word) ** 2).sum(1) for word in codebook.detach()], dim=1)
+        code = distances.argmin(1)
+        residuals.append(residual.clone())
+        chosen.append(codebook.detach()[code])
+        codes.append(code)
+        residual = residual - codebook.detach()[code]
+    return torch.stack(codes, 1), residuals, chosen
+
+
+def _encoder_output(model: RQVAE) -> dict:
+    """Capture the encoder's output z (with its gradient) during the next forward pass."""
+    captured: dict = {}
+
+    def hook(_module, _inputs, output):
+        output.retain_grad()
+        captured["z"] = output
+
+    model.encoder.register_forward_hook(hook)
+    return captured
+
+
+def test_residual_quantization_takes_the_nearest_codeword_of_what_is_left() -> None:
+    model, x = _small_rqvae()
+    z = model.encoder(x)
+    quantized, codes, _ = model.quantize(z)
+    expected_codes, _, chosen = _by_hand(z, list(model.codebooks))
+    assert torch.equal(codes, expected_codes)
+    torch.testing.assert_close(quantized, sum(chosen))
+    assert torch.equal(model.codes(x), expected_codes)
+    torch.testing.assert_close(model.reconstruct(expected_codes), model.decoder(sum(chosen)))
+    assert len({tuple(c) for c in codes.tolist()}) > 1  # the case is not degenerate
+
+
+def test_rqvae_loss_terms_are_per_item_squared_norms() -> None:
+    """Loss = mean over items of ||x - x_hat||^2 + sum_l ||sg[r_l] - e_l||^2 + beta ||r_l - sg[e_l]||^2:
+    every term summed over dimensions, so beta = 0.25 weighs commitment as the paper does."""
+    model, x = _small_rqvae()
+    x_hat, _, losses = model(x)
+    z = model.encoder(x)
+    _, residuals, chosen = _by_hand(z, list(model.codebooks))
+    x_expected = model.decoder(sum(chosen))
+    reconstruction = ((x_expected - x) ** 2).sum(1).mean()
+    quantization = sum(((r - e) ** 2).sum(1) for r, e in zip(residuals, chosen)).mean() * (1 + BETA)
+    torch.testing.assert_close(x_hat, x_expected)
+    torch.testing.assert_close(losses.reconstruction, reconstruction)
+    torch.testing.assert_close(losses.quantization, quantization)
+    torch.testing.assert_close(losses.total, reconstruction + quantization)
+
+
+def test_gradients_pass_the_quantizer_straight_through() -> None:
+    """d loss / d z = d reconstruction / d x_q (straight through the quantizer) + (2 beta / B) sum_l
+    (r_l - e_l) (commitment); d loss / d e_c = (2 / B) sum of (e_c - r) over the items that chose
+    code c (the codebook term only: no reconstruction gradient reaches the codebooks)."""
+    model, x = _small_rqvae()
+    captured = _encoder_output(model)
+    _, codes, losses = model(x)
+    losses.total.backward()
+    z = captured["z"]
+    _, residuals, chosen = _by_hand(z, list(model.codebooks))
+    batch = len(x)
+    x_q = sum(chosen).clone().requires_grad_(True)
+    ((model.decoder(x_q) - x) ** 2).sum(1).mean().backward()
+    commitment = sum(r - e for r, e in zip(residuals, chosen)) * 2 * BETA / batch
+    torch.testing.assert_close(z.grad, x_q.grad + commitment)
+    for level, codebook in enumerate(model.codebooks):
+        expected = torch.zeros_like(codebook)
+        for item in range(batch):
+            expected[codes[item, level]] += 2 / batch * (chosen[level][item] - residuals[level][item])
+        torch.testing.assert_close(codebook.grad, expected)
+
+
+def test_residual_kmeans_codes_are_nearest_centroids_of_the_residuals() -> None:
+    """Each level's code is the nearest centroid of what the levels before left, and each centroid
+    is the mean of the residuals that chose it (Lloyd's fixed point)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 5, generator=g)[torch.randint(8, (160,), generator=g)] + 0.3 * torch.randn(160, 5, generator=g)
+    quantizer = ResidualKMeans(levels=2, codebook_size=[4, 3], iters=200, seed=1).fit(x)
+    codes = quantizer.codes(x)
+    residual = x.clone()
+    for level, centroids in enumerate(quantizer.codebooks):
+        distances = torch.stack([((residual - c) ** 2).sum(1) for c in centroids], dim=1)
+        assert torch.equal(codes[:, level], distances.argmin(1))
+        for code in range(len(centroids)):
+            members = residual[codes[:, level] == code]
+            assert len(members) > 0
+            torch.testing.assert_close(centroids[code], members.mean(0), atol=1e-5, rtol=1e-5)
+        residual = residual - centroids[codes[:, level]]
+    torch.testing.assert_close(quantizer.reconstruct(codes), x - residual, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_keeps_every_code_in_use(seed: int) -> None:
+    """A heavy pile of identical points and a few outliers: every one of the k codes is used."""
+    x = torch.cat([torch.zeros(40, 2), torch.tensor([[5.0, 5.0], [5.2, 5.0], [9.0, 9.0], [9.0, 9.3], [-4.0, 0.0]])])
+    centroids, assign = kmeans(x, 5, 20, torch.Generator().manual_seed(seed))
+    assert torch.bincount(assign, minlength=5).min() >= 1
+    for code in range(5):
+        torch.testing.assert_close(centroids[code], x[assign == code].mean(0))
+
+
+def test_optimizers_by_name() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adamw = make_optimizer("adamw", params, 1e-3, 1e-4)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4
+    adagrad = make_optimizer("adagrad", params, 0.4)
+    assert isinstance(adagrad, torch.optim.Adagrad) and adagrad.defaults["initial_accumulator_value"] == 0.1
+    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+        make_optimizer("sgd", params, 0.1)
+
+
+PAPER = {**REFERENCE, **T5_PAPER, "rqvae_optimizer": "adamw", "rqvae_epochs": 20000, "llm_encoder": "minilm",
+         "t5_num_decoder_layers": None}
+
+
+def test_the_papers_configuration_is_labelled_tiger() -> None:
+    assert PAPER["semantic_id_codebook_size"] == 256 and PAPER["learning_rate"] == 0.01
+    assert T5_PAPER == {"t5_d_model": 128, "t5_d_ff": 1024, "t5_d_kv": 64, "t5_num_heads": 6, "t5_num_layers": 4}
+    assert TIGER.run_label(PAPER) == "TIGER"
+    assert TIGER.run_label({**PAPER, "t5_num_decoder_layers": 4}) == "TIGER"
+
+
+@pytest.mark.parametrize(("change", "part"), [
+    ({"semantic_id_method": "rqkmeans"}, "rqkmeans"),
+    ({"rqvae_epochs": 300}, "RQ-VAE 300 epochs"),
+    ({"rqvae_optimizer": None}, "RQ-VAE v1 loss"),
+    ({"semantic_id_codebook_size": 64}, "64 codes"),
+    ({"semantic_id_codebook_size": [64, 64, 32]}, "64x64x32 codes"),
+    ({"semantic_id_codebook_size": None}, "scaled codebooks"),
+    ({"llm_encoder": "/models/bge-small/"}, "bge-small"),
+    ({"t5_d_model": None}, "scaled T5"),
+    ({"t5_d_model": 64, "t5_num_layers": 2}, "T5 64-d 2+2 layers 6x64 heads FF 1024"),
+    ({"t5_num_decoder_layers": 2}, "T5 128-d 4+2 layers 6x64 heads FF 1024"),
+    ({"learner": "adamw", "learning_rate": 0.001, "tiger_lr_schedule": "constant"}, "adamw 0.001 constant"),
+    ({"learning_rate": 0.003}, "adafactor 0.003 inverse_sqrt"),
+    ({"tiger_lr_schedule": "constant"}, "adafactor 0.01 constant"),
+    ({"tiger_warmup_steps": 500}, "warm-up 500"),
+    ({"tiger_warmup_steps": None}, "warm-up 1 epoch"),
+    ({"tiger_train_steps": 20000}, "20000 steps max"),
+    ({"tiger_train_steps": None, "epochs": 30}, "max 30 epochs"),
+    ({"tiger_train_steps": None, "epochs": 1}, "max 1 epoch"),
+    ({"train_batch_size": 512}, "batch 512"),
+])
+def test_every_departure_is_named(change: dict, part: str) -> None:
+    assert TIGER.run_label({**PAPER, **change}) == f"TIGER({part})"
+
+
+def test_records_from_before_the_reference_defaults_keep_their_own_label() -> None:
+    """A record of the old defaults (rqkmeans, sizes scaled, AdamW 1e-3 constant, epochs) is no
+    longer shown as plain TIGER(rqkmeans)."""
+    old = {"semantic_id_method": "rqkmeans", "semantic_id_codebook_size": None, "llm_encoder": "minilm",
+           **{key: None for key in T5_PAPER}, "learner": "adamw", "learning_rate": 0.001,
+           "tiger_lr_schedule": "constant", "epochs": 30, "train_batch_size": 256}
+    assert TIGER.run_label(old) == "TIGER(rqkmeans, scaled codebooks, scaled T5, adamw 0.001 constant, max 30 epochs)"
