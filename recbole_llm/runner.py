@@ -435,7 +435,7 @@ def _train_and_evaluate(
     logging.getLogger().info(net)
     flops = get_flops(net, data, config["device"], logger, construct_transform(config))
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    groups = _longtail_groups(config, train_data)  # before training: a bad setting fails fast
+    groups = _longtail_groups(config, train_data, data)  # before training: a bad setting fails fast
     if zero_shot_state is not None:
         return _zero_shot_evaluate(config, net, trainer, zero_shot_state, valid_data, test_data, flops)
 
@@ -520,13 +520,15 @@ def _train_and_evaluate(
         "elapsed_before_s": before["elapsed_s"],
     }
 
-def _longtail_groups(config: Any, train_data: Any) -> Any:
-    """The long-tail user and item groups of the run (``longtail_eval``), from its training split."""
+def _longtail_groups(config: Any, train_data: Any, data: Any) -> Any:
+    """The long-tail user and item groups of the run (``longtail_eval``, ``longtail_groups``)."""
     from recbole_llm.evaluation.longtail import long_tail_groups, longtail_enabled
 
     if not longtail_enabled(config):
         return None
-    return long_tail_groups(train_data.dataset, float(config["longtail_head_ratio"]))
+    return long_tail_groups(train_data.dataset, float(config["longtail_head_ratio"]),
+                            str(config["longtail_groups"] or "pareto"), config["longtail_user_threshold"],
+                            config["longtail_item_threshold"], full_dataset=data)
 
 
 def _add_longtail(trainer: Any, groups: Any, valid_data: Any, test_data: Any,

@@ -174,3 +174,28 @@ def test_leaderboard_page_renders_in_headless_chromium(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=120)
     # A rendered page with tables and charts: a PNG far larger than a blank one (~5 kB).
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 40_000
+
+
+def test_sampled_ranking_and_other_groups_never_share_a_table(tmp_path: Path) -> None:
+    """Full and uni100 ranking (LLM-ESR's official protocol), Pareto and threshold groups: each
+    combination is its own board, whose title and protocol note say how it was evaluated."""
+    def sequential(label: str, seed: int, mode: str, definition: str) -> dict:
+        record = _record(label, seed, 0.3, False, protocol="sequential")
+        record["config"]["eval_args"] = {"split": {"LS": "valid_and_test"}, "order": "TO",
+                                         "mode": {"valid": mode, "test": mode}}
+        record["longtail"] = {"definition": definition, "head_ratio": 0.2, "user_threshold": 9, "item_threshold": 4}
+        return record
+
+    records = [sequential("SASRec", seed, mode, definition) for seed in (1, 2)
+               for mode, definition in (("full", "pareto"), ("uni100", "threshold"), ("uni100", "pareto"))]
+    boards = build_boards(records)
+    assert sorted(board.title for board in boards) == [
+        "ml-100k, sequential protocol", "ml-100k, sequential protocol (uni100 ranking)",
+        "ml-100k, sequential protocol (uni100 ranking, threshold groups)"]
+    assert all(len(board.rows) == 1 and board.rows[0].seeds == [1, 2] for board in boards)
+    threshold = next(board for board in boards if "threshold" in board.title)
+    assert "LLM-ESR's thresholds (head users: evaluated input of at least 9 items; head items: at least 4" \
+        in threshold.notes["protocol"]
+    assert "ranking: uni100" in threshold.notes["protocol"]
+    pareto = next(board for board in boards if not board.evaluation)
+    assert "Pareto, the top 20% of users and items" in pareto.notes["protocol"]

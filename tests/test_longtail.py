@@ -128,6 +128,92 @@ def test_group_metrics_partition_the_evaluated_rows(skewed_root: Path) -> None:
     assert int(tail_targets.sum()) == rows["tail_item"]
 
 
+def _ndcg10_by_row(model, loader) -> tuple[list[int], list[int], list[int], list[float]]:
+    """(user, input length, target, NDCG@10) of every evaluated row, from the model's full-sort
+    scores (padding excluded, as RecBole's sequential full ranking) and the formula
+    1 / log2(rank + 2) for a target ranked in the top 10 (rank 0 = first), else 0."""
+    import torch
+
+    users, lengths, targets, ndcg = [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for interaction, _, positive_u, positive_i in loader:
+            scores = model.full_sort_predict(interaction)
+            scores[:, 0] = -float("inf")
+            for row, item in zip(positive_u.tolist(), positive_i.tolist()):
+                rank = int((scores[row] > scores[row, item]).sum())
+                users.append(int(interaction["user_id"][row]))
+                lengths.append(int(interaction["item_length"][row]))
+                targets.append(item)
+                ndcg.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
+    return users, lengths, targets, ndcg
+
+
+def test_group_metrics_equal_an_independent_computation(skewed_root: Path) -> None:
+    """Pareto groups from training counts (pandas, top 20 % with ties), NDCG@10 per row from the
+    formula: each group's mean equals the toolkit's group metric, so swapping head and tail (users
+    or items) fails."""
+    from recbole.utils import get_trainer, init_seed
+
+    config, data, train, valid, test = split(skewed_root)
+    init_seed(config["seed"], True)
+    model = get_model_class("SASRec")(config, train.dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    result = group_metrics(trainer, test, long_tail_groups(train.dataset, 0.2))
+    users, items = training_counts(config, data, train)
+
+    def head_of(counts: dict[int, int], n: int) -> set[int]:
+        values = sorted((counts.get(i, 0) for i in range(1, n)), reverse=True)
+        threshold = values[int(np.ceil(0.2 * len(values))) - 1]
+        return {i for i in range(1, n) if counts.get(i, 0) >= threshold}
+
+    head_users, head_items = head_of(users, data.user_num), head_of(items, data.item_num)
+    row_users, _, targets, ndcg = _ndcg10_by_row(model, test)
+    expected = {
+        "head_user": [v for u, v in zip(row_users, ndcg) if u in head_users],
+        "tail_user": [v for u, v in zip(row_users, ndcg) if u not in head_users],
+        "head_item": [v for i, v in zip(targets, ndcg) if i in head_items],
+        "tail_item": [v for i, v in zip(targets, ndcg) if i not in head_items],
+    }
+    for group, values in expected.items():
+        assert values and result["rows"][group] == len(values), group
+        assert result[f"ndcg@10_{group}"] == pytest.approx(np.mean(values), abs=1e-4), group
+    assert np.mean(expected["head_user"]) != pytest.approx(np.mean(expected["tail_user"]), abs=1e-3)
+
+
+def test_official_threshold_groups_under_sampled_ranking(skewed_root: Path) -> None:
+    """LLM-ESR's official groups (head user: evaluated input of >= T items; head item: >= T
+    interactions in the whole dataset) under RecBole's uni100 sampled ranking: the rows split as
+    counted independently from the .inter file, the record says which definition and ranking."""
+    import pandas as pd
+
+    overrides = {**SMALL, "epochs": 1, "longtail_groups": "threshold", "longtail_user_threshold": 12,
+                 "longtail_item_threshold": 30, "MAX_ITEM_LIST_LENGTH": 50,
+                 "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni100"}}
+    record = run("SASRec", DATASET, data_path=skewed_root, overrides=overrides, output=None, verbose=False)
+    groups = record["longtail"]
+    assert groups["definition"] == "threshold" and groups["item_popularity"] == "all interactions"
+    assert record["config"]["eval_args"]["mode"] == {"valid": "uni100", "test": "uni100"}
+    frame = pd.read_csv(skewed_root / DATASET / f"{DATASET}.inter", sep="\t")
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    popularity = frame.item_id.value_counts()
+    lengths = frame.groupby("user_id").size()
+    last = frame.groupby("user_id").tail(1)  # the test targets
+    assert groups["test_rows"]["tail_item"] == int((popularity[last.item_id].values < 30).sum())
+    assert groups["test_rows"]["head_item"] == int((popularity[last.item_id].values >= 30).sum())
+    # the test input is every interaction but the target: length - 1 items
+    assert groups["test_rows"]["head_user"] == int((lengths - 1 >= 12).sum())
+    assert groups["test_rows"]["tail_user"] == int((lengths - 1 < 12).sum())
+    assert groups["valid_rows"]["head_user"] == int((lengths - 2 >= 12).sum())
+    for group in GROUPS:
+        assert 0 <= record["test"][f"ndcg@10_{group}"] <= 1
+    with pytest.raises(UserError, match="longtail_user_threshold=None"):
+        run("SASRec", DATASET, data_path=skewed_root, output=None, verbose=False,
+            overrides={**SMALL, "epochs": 1, "longtail_groups": "threshold", "longtail_item_threshold": 3})
+
+
 def test_sequential_runs_record_group_metrics_and_general_runs_opt_in(skewed_root: Path) -> None:
     record = run("SASRec", DATASET, data_path=skewed_root, overrides=SMALL, output="runs.jsonl", verbose=False)
     for split_name in ("valid", "test"):

@@ -82,6 +82,11 @@ class Board:
     extra_metrics: list[str] = field(default_factory=list)  # long-tail / cold-start groups, if any
     diagnostics: list[str] = field(default_factory=list)    # models' own numbers, e.g. TIGER's decoding
     notes: dict[str, str] = field(default_factory=dict)
+    evaluation: str = ""  # how it was ranked and grouped when not the protocol's default, e.g. "uni100 ranking"
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset}, {self.protocol} protocol" + (f" ({self.evaluation})" if self.evaluation else "")
 
     def best(self, metric: str) -> float | None:
         means = [m for m in (row.mean(metric) for row in self.rows) if m is not None]
@@ -255,14 +260,41 @@ def _environment_note(records: list[dict[str, Any]]) -> tuple[str, str]:
     return "; ".join(sorted(hardware)) or "not recorded", "; ".join(sorted(versions)) or "not recorded"
 
 
+def _evaluation(record: dict[str, Any]) -> str:
+    """What in a record's evaluation makes its numbers incomparable with the protocol's default:
+    sampled ranking (e.g. ``uni100``; LLM-ESR's official protocol) and non-default long-tail
+    groups. Empty for full ranking with Pareto groups."""
+    mode = ((record.get("config") or {}).get("eval_args") or {}).get("mode") or "full"
+    mode = mode.get("test", "full") if isinstance(mode, dict) else mode
+    parts = [] if mode == "full" else [f"{mode} ranking"]
+    definition = (record.get("longtail") or {}).get("definition") or "pareto"
+    if definition != "pareto":
+        parts.append(f"{definition} groups")
+    return ", ".join(parts)
+
+
+def _groups_note(records: list[dict[str, Any]]) -> str:
+    """How the long-tail groups of a board were defined (the first record that has them)."""
+    groups = next((r["longtail"] for r in records if r.get("longtail")), None)
+    if not groups:
+        return ""
+    if groups.get("definition") == "threshold":
+        return (f"long-tail groups: LLM-ESR's thresholds (head users: evaluated input of at least "
+                f"{groups['user_threshold']} items; head items: at least {groups['item_threshold']} "
+                "interactions in the whole dataset)")
+    return (f"long-tail groups: Pareto, the top {groups.get('head_ratio', 0.2):.0%} of users and items by training "
+            f"interactions are head (here at least {groups['user_threshold']} and {groups['item_threshold']})")
+
+
 def build_boards(records: list[dict[str, Any]]) -> list[Board]:
-    """The tables, one per (dataset, protocol), rows sorted by the main metric (best first)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    """The tables, one per (dataset, protocol, evaluation), rows sorted by the main metric (best
+    first): numbers ranked or grouped differently never share a table."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if record.get("dataset"):
-            groups[(record["dataset"], record.get("protocol") or "general")].append(record)
+            groups[(record["dataset"], record.get("protocol") or "general", _evaluation(record))].append(record)
     boards = []
-    for (dataset, protocol), group in sorted(groups.items()):
+    for (dataset, protocol, evaluation), group in sorted(groups.items()):
         rows = select_rows(group)
         if not rows:
             continue
@@ -282,9 +314,10 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
         ok_records = [r for row in rows for r in row.records]
         hardware, versions = _environment_note(ok_records)
-        notes = {"protocol": _protocol_note(ok_records), "budget": _budget_note(rows, protocol),
+        protocol_note = "; ".join(n for n in (_protocol_note(ok_records), _groups_note(ok_records)) if n)
+        notes = {"protocol": protocol_note, "budget": _budget_note(rows, protocol),
                  "tuning": _tuning_note(records, dataset, rows), "hardware": hardware, "versions": versions}
-        boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, notes))
+        boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, notes, evaluation))
     return boards
 
 
@@ -330,12 +363,12 @@ def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[st
     """(title, header, rows) of the tables under the main one: groups, then diagnostics."""
     tables = []
     if board.extra_metrics:
-        tables.append((f"Groups ({board.dataset}, {board.protocol})", ["model", *board.extra_metrics],
+        tables.append((f"Groups ({board.title})", ["model", *board.extra_metrics],
                        [[row.label, *(_cell(board, row, m, bold) for m in board.extra_metrics)]
                         for row in board.rows]))
     if board.diagnostics:
         mine = [row for row in board.rows if any(row.values(k) for k in board.diagnostics)]
-        tables.append((f"Model diagnostics ({board.dataset}, {board.protocol}; test split, mean over seeds)",
+        tables.append((f"Model diagnostics ({board.title}; test split, mean over seeds)",
                        ["model", *board.diagnostics], [[row.label, *(_plain(row, k) for k in board.diagnostics)]
                                                        for row in mine]))
     return tables
@@ -351,7 +384,7 @@ def render_markdown(boards: list[Board], source: str) -> str:
 
     out = ["# recbole-llm leaderboard", "", f"From `{source}`. {LEGEND}", ""]
     for board in boards:
-        out += [f"## {board.dataset}, {board.protocol} protocol", ""]
+        out += [f"## {board.title}", ""]
         out += [f"- **Protocol:** {board.notes['protocol']}; main metric {board.main_metric}",
                 f"- **Budget:** {board.notes['budget']}",
                 f"- **Tuning:** {board.notes['tuning']}",
@@ -465,7 +498,7 @@ def render_html(boards: list[Board], source: str) -> str:
     parts = [f"<h1>recbole-llm leaderboard</h1><p class='note'>From <code>{html.escape(source)}</code>. "
              f"{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')} Click a column header to sort.</p>"]
     for i, board in enumerate(boards):
-        parts.append(f"<h2>{html.escape(board.dataset)}, {html.escape(board.protocol)} protocol</h2>")
+        parts.append(f"<h2>{html.escape(board.title)}</h2>")
         for name in ("protocol", "budget", "tuning", "hardware", "versions"):
             parts.append(f"<p class='note'><b>{name.capitalize()}:</b> {html.escape(board.notes[name])}</p>")
         parts.append(_html_table(board))

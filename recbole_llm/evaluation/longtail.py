@@ -36,18 +36,38 @@ logger = logging.getLogger("recbole_llm")
 GROUPS = ("tail_user", "head_user", "tail_item", "head_item")
 
 
+DEFINITIONS = ("pareto", "threshold")
+
+
 @dataclass(frozen=True)
 class LongTailGroups:
-    """Head masks over RecBole's internal ids (index 0, the padding id, is in no group)."""
+    """Head masks over RecBole's internal ids (index 0, the padding id, is in no group).
+
+    ``definition`` ``pareto`` (this toolkit's default): head users are the ``head_ratio`` with the
+    most training interactions (``user_head``), head items the ``head_ratio`` most popular in
+    training. ``threshold`` (LLM-ESR's official code): a user is head when the evaluated input
+    sequence has at least ``user_threshold`` items (so it is decided per evaluated row), an item
+    when it has at least ``item_threshold`` interactions in the whole dataset (train, validation
+    and test, as the official ``get_item_pop``)."""
 
     head_ratio: float
-    user_head: torch.Tensor   # bool (n_users,)
+    user_head: torch.Tensor   # bool (n_users,); threshold: unused (decided per row)
     item_head: torch.Tensor   # bool (n_items,)
-    user_threshold: int       # head users have at least this many training interactions
-    item_threshold: int       # head items have at least this many training interactions
+    user_threshold: int       # pareto: head users have at least this many training interactions;
+                              # threshold: head rows have at least this many input items
+    item_threshold: int       # head items have at least this many interactions (pareto: training)
+    definition: str = "pareto"
+
+    def head_rows(self, users: torch.Tensor, input_lengths: torch.Tensor | None) -> torch.Tensor:
+        """Bool mask over evaluated rows: is the row's user a head user (padding user: never)."""
+        if self.definition == "threshold":
+            if input_lengths is None:
+                raise UserError("longtail_groups=threshold needs the evaluated input sequences (sequential models)")
+            return (input_lengths.cpu() >= self.user_threshold) & (users != 0)
+        return self.user_head[users] & (users != 0)
 
     def users(self, group: str) -> torch.Tensor:
-        """Bool mask of the users in ``tail_user`` or ``head_user`` (padding excluded)."""
+        """Bool mask of the users in ``tail_user`` or ``head_user`` (padding excluded; pareto only)."""
         mask = self.user_head if group == "head_user" else ~self.user_head
         mask = mask.clone()
         mask[0] = False
@@ -61,12 +81,18 @@ class LongTailGroups:
         return mask
 
     def describe(self) -> dict[str, Any]:
+        if self.definition == "threshold":
+            users = {"user_threshold": self.user_threshold,
+                     "user_rule": f"head: evaluated input of at least {self.user_threshold} items"}
+            popularity = "all interactions"
+        else:
+            users = {"user_threshold": self.user_threshold, "head_users": int(self.users("head_user").sum()),
+                     "tail_users": int(self.users("tail_user").sum())}
+            popularity = "training interactions"
         return {
-            "head_ratio": self.head_ratio,
-            "user_threshold": self.user_threshold, "head_users": int(self.users("head_user").sum()),
-            "tail_users": int(self.users("tail_user").sum()),
-            "item_threshold": self.item_threshold, "head_items": int(self.items("head_item").sum()),
-            "tail_items": int(self.items("tail_item").sum()),
+            "definition": self.definition, "head_ratio": self.head_ratio if self.definition == "pareto" else None,
+            **users, "item_threshold": self.item_threshold, "item_popularity": popularity,
+            "head_items": int(self.items("head_item").sum()), "tail_items": int(self.items("tail_item").sum()),
         }
 
 
@@ -83,20 +109,42 @@ def pareto_head(counts: np.ndarray, head_ratio: float) -> tuple[np.ndarray, int]
     return counts >= threshold, threshold
 
 
-def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2) -> LongTailGroups:
-    """The groups of a run, from RecBole's *training* split dataset (``train_data.dataset``).
-
-    ``inter_matrix`` holds exactly the training interactions under both protocols (RecBole's
-    sequential dataset rebuilds them from its augmented rows), so validation and test
-    interactions never count towards popularity or sequence length.
-    """
-    # Entries are ones summed per (user, item): repeated interactions count each time.
-    matrix = train_dataset.inter_matrix(form="csr").astype(np.float64)
+def _counts(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Interactions per user id and per item id of ``dataset`` (repeats count each time)."""
+    matrix = dataset.inter_matrix(form="csr").astype(np.float64)
     user_counts = np.asarray(matrix.sum(axis=1)).ravel()
     item_counts = np.asarray(matrix.sum(axis=0)).ravel()
-    n_users, n_items = train_dataset.user_num, train_dataset.item_num
-    user_counts = np.pad(user_counts, (0, n_users - user_counts.size))[:n_users]
-    item_counts = np.pad(item_counts, (0, n_items - item_counts.size))[:n_items]
+    n_users, n_items = dataset.user_num, dataset.item_num
+    return (np.pad(user_counts, (0, n_users - user_counts.size))[:n_users],
+            np.pad(item_counts, (0, n_items - item_counts.size))[:n_items])
+
+
+def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2, definition: str = "pareto",
+                     user_threshold: int | None = None, item_threshold: int | None = None,
+                     full_dataset: Any = None) -> LongTailGroups:
+    """The groups of a run. ``pareto``: from RecBole's *training* split dataset
+    (``train_data.dataset``), whose ``inter_matrix`` holds exactly the training interactions under
+    both protocols (RecBole's sequential dataset rebuilds them from its augmented rows).
+    ``threshold``: LLM-ESR's official definition, with the given thresholds; item popularity is
+    counted over ``full_dataset`` (every interaction kept after filtering)."""
+    if definition not in DEFINITIONS:
+        raise UserError(f"longtail_groups={definition!r}: expected one of {', '.join(DEFINITIONS)}")
+    if definition == "threshold":
+        bad = [f"{name}={value!r}" for name, value in (("longtail_user_threshold", user_threshold),
+                                                      ("longtail_item_threshold", item_threshold))
+               if not isinstance(value, int) or isinstance(value, bool) or value < 1]
+        if bad:
+            raise UserError(f"longtail_groups=threshold needs {' and '.join(bad)} to be positive integers "
+                            "(LLM-ESR's Beauty: 9 and 4, Yelp: 12 and 13)")
+        if full_dataset is None:
+            raise ValueError("threshold groups count popularity over the whole dataset: pass full_dataset")
+        _, item_counts = _counts(full_dataset)
+        item_head = item_counts >= item_threshold
+        item_head[0] = False
+        return LongTailGroups(head_ratio=float(head_ratio), user_head=torch.zeros(train_dataset.user_num, dtype=torch.bool),
+                              item_head=torch.from_numpy(item_head), user_threshold=int(user_threshold),
+                              item_threshold=int(item_threshold), definition="threshold")
+    user_counts, item_counts = _counts(train_dataset)
     # Users without any training interaction (possible only with tiny sequences) are tail users.
     user_head, user_t = pareto_head(user_counts[1:], head_ratio)
     item_head, item_t = pareto_head(item_counts[1:], head_ratio)
@@ -121,41 +169,61 @@ def _topk_metrics(config: Any) -> list[Any]:
     return out
 
 
+def _scored_batches(trainer: Any, eval_data: Any):
+    """(users, input lengths or None, scores over all items, positive_u, positive_i) per batch,
+    from RecBole's own evaluation paths: full ranking (``_full_sort_batch_eval``: the trainer's
+    masking of padding and history) or sampled ranking (``_neg_sample_batch_eval``: the sampled
+    candidates scored, every other item -inf)."""
+    from recbole.data.dataloader import FullSortEvalDataLoader
+
+    config = trainer.config
+    uid_field = config["USER_ID_FIELD"]
+    seq_len_field = config["ITEM_LIST_LENGTH_FIELD"]
+    full = isinstance(eval_data, FullSortEvalDataLoader)
+    for batched in eval_data:
+        if full:
+            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched)
+            users = interaction[uid_field].cpu()
+            lengths = interaction[seq_len_field].cpu() if seq_len_field in interaction else None
+        else:  # one interaction row per candidate; row_idx says whose score row it fills
+            interaction, row_idx = batched[0], batched[1]
+            _, scores, positive_u, positive_i = trainer._neg_sample_batch_eval(batched)
+            users = torch.zeros(scores.shape[0], dtype=torch.long)
+            users[row_idx.cpu()] = interaction[uid_field].cpu()
+            lengths = None
+            if seq_len_field in interaction:
+                lengths = torch.zeros(scores.shape[0], dtype=torch.long)
+                lengths[row_idx.cpu()] = interaction[seq_len_field].cpu()
+        yield users, lengths, scores, positive_u, positive_i
+
+
 @torch.no_grad()
 def group_metrics(trainer: Any, eval_data: Any, groups: LongTailGroups) -> dict[str, Any]:
     """RecBole's top-k metrics of ``trainer.model`` on ``eval_data`` per long-tail group, as
     ``{"ndcg@10_tail_item": ..., ...}``, plus the number of evaluated rows per group under the
-    key ``"rows"``. Scores come from RecBole's own full-sort path (``_full_sort_batch_eval``: the
-    same masking of padding and history as the trainer's evaluation); groups without any
-    evaluated row are left out."""
-    from recbole.data.dataloader import FullSortEvalDataLoader
+    key ``"rows"``. Scores come from RecBole's own evaluation path (full or sampled ranking, see
+    :func:`_scored_batches`); groups without any evaluated row are left out."""
     from recbole.evaluator.collector import DataStruct
 
-    if not isinstance(eval_data, FullSortEvalDataLoader):
-        logger.info("long-tail groups are computed for full-ranking evaluation only; skipped")
-        return {}
     config, model = trainer.config, trainer.model
     metrics = _topk_metrics(config)
     if not metrics:
         return {}
-    # What Trainer.evaluate sets up before calling _full_sort_batch_eval.
+    # What Trainer.evaluate sets up before calling _full_sort_batch_eval / _neg_sample_batch_eval.
     trainer.tot_item_num = eval_data._dataset.item_num
     if trainer.item_tensor is None:
         trainer.item_tensor = eval_data._dataset.get_item_feature().to(trainer.device)
     model.eval()
     max_k = max(config["topk"])
-    uid_field = config["USER_ID_FIELD"]
     item_masks = {g: groups.items(g).to(trainer.device) for g in ("tail_item", "head_item")}
-    user_masks = {g: groups.users(g) for g in ("tail_user", "head_user")}
     rows: dict[str, list[torch.Tensor]] = {g: [] for g in GROUPS}
-    for batched in eval_data:
-        interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched)
+    for users, lengths, scores, positive_u, positive_i in _scored_batches(trainer, eval_data):
         _, topk_idx = torch.topk(scores, max_k, dim=-1)
         positives = torch.zeros_like(scores, dtype=torch.int)
         positives[positive_u, positive_i] = 1
-        users = interaction[uid_field].cpu()
-        for group, mask in user_masks.items():
-            keep = mask[users].to(scores.device)
+        head = groups.head_rows(users, lengths)
+        for group, mask in (("head_user", head), ("tail_user", ~head & (users != 0))):
+            keep = mask.to(scores.device)
             hits = torch.gather(positives[keep], 1, topk_idx[keep])
             rows[group].append(torch.cat([hits, positives[keep].sum(1, keepdim=True)], 1).cpu())
         for group, mask in item_masks.items():
