@@ -258,6 +258,8 @@ def test_reference_configuration_reads_titles_and_names_variants(amazon_root: Pa
     meta = json.loads((amazon_root / "amazon-beauty" / "amazon-beauty.item_minilm_title.json").read_text())
     assert meta["template"] == "{title}" and config["item_text"] == "title"
     assert AlphaRec.run_label(config.final_config_dict) == "AlphaRec(minilm)"
+    assert config["weight_decay"] == 0.0  # the reference's Adam gets no weight decay
+    assert AlphaRec.run_label({"item_text": "title", "weight_decay": 1e-6}) == "AlphaRec(minilm, weight decay 1e-06)"
     assert AlphaRec.run_label({"item_text": "full", "projector_hidden_multiplier": 0.28125}) == \
         "AlphaRec(minilm, hidden 0.28125x, full text)"
     assert AlphaRec.run_label({"item_text": "title", "projector": "linear", "llm_encoder": "/m/smollm2/"}) == \

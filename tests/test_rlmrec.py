@@ -235,7 +235,7 @@ def test_reference_settings_per_backbone(profiled_root: Path) -> None:
         assert type(net.backbone).__name__ == f"RLMRec{backbone}"
         assert (net.backbone.n_layers, net.backbone.reg_weight, net.backbone.keep_rate) == (layers, reg, keep)
         assert config["embedding_size"] == 32 and config["train_batch_size"] == 4096
-        assert (config["learning_rate"], config["eval_step"], config["stopping_step"]) == (0.001, 3, 5)
+        assert (config["learning_rate"], config["eval_step"], config["stopping_step"]) == (0.001, 3, 4)
         assert all(getattr(net.backbone, key) == value for key, value in own.items()), (model, backbone)
 
 

@@ -26,13 +26,10 @@ Both sides select the best epoch by validation Recall@20, every 3 epochs, patien
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
-import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +38,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs  # noqa: E402
+from common import run_ours as run_recbole_llm  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -55,8 +57,9 @@ OURS = {  # official model name -> (our model, overrides)
     "simgcl_plus": ("RLMRecCon", {"backbone": "SimGCL"}),
     "simgcl_gene": ("RLMRecGen", {"backbone": "SimGCL"}),
 }
-# The official trainer's selection: validation Recall@20, every 3 epochs, 5 evaluations of patience.
-SAME_PROTOCOL = {"valid_metric": "Recall@20", "eval_step": 3, "stopping_step": 5, "epochs": 3000}
+# The official trainer's selection: validation Recall@20, every 3 epochs, 5 evaluations of patience
+# (RecBole stops after stopping_step + 1 evaluations without gain, so 4).
+SAME_PROTOCOL = {"valid_metric": "Recall@20", "eval_step": 3, "stopping_step": 4, "epochs": 3000}
 
 
 def export_split(folder: Path) -> dict[str, int]:
@@ -140,21 +143,9 @@ def run_official(copy: Path, model: str, seed: int, log: Path) -> dict[str, floa
 
 
 def run_ours(model: str, seed: int, work: Path, epochs: int | None = None) -> dict[str, float]:
-    from recbole_llm.runner import run
-
     name, overrides = OURS[model]
     protocol = {**SAME_PROTOCOL, **({"epochs": epochs} if epochs else {})}
-    started = time.time()
-    record = run(name, "ml-100k", seed=seed, overrides={**overrides, **protocol}, output=None, verbose=False,
-                 run_dir=work / f"ours-{model}-{seed}")
-    return {"recall@20": record["test"]["recall@20"], "ndcg@20": record["test"]["ndcg@20"],
-            "best_epoch": record["best_epoch"], "seconds": round(time.time() - started, 1), "label": record["label"]}
-
-
-def summarise(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {spread:.4f}"
+    return run_recbole_llm(name, seed, {**overrides, **protocol}, work / f"ours-{model}-{seed}")[0]
 
 
 def main() -> None:
@@ -174,10 +165,8 @@ def main() -> None:
     copy = scratch_copy(args.official, work, args.epochs)
     counts = export_split(copy / "data" / "amazon")
     print(f"ml-100k split exported: {counts}", flush=True)
-    store = args.out.with_suffix(".jsonl") if args.out else None
-    finished = [json.loads(line) for line in store.read_text().splitlines() if line.strip()] \
-        if store and store.is_file() else []
-    runs = [r for r in finished if r["official_model"] in args.models and r["seed"] in args.seeds
+    store = jsonl_beside(args.out)
+    runs = [r for r in read_runs(store) if r["official_model"] in args.models and r["seed"] in args.seeds
             and r.get("epochs") == args.epochs]
     for model in args.models:
         for seed in args.seeds:
@@ -186,11 +175,7 @@ def main() -> None:
             theirs = run_official(copy, model, seed, work / f"official-{model}-{seed}.log")
             ours = run_ours(model, seed, work, args.epochs)
             runs.append({"official_model": model, "seed": seed, "epochs": args.epochs, "official": theirs, "ours": ours})
-            print(json.dumps(runs[-1]), flush=True)
-            if store:
-                store.parent.mkdir(parents=True, exist_ok=True)
-                with open(store, "a") as f:
-                    f.write(json.dumps(runs[-1]) + "\n")
+            append_run(store, runs[-1])
 
     lines = [f"# RLMRec: official code vs recbole-llm on ml-100k (seeds {', '.join(map(str, args.seeds))})", "",
              f"Split: general protocol, split_seed 2020 ({counts['trn']} train / {counts['val']} valid / "
@@ -201,14 +186,9 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for model in args.models:
         rows = [r for r in runs if r["official_model"] == model]
-        theirs = {m: [r["official"][m] for r in rows] for m in ("recall@20", "ndcg@20")}
-        ours = {m: [r["ours"][m] for r in rows] for m in ("recall@20", "ndcg@20")}
-        ratio = statistics.mean(ours["ndcg@20"]) / statistics.mean(theirs["ndcg@20"])
-        lines.append(f"| {model} | {rows[0]['ours']['label']} | {summarise(theirs['recall@20'])} | "
-                     f"{summarise(ours['recall@20'])} | {summarise(theirs['ndcg@20'])} | {summarise(ours['ndcg@20'])} | {ratio:.3f} |")
-    lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-              f"command: `python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
-              f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else "") + "`"]
+        lines.append("| " + " | ".join([model, rows[0]["ours"]["label"], *comparison_cells(rows)]) + " |")
+    lines += ["", machine_line(f"python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
+                               f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else ""))]
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -54,7 +54,8 @@ class AlphaRec(GeneralRecommender):
     @classmethod
     def run_label(cls, config: dict) -> str:
         """Leaderboard name: the encoder, and every departure from the reference configuration
-        (the linear projector, another hidden width, the whole item text instead of the title), so
+        (the linear projector, another hidden width, the whole item text instead of the title,
+        weight decay), so
         that no variant is shown under the paper's name. Records from before ``item_text`` existed
         encoded the whole text."""
         encoder = Path(str(config.get("llm_encoder") or "minilm")).name  # a model folder: its name
@@ -65,6 +66,8 @@ class AlphaRec(GeneralRecommender):
             parts.append(f"hidden {float(multiplier):g}x")
         if (config.get("item_text") or "full") != "title":
             parts.append("full text")
+        if config.get("weight_decay"):  # the reference trains without any (its --weight_decay is unused)
+            parts.append(f"weight decay {float(config['weight_decay']):g}")
         return f"AlphaRec({', '.join(parts)})"
 
     def __init__(self, config, dataset):

@@ -1,0 +1,69 @@
+"""Pieces the parity scripts share: our side of a run, the resumable JSONL of finished runs, and
+the Markdown table's cells (mean ± stdev over seeds, ours/official ratio).
+
+The scripts run as files (``python benchmarks/parity/<name>.py``) and import this module from
+their own folder, which Python puts first on ``sys.path`` for a script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def summarise(values: list[float]) -> str:
+    """``mean ± stdev`` (stdev 0 for a single value), 4 decimals."""
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def jsonl_beside(out: Path | None) -> Path | None:
+    """Where the runs behind the table ``out`` are kept (``x.md`` -> ``x.jsonl``), None without one."""
+    return out.with_suffix(".jsonl") if out else None
+
+
+def read_runs(store: Path | None) -> list[dict[str, Any]]:
+    """The runs finished earlier (one JSON object a line), so that a long comparison resumes."""
+    if not store or not store.is_file():
+        return []
+    return [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+
+
+def append_run(store: Path | None, run: dict[str, Any]) -> None:
+    """Print a finished pair of runs and append it to ``store`` (when there is one)."""
+    print(json.dumps(run), flush=True)
+    if store:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with open(store, "a") as f:
+            f.write(json.dumps(run) + "\n")
+
+
+def comparison_cells(rows: list[dict[str, Any]], metrics: Iterable[str] = ("recall@20", "ndcg@20")) -> list[str]:
+    """official and ours (mean ± stdev over ``rows``) for each metric, then ours/official of the last."""
+    cells, ratio = [], None
+    for metric in metrics:
+        theirs = [r["official"][metric] for r in rows]
+        ours = [r["ours"][metric] for r in rows]
+        cells += [summarise(theirs), summarise(ours)]
+        ratio = statistics.mean(ours) / statistics.mean(theirs)
+    return cells + [f"{ratio:.3f}"]
+
+
+def machine_line(command: str) -> str:
+    return f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; command: `{command}`"
+
+
+def run_ours(name: str, seed: int, overrides: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train and test our ``name`` on ml-100k; (the numbers the table reads, the whole run record)."""
+    from recbole_llm.runner import run
+
+    started = time.time()
+    record = run(name, "ml-100k", seed=seed, overrides=overrides, output=None, verbose=False, run_dir=run_dir)
+    result = {"recall@20": record["test"]["recall@20"], "ndcg@20": record["test"]["ndcg@20"],
+              "best_epoch": record["best_epoch"], "seconds": round(time.time() - started, 1), "label": record["label"]}
+    return result, record
