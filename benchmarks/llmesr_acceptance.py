@@ -12,7 +12,9 @@ one core of the otherwise quiet machine:
     for s in 2020 1 2; do OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py --model SASRec --seed $s; done
     for s in 2020 1 2; do OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py --model LLMESR --seed $s; done
 
-Both models get the same settings: benchmarks/llmesr_ml100k.yaml.
+Both models get the same settings: benchmarks/llmesr_ml100k.yaml. The committed records ran
+LLM-ESR's defaults of the time, now the labelled variant LLM-ESR(CE on prefixes, history 20)
+with RecBole SASRec's backbone sizes; today's defaults are the reference's training regime.
 """
 from __future__ import annotations
 

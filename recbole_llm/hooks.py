@@ -1,7 +1,7 @@
 """RecBole's own entry points after ``import recbole_llm``: the same stages as ``recbole-llm run``.
 
 ``run_recbole``, ``run_recboles``, ``objective_function`` and ``load_data_and_model`` each build a
-RecBole ``Config`` and then split the data with ``data_preparation``. Two hooks make them reach
+RecBole ``Config`` and then split the data with ``data_preparation``. Three hooks make them reach
 what ``recbole-llm run`` does, so a recbole-llm model gives the same numbers whichever door a user
 takes:
 
@@ -15,6 +15,8 @@ takes:
    by ``split_seed``, as in ``recbole-llm run``, so every seed of a model sees one split and LLM
    profiles built from its training part never see a validation or test interaction. RecBole's own
    models run through RecBole's own doors (no ``split_seed``) are left exactly as RecBole runs them.
+3. ``get_dataloader``, for a plugin model with ``train_dataloader(config)``: the training loader
+   the model asks for (LLM-ESR's reference regime iterates one sequence per user).
 """
 from __future__ import annotations
 
@@ -73,9 +75,31 @@ def _hook_data_preparation() -> None:
         module.data_preparation = data_preparation
 
 
+def _hook_train_dataloader() -> None:
+    """A plugin model whose class has ``train_dataloader(config)`` returning a loader class gets
+    that class for its training split (e.g. LLM-ESR's one sequence per user); None keeps RecBole's."""
+    import recbole.data.utils as data_utils
+
+    from recbole_llm.registry import plugin_entry
+
+    original: Callable[..., Any] = data_utils.get_dataloader
+
+    def get_dataloader(config: Any, phase: str) -> Any:
+        if phase == "train":
+            entry = plugin_entry(config["model"])
+            choose = getattr(entry.cls, "train_dataloader", None) if entry is not None else None
+            loader = choose(config) if choose is not None else None
+            if loader is not None:
+                return loader
+        return original(config, phase)
+
+    get_dataloader.__doc__ = original.__doc__
+    data_utils.get_dataloader = get_dataloader
+
+
 def install() -> None:
-    """Install both hooks once (``import recbole_llm`` does)."""
-    for hook in (_hook_config, _hook_data_preparation):
+    """Install the hooks once (``import recbole_llm`` does)."""
+    for hook in (_hook_config, _hook_data_preparation, _hook_train_dataloader):
         if hook.__name__ not in _INSTALLED:
             hook()
             _INSTALLED.append(hook.__name__)

@@ -93,7 +93,7 @@ def test_run_builds_the_user_history_file_with_the_encoder(amazon_root: Path) ->
     ff = user_history_feature_file(amazon_root / DATASET, DATASET)
     meta = ff.meta()
     assert meta["encoder"] == "minilm" and meta["count"] == 40 and meta["history_items"] == 20
-    assert record["label"] == "LLM-ESR" and record["llm_enhanced"]
+    assert record["label"] == "LLM-ESR(history 50)" and record["llm_enhanced"]  # the protocol's 50, not 200
     assert record["config"]["llm_feature_fields"] == {"item": "item_minilm_id", "user_history": "user_history_minilm_id"}
     assert "ndcg@10_tail_item" in record["test"] and "recall@5_head_user" in record["test"]
     again = run("LLMESR", DATASET, data_path=amazon_root, overrides={**SMALL, "epochs": 1}, output=None, verbose=False)
@@ -103,7 +103,7 @@ def test_run_builds_the_user_history_file_with_the_encoder(amazon_root: Path) ->
 
 def test_teachers_exclude_the_user_and_use_training_sequences(vector_root: Path) -> None:
     written = write_vectors(vector_root)
-    _, dataset, (train, _, _), model = build(vector_root)
+    _, dataset, (train, _, _), model = build(vector_root, train_on="prefixes")
     n = SMALL["sim_user_num"]
     assert model.similar.shape == (dataset.user_num, n)
     users = torch.arange(1, dataset.user_num)
@@ -211,13 +211,14 @@ def test_checkpoint_reload_gives_identical_scores(vector_root: Path) -> None:
 
 
 def test_alpha_zero_skips_distillation(vector_root: Path) -> None:
-    _, _, (train, _, _), model = build(vector_root, alpha=0.0)
+    _, _, (train, _, _), model = build(vector_root, alpha=0.0, train_on="prefixes")
     assert model.similar.shape[1] == 0
     model.eval()
     batch = next(iter(train))
     expected = torch.nn.functional.cross_entropy(model.full_sort_predict(batch), batch["item_id"])
     torch.testing.assert_close(model.calculate_loss(batch), expected)
-    assert LLMESR.run_label({"alpha": 0.0, "view": "semantic"}) == "LLM-ESR(semantic view only, no distillation)"
+    assert LLMESR.run_label({"alpha": 0.0, "view": "semantic", "train_on": "user_sequences"}) == \
+        "LLM-ESR(semantic view only, no distillation)"
 
 
 def test_bad_feature_files_are_one_clear_error(amazon_root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -233,3 +234,99 @@ def test_bad_feature_files_are_one_clear_error(amazon_root: Path, capsys: pytest
     write_vectors(amazon_root)
     with pytest.raises(UserError, match="view='sideways'"):
         build(amazon_root, view="sideways")
+
+
+def test_reference_training_reads_one_whole_training_sequence_per_user(vector_root: Path) -> None:
+    """train_on: user_sequences (the default) iterates one row per user and epoch: every training
+    item but the last as input, the last as target (the .inter file's order); the dataset still
+    holds every prefix for what counts training interactions."""
+    config, dataset, (train, _, _), model = build(vector_root)
+    assert config["train_on"] == "user_sequences" and len(train.dataset) > dataset.user_num  # all prefixes kept
+    full = inter_histories(vector_root)
+    seen = []
+    for batch in train:
+        for user, seq, length, target in zip(batch["user_id"].tolist(), batch["item_id_list"].tolist(),
+                                             batch["item_length"].tolist(), batch["item_id"].tolist()):
+            token = dataset.id2token("user_id", user)
+            training = full[token][:-2]
+            assert [dataset.id2token("item_id", i) for i in seq[:length]] == training[:-1][-model.max_seq_length:]
+            assert dataset.id2token("item_id", target) == training[-1]
+            seen.append(user)
+    assert sorted(seen) == list(range(1, dataset.user_num))  # each user exactly once
+
+
+def test_negatives_are_uniform_over_items_the_user_never_trained_on(vector_root: Path) -> None:
+    _, dataset, _, model = build(vector_root)
+    full = inter_histories(vector_root)
+    users = torch.arange(1, dataset.user_num).repeat_interleave(50)
+    torch.manual_seed(0)
+    negatives = model.sample_negatives(users, (len(users), 40))
+    assert negatives.min() >= 1 and negatives.max() < dataset.item_num
+    for user, row in zip(users.tolist(), negatives.tolist()):
+        training = {dataset.token2id("item_id", t) for t in full[dataset.id2token("user_id", user)][:-2]}
+        assert not training & set(row)
+    counts = torch.bincount(negatives.view(-1), minlength=dataset.item_num)[1:].float()
+    assert (counts > 0).all()  # every item is some user's negative (no item is left out)
+
+
+def test_reference_loss_is_bce_at_every_position_plus_distillation(vector_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss against a computation from the reference's formula, negatives fixed: at position t
+    of a sequence of n items, positive = item t + 1 (the target at t = n - 1); mean over positions of
+    -log sigmoid(h_t . e_pos) plus the mean of -log(1 - sigmoid(h_t . e_neg)), plus alpha x MSE between
+    the last position and the mean of the similar users' representations of their training
+    sequences without the last item."""
+    _, dataset, (train, _, _), model = build(vector_root, alpha=0.1)
+    model.eval()  # no dropout: the hand computation sees the same representations
+    batch = next(iter(train))
+    seq, lengths, targets = batch["item_id_list"], batch["item_length"], batch["item_id"]
+    fixed = torch.randint(1, dataset.item_num, seq.shape, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(model, "sample_negatives", lambda users, shape: fixed)
+    loss = model.calculate_loss(batch)
+    with torch.no_grad():
+        hidden = model.encode(seq)
+        items = model.item_representations()
+        positive_terms, negative_terms, students = [], [], []
+        for b in range(len(seq)):
+            n = int(lengths[b])
+            for t in range(n):
+                positive = int(seq[b, t + 1]) if t < n - 1 else int(targets[b])
+                positive_terms.append(-torch.log(torch.sigmoid(hidden[b, t] @ items[positive])))
+                negative_terms.append(-torch.log(1 - torch.sigmoid(hidden[b, t] @ items[int(fixed[b, t])])))
+            students.append(hidden[b, n - 1])
+        teachers = []
+        for user in batch["user_id"].tolist():
+            reps = []
+            for other in model.similar[user].tolist():
+                m = int(model.train_len[other]) - 1  # the teacher's training sequence less its last item
+                reps.append(model.encode(model.train_seq[other: other + 1, :m])[0, m - 1])
+            teachers.append(torch.stack(reps).mean(0))
+        expected = torch.stack(positive_terms).mean() + torch.stack(negative_terms).mean() \
+            + 0.1 * ((torch.stack(students) - torch.stack(teachers)) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_variants_are_named() -> None:
+    reference = {"train_on": "user_sequences", "MAX_ITEM_LIST_LENGTH": 200, "alpha": 0.1, "view": "both",
+                 "cross_attention": True, "llm_encoder": "minilm"}
+    assert LLMESR.run_label(reference) == "LLM-ESR"
+    assert LLMESR.run_label({**reference, "train_on": "prefixes", "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
+    assert LLMESR.run_label({**reference, "MAX_ITEM_LIST_LENGTH": 20}) == "LLM-ESR(history 20)"
+    old = {k: v for k, v in reference.items() if k != "train_on"}  # records from before train_on
+    assert LLMESR.run_label({**old, "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
+
+
+def test_positions_never_see_later_items_when_every_position_is_trained(vector_root: Path) -> None:
+    """Trained at every position, a position's representation depends on earlier items only (both
+    views, cross-attention included); the prefix variant's cross-attention reads the whole prefix."""
+    for train_on, causal in (("user_sequences", True), ("prefixes", False)):
+        _, dataset, (train, _, _), model = build(vector_root, train_on=train_on)
+        model.eval()
+        seq = next(iter(train))["item_id_list"][:4].clone()
+        seq[:, :6] = torch.arange(1, 7)
+        changed = seq.clone()
+        changed[:, 4] = 9
+        with torch.no_grad():
+            before, after = model.encode(seq), model.encode(changed)
+        assert torch.allclose(before[:, :4], after[:, :4]) == causal, train_on
+        assert not torch.allclose(before[:, 4], after[:, 4])

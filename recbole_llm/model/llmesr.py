@@ -26,13 +26,21 @@ teacher of the user's representation: loss += ``alpha`` * MSE(student, teacher),
 reference's ``kd`` setting. Only the distinct teacher users of a batch are encoded (the same
 values as encoding each teacher per sample, far fewer forward passes).
 
-**Loss.** The reference trains with binary cross-entropy against one sampled negative per
-position. Here the recommendation loss is RecBole SASRec's ``loss_type`` (CE over all items by
-default, or BPR), the same as the SASRec baseline of this toolkit, so that a comparison between
-the two measures LLM-ESR's additions rather than a change of objective.
+**Training, as the reference** (``train_on: user_sequences``, the default): one row per user and
+epoch, the user's whole training sequence (``recbole_llm.data.loaders.UserSequenceTrainDataLoader``);
+at every position the next item is the positive and one item drawn uniformly among those the user
+never interacted with in training is the negative; binary cross-entropy, the positive and the
+negative terms each averaged over the batch's positions (``generators/data.py``,
+``models/SASRec.py`` of the reference). The distillation student is the last position of the
+same pass; the teachers read their training sequences without the last item, as the reference's
+``_get_user_seq``. ``train_on: prefixes`` is the earlier variant: RecBole's one row per prefix,
+with RecBole SASRec's ``loss_type`` (CE over all items, or BPR) on its last position, labelled.
+Unlike the reference's backbone, whose causal mask is commented out (``models/SASRec.py``: every
+position sees the item it is trained to predict), attention here is causal.
 
-Backbone defaults are RecBole SASRec's (2 layers, 2 heads, hidden 64, dropout 0.5); LLM-ESR's
-own defaults are the reference's (hidden 64, N = 10 similar users, alpha = 0.1, cross-attention on).
+The backbone is RecBole's ``TransformerEncoder`` at the reference's sizes (2 layers, 1 head, hidden 64,
+a 64-wide ReLU feed-forward block, dropout 0.5); LLM-ESR's own defaults are the reference's (N = 10
+similar users, alpha = 0.1, cross-attention on).
 ``view: collaborative | semantic`` keeps one view only (the reference's ablations).
 """
 from __future__ import annotations
@@ -55,6 +63,9 @@ from recbole_llm.errors import UserError
 from recbole_llm.registry import register_model
 
 VIEWS = ("both", "collaborative", "semantic")
+TRAIN_ON = ("user_sequences", "prefixes")
+REFERENCE_HISTORY = 200  # the reference's max_len: the last 200 items of a sequence
+NEGATIVE_DRAWS = 100  # redraws of negatives that hit a training item (each hits with the user's share of items)
 
 
 def pca_reduce(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -98,9 +109,24 @@ class LLMESR(SequentialRecommender):
     llm_features = ("item", "user_history")
 
     @classmethod
+    def train_dataloader(cls, config: Any) -> type | None:
+        """The reference's one sequence per user and epoch (``train_on: user_sequences``)."""
+        if str(config["train_on"] or "prefixes") == "user_sequences":
+            from recbole_llm.data.loaders import UserSequenceTrainDataLoader
+
+            return UserSequenceTrainDataLoader
+        return None
+
+    @classmethod
     def run_label(cls, config: dict) -> str:
-        """Leaderboard name: ``LLM-ESR``, with the encoder and ablations when not the defaults."""
+        """Leaderboard name: ``LLM-ESR``, with the encoder, ablations and training variant when
+        not the reference's (records from before ``train_on`` trained on prefixes)."""
         parts = []
+        if (config.get("train_on") or "prefixes") != "user_sequences":
+            parts.append(f"{config.get('loss_type') or 'CE'} on prefixes")
+        history = config.get("MAX_ITEM_LIST_LENGTH")
+        if history is not None and history != REFERENCE_HISTORY:
+            parts.append(f"history {history}")
         encoder = str(config.get("llm_encoder") or "minilm").rstrip("/").rsplit("/", 1)[-1]
         if encoder != "minilm":
             parts.append(encoder)
@@ -116,6 +142,9 @@ class LLMESR(SequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = int(config["hidden_size"])
         self.loss_type = config["loss_type"]
+        self.train_on = str(config["train_on"] or "prefixes")
+        if self.train_on not in TRAIN_ON:
+            raise UserError(f"train_on={self.train_on!r}: expected one of {', '.join(TRAIN_ON)}")
         self.view = str(config["view"] or "both")
         if self.view not in VIEWS:
             raise UserError(f"view={self.view!r}: expected one of {', '.join(VIEWS)}")
@@ -171,6 +200,9 @@ class LLMESR(SequentialRecommender):
             train_len[user] = len(items)
         self.register_buffer("train_seq", train_seq, persistent=False)
         self.register_buffer("train_len", train_len, persistent=False)
+        # Sorted keys user * n_items + item of every training interaction: what a negative may not be.
+        keys = [user * self.n_items + item for user, items in sequences.items() for item in items]
+        self.register_buffer("train_keys", torch.unique(torch.tensor(keys, dtype=torch.long)), persistent=False)
         n = int(config["sim_user_num"])
         has_history = train_len > 0
         if self.alpha <= 0:
@@ -215,14 +247,23 @@ class LLMESR(SequentialRecommender):
             inputs["semantic"] = self.dropout(self.LayerNorm(semantic_items[item_seq] + position_emb))
         if self.cross_attention:
             padding = item_seq == 0
+            # Trained at every position (user_sequences), a position must not see later items, its
+            # own target among them: causal. (The reference's cross-attention, like its backbone,
+            # has no causal mask, so its training positions see their targets.) Trained on the last
+            # position of prefixes only, the cross-attention stays as it was: over the whole prefix.
+            causal = None
+            if self.train_on == "user_sequences":
+                length = item_seq.size(1)
+                causal = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).triu(1)
             co, se = inputs["collaborative"], inputs["semantic"]
-            inputs["collaborative"] = self.semantic_to_collaborative(se, co, co, key_padding_mask=padding, need_weights=False)[0]
-            inputs["semantic"] = self.collaborative_to_semantic(co, se, se, key_padding_mask=padding, need_weights=False)[0]
+            inputs["collaborative"] = self.semantic_to_collaborative(se, co, co, key_padding_mask=padding, attn_mask=causal,
+                                                                     need_weights=False)[0]
+            inputs["semantic"] = self.collaborative_to_semantic(co, se, se, key_padding_mask=padding, attn_mask=causal,
+                                                                need_weights=False)[0]
         return list(inputs.values())
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
-                semantic_items: torch.Tensor | None = None) -> torch.Tensor:
-        """The user representation: the last position of each view, concatenated ([h_co, h_se])."""
+    def encode(self, item_seq: torch.Tensor, semantic_items: torch.Tensor | None = None) -> torch.Tensor:
+        """Every position's representation, the views concatenated: [B, L, views * hidden]."""
         if semantic_items is None:
             semantic_items = self._semantic_items()
         inputs = self._inputs(item_seq, semantic_items)
@@ -230,8 +271,12 @@ class LLMESR(SequentialRecommender):
         # Both views through the shared encoder in one batch.
         mask = self.get_attention_mask(item_seq).repeat(views, 1, 1, 1)
         output = self.trm_encoder(torch.cat(inputs, 0), mask, output_all_encoded_layers=True)[-1]
-        output = self.gather_indexes(output, (item_seq_len - 1).repeat(views))
         return torch.cat(output.chunk(views, 0), dim=-1)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                semantic_items: torch.Tensor | None = None) -> torch.Tensor:
+        """The user representation: the last position of each view, concatenated ([h_co, h_se])."""
+        return self.gather_indexes(self.encode(item_seq, semantic_items), item_seq_len - 1)
 
     def item_representations(self, semantic_items: torch.Tensor | None = None) -> torch.Tensor:
         """Every item's representation in the active views ([e_co, adapter(e_llm)])."""
@@ -242,18 +287,65 @@ class LLMESR(SequentialRecommender):
             parts.append(self._semantic_items() if semantic_items is None else semantic_items)
         return torch.cat(parts, dim=-1)
 
-    def _teacher(self, users: torch.Tensor, semantic_items: torch.Tensor | None = None) -> torch.Tensor:
-        """The mean representation of each user's similar users (their training sequences)."""
+    def _teacher(self, users: torch.Tensor, semantic_items: torch.Tensor | None = None,
+                 drop_last: bool = False) -> torch.Tensor:
+        """The mean representation of each user's similar users: their training sequences (without
+        the last item with ``drop_last``, as the reference's teachers)."""
         teachers = self.similar[users]
         distinct, inverse = torch.unique(teachers, return_inverse=True)
+        sequences, lengths = self.train_seq[distinct], self.train_len[distinct]
+        if drop_last:
+            keep = lengths > 1
+            sequences = sequences.clone()
+            sequences[torch.nonzero(keep).view(-1), lengths[keep] - 1] = 0  # the last item becomes padding
+            lengths = torch.where(keep, lengths - 1, lengths)
         with torch.no_grad():
             semantic = semantic_items.detach() if semantic_items is not None else None
-            reps = self.forward(self.train_seq[distinct], self.train_len[distinct], semantic)
+            reps = self.forward(sequences, lengths, semantic)
         return reps[inverse].mean(dim=1)
 
-    def calculate_loss(self, interaction):
+    def sample_negatives(self, users: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Items drawn uniformly from 1..n_items-1, never one of the user's training items (one
+        user per row of ``shape``), as the reference's ``random_neq``."""
+        users = users.view(-1, *([1] * (len(shape) - 1))).expand(shape)
+        negatives = torch.randint(1, self.n_items, shape, device=users.device)
+        for _ in range(NEGATIVE_DRAWS):
+            keys = users * self.n_items + negatives
+            position = torch.searchsorted(self.train_keys, keys).clamp_max(len(self.train_keys) - 1)
+            taken = self.train_keys[position] == keys
+            if not taken.any():
+                break
+            negatives[taken] = torch.randint(1, self.n_items, (int(taken.sum()),), device=users.device)
+        return negatives
+
+    def _sequence_loss(self, interaction, semantic_items: torch.Tensor | None) -> torch.Tensor:
+        """The reference's loss on whole training sequences: BCE of the next item against one
+        sampled negative at every position, plus alpha x the distillation on the last position."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        users = interaction[self.USER_ID]
+        rows = torch.arange(len(item_seq), device=item_seq.device)
+        targets = torch.zeros_like(item_seq)
+        targets[:, :-1] = item_seq[:, 1:]                      # position t predicts item t + 1
+        targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]  # the last predicts the target
+        valid = targets > 0
+        output = self.encode(item_seq, semantic_items)
+        items = self.item_representations(semantic_items)
+        negatives = self.sample_negatives(users, tuple(targets.shape))
+        positive_logits = (output * items[targets]).sum(-1)[valid]
+        negative_logits = (output * items[negatives]).sum(-1)[valid]
+        loss = F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits)) \
+            + F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits))
+        if self.alpha > 0:
+            student = output[rows, item_seq_len - 1]
+            teacher = self._teacher(users, semantic_items, drop_last=True)
+            loss = loss + self.alpha * F.mse_loss(student, teacher)
+        return loss
+
+    def calculate_loss(self, interaction):
         semantic_items = self._semantic_items()
+        if self.train_on == "user_sequences":
+            return self._sequence_loss(interaction, semantic_items)
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len, semantic_items)
         pos_items = interaction[self.POS_ITEM_ID]
         items = self.item_representations(semantic_items)
