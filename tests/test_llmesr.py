@@ -330,3 +330,25 @@ def test_positions_never_see_later_items_when_every_position_is_trained(vector_r
             before, after = model.encode(seq), model.encode(changed)
         assert torch.allclose(before[:, :4], after[:, :4]) == causal, train_on
         assert not torch.allclose(before[:, 4], after[:, 4])
+
+
+def test_predict_encodes_each_history_once_and_scores_like_full_ranking(vector_root: Path) -> None:
+    """Rows of one history with many candidates (sampled ranking) score as the full ranking does."""
+    from recbole.data.interaction import Interaction
+
+    _, dataset, (train, _, _), model = build(vector_root)
+    model.eval()
+    batch = next(iter(train))
+    seq, lengths = batch["item_id_list"][:3], batch["item_length"][:3]
+    candidates = torch.arange(1, 8)
+    rows = Interaction({"item_id_list": seq.repeat_interleave(7, 0), "item_length": lengths.repeat_interleave(7),
+                        "item_id": candidates.repeat(3)})
+    calls = []
+    original = model.forward
+    model.forward = lambda s, l, *a: calls.append(len(s)) or original(s, l, *a)
+    with torch.no_grad():
+        scores = model.predict(rows).view(3, 7)
+        model.forward = original
+        full = model.full_sort_predict(Interaction({"item_id_list": seq, "item_length": lengths}))[:, 1:8]
+    assert calls == [3]  # three histories, one pass each
+    torch.testing.assert_close(scores, full)

@@ -362,8 +362,13 @@ class LLMESR(SequentialRecommender):
         return loss
 
     def predict(self, interaction):
+        """Scores of (history, item) rows. Sampled ranking hands over one row per candidate (101
+        per user under uni100), so each distinct history is encoded once and shared."""
         semantic_items = self._semantic_items()
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], semantic_items)
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        keys = torch.cat([item_seq, item_seq_len.view(-1, 1)], dim=1)
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        seq_output = self.forward(distinct[:, :-1], distinct[:, -1], semantic_items)[inverse]
         return (seq_output * self.item_representations(semantic_items)[interaction[self.ITEM_ID]]).sum(-1)
 
     def full_sort_predict(self, interaction):
