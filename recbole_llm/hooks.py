@@ -1,7 +1,7 @@
 """RecBole's own entry points after ``import recbole_llm``: the same stages as ``recbole-llm run``.
 
 ``run_recbole``, ``run_recboles``, ``objective_function`` and ``load_data_and_model`` each build a
-RecBole ``Config`` and then split the data with ``data_preparation``. Three hooks make them reach
+RecBole ``Config`` and then split the data with ``data_preparation``. Four hooks make them reach
 what ``recbole-llm run`` does, so a recbole-llm model gives the same numbers whichever door a user
 takes:
 
@@ -17,6 +17,8 @@ takes:
    models run through RecBole's own doors (no ``split_seed``) are left exactly as RecBole runs them.
 3. ``get_dataloader``, for a plugin model with ``train_dataloader(config)``: the training loader
    the model asks for (LLM-ESR's reference regime iterates one sequence per user).
+4. ``create_samplers``, with ``eval_negatives: unseen``: sampled evaluation draws distinct items the
+   user never interacted with, as LLM-ESR's reference does.
 """
 from __future__ import annotations
 
@@ -97,9 +99,34 @@ def _hook_train_dataloader() -> None:
     data_utils.get_dataloader = get_dataloader
 
 
+def _hook_eval_negatives() -> None:
+    """``eval_negatives: unseen`` (LLM-ESR's sampled evaluation): the validation and test samplers
+    draw distinct items the user never interacted with (``recbole_llm.data.loaders``)."""
+    import recbole.data.utils as data_utils
+
+    original: Callable[..., Any] = data_utils.create_samplers
+
+    def create_samplers(config: Any, dataset: Any, built_datasets: Any) -> Any:
+        train, valid, test = original(config, dataset, built_datasets)
+        choice = config["eval_negatives"] if "eval_negatives" in config else None
+        if choice is None:
+            return train, valid, test
+        from recbole_llm.data.loaders import UnseenItemSampler, user_sequences
+        from recbole_llm.errors import UserError
+
+        if choice != "unseen" or not hasattr(dataset, "item_list_length_field"):
+            raise UserError(f"eval_negatives={choice!r}: expected ~ (RecBole's draw) or unseen (sequential models)")
+        sequences = user_sequences(dataset)
+        return (train, UnseenItemSampler("valid", sequences, dataset.item_num) if valid is not None else None,
+                UnseenItemSampler("test", sequences, dataset.item_num) if test is not None else None)
+
+    create_samplers.__doc__ = original.__doc__
+    data_utils.create_samplers = create_samplers
+
+
 def install() -> None:
     """Install the hooks once (``import recbole_llm`` does)."""
-    for hook in (_hook_config, _hook_data_preparation, _hook_train_dataloader):
+    for hook in (_hook_config, _hook_data_preparation, _hook_train_dataloader, _hook_eval_negatives):
         if hook.__name__ not in _INSTALLED:
             hook()
             _INSTALLED.append(hook.__name__)

@@ -188,12 +188,16 @@ def test_sampled_ranking_and_other_groups_never_share_a_table(tmp_path: Path) ->
 
     records = [sequential("SASRec", seed, mode, definition) for seed in (1, 2)
                for mode, definition in (("full", "pareto"), ("uni100", "threshold"), ("uni100", "pareto"))]
-    boards = build_boards(records)
+    unseen = [sequential("SASRec", seed, "uni100", "threshold") for seed in (1, 2)]
+    for record in unseen:
+        record["config"]["eval_negatives"] = "unseen"
+    boards = build_boards(records + unseen)
     assert sorted(board.title for board in boards) == [
-        "ml-100k, sequential protocol", "ml-100k, sequential protocol (uni100 ranking)",
+        "ml-100k, sequential protocol", "ml-100k, sequential protocol (uni100 ranking of unseen items, threshold groups)",
+        "ml-100k, sequential protocol (uni100 ranking)",
         "ml-100k, sequential protocol (uni100 ranking, threshold groups)"]
     assert all(len(board.rows) == 1 and board.rows[0].seeds == [1, 2] for board in boards)
-    threshold = next(board for board in boards if "threshold" in board.title)
+    threshold = next(board for board in boards if board.evaluation == "uni100 ranking, threshold groups")
     assert "LLM-ESR's thresholds (head users: evaluated input of at least 9 items; head items: at least 4" \
         in threshold.notes["protocol"]
     assert "ranking: uni100" in threshold.notes["protocol"]

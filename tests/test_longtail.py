@@ -250,3 +250,41 @@ def test_bad_ratio_is_one_clear_error(skewed_root: Path) -> None:
         run("SASRec", DATASET, data_path=skewed_root, overrides={**SMALL, "epochs": 1, "longtail_head_ratio": 1.5},
             output=None, verbose=False)
     assert not list(Path.cwd().glob("runs.jsonl"))
+
+
+def test_unseen_negatives_are_distinct_items_the_user_never_had(skewed_root: Path) -> None:
+    """eval_negatives: unseen (LLM-ESR's draw): each evaluated user's negatives are distinct and
+    none is an item of the user's history up to the target, counted from the .inter file; RecBole's
+    own draw (the default) repeats items and takes history items."""
+    import pandas as pd
+
+    frame = pd.read_csv(skewed_root / DATASET / f"{DATASET}.inter", sep="\t")
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    sampled = {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                             "mode": {"valid": "uni10", "test": "uni10"}}, "eval_batch_size": 4096}
+    for choice in ("unseen", None):
+        config, data, train, valid, test = split(skewed_root, **sampled, eval_negatives=choice)
+        clean = True
+        for phase, loader, cut in (("valid", valid, 1), ("test", test, 0)):
+            for interaction, row_idx, positive_u, positive_i in loader:
+                users = interaction["user_id"].numpy()
+                items = interaction["item_id"].numpy()
+                for row in np.unique(row_idx.numpy()):
+                    mine = row_idx.numpy() == row
+                    user_items = items[mine]
+                    token = data.id2token("user_id", int(users[mine][0]))
+                    kept = set(data.field2token_id["item_id"])  # what RecBole's 5-core filter left
+                    history = [t for t in frame[frame.user_id == token].item_id.astype(str) if t in kept]
+                    history = history[:len(history) - cut]
+                    seen = {int(data.token2id("item_id", t)) for t in history}
+                    negatives = user_items[1:]  # the positive first
+                    assert len(user_items) == 11 and int(user_items[0]) in seen
+                    ok = len(set(negatives.tolist())) == 10 and not (set(negatives.tolist()) & seen)
+                    if choice == "unseen":
+                        assert ok, (phase, token)
+                    clean &= ok
+        if choice is None:
+            assert not clean  # RecBole's own draw is not the reference's
+    with pytest.raises(UserError, match="eval_negatives='all'"):
+        split(skewed_root, **sampled, eval_negatives="all")

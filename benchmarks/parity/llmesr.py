@@ -93,11 +93,10 @@ reference):
    training items); ours encodes each distinct teacher of a batch once.
 4. Sampled evaluation. Official: 100 distinct negatives per user, uniform over the items the user
    has not interacted with up to the target (generators/data.py:11-60, ``random_neq``), redrawn at
-   every pass. Ours: RecBole forces ``repeatable`` for sequential models and so uses its
-   ``RepeatableSampler``, which excludes only the target: the 100 negatives are drawn with
-   replacement and may be items of the user's own history (the share is measured and printed at
-   export); redrawn at every pass too. Our group metrics come from a separate pass over the test
-   split (their own negatives).
+   every pass. Ours: ``eval_negatives: unseen`` draws the same way (``UnseenItemSampler``; RecBole's
+   own draw for sequential models would take them with replacement excluding only the target);
+   the share of history items among our test negatives is measured and printed at export (0 with
+   ``unseen``). Our group metrics come from a separate pass over the test split (their own negatives).
 5. Group metrics: the official ``metric_pop_report`` skips the first evaluated user
    (``if i == 0: continue``) but keeps it in the group sizes (utils/utils.py:284-319); ours does not.
 6. Early stopping: the official stopper needs a strictly better validation NDCG@10, RecBole counts
@@ -148,7 +147,7 @@ EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user
 # group thresholds are added from the command line.
 SAME = {"train_on": "user_sequences", "eval_args": EVAL_ARGS, "valid_metric": "NDCG@10", "stopping_step": 19,
         "train_batch_size": 128, "learning_rate": 0.001, "n_heads": 1, "inner_size": 64, "hidden_act": "relu",
-        "layer_norm_eps": 1e-8, "longtail_groups": "threshold"}
+        "layer_norm_eps": 1e-8, "longtail_groups": "threshold", "eval_negatives": "unseen"}
 # record key -> the official CSV column (utils/utils.py metric_report, metric_len_report, metric_pop_report)
 METRICS = {"ndcg@10": "NDCG@10", "hit@10": "HR@10",
            "ndcg@10_tail_user": "Short NDCG@10", "hit@10_tail_user": "Short HR@10",
@@ -303,7 +302,7 @@ def export(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
           f"interactions, {info['llm_dim']}-d item vectors, {n_similar} similar users of 100 (inputs {info['inputs']}); "
           "the official leave-one-out equals RecBole's split and inputs for every user", flush=True)
     print(f"test groups (user: input >= {args.ts_user} items, item: >= {args.ts_item} interactions): {info['groups']}", flush=True)
-    print(f"our uni100 test negatives (RecBole's RepeatableSampler): {info['sampler']}", flush=True)
+    print(f"our uni100 test negatives (eval_negatives: unseen): {info['sampler']}", flush=True)
     return info
 
 
