@@ -323,6 +323,11 @@ class TIGER(SequentialRecommender):
             feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
         ))
         self.reset_decode_stats()
+        if str(config["device"]).startswith("cpu") and sizes == {**T5_PAPER, "t5_num_decoder_layers": T5_PAPER["t5_num_layers"]}:
+            logger.warning("TIGER at the paper's size trains at about 25 s per step of 256 histories on one CPU thread "
+                           "(ml-100k: hours per epoch); on a CPU the budget variant is --set t5_d_model=~ --set t5_d_ff=~ "
+                           "--set t5_d_kv=~ --set t5_num_heads=~ --set t5_num_layers=~ --set learner=adamw "
+                           "--set learning_rate=0.001 --set tiger_lr_schedule=constant (named in the run's label)")
         meta = semantic_id_meta(config)
         if meta is not None:
             logger.info("semantic IDs: %s", describe(meta))
