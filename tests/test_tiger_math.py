@@ -184,3 +184,20 @@ def test_records_from_before_the_reference_defaults_keep_their_own_label() -> No
            **{key: None for key in T5_PAPER}, "learner": "adamw", "learning_rate": 0.001,
            "tiger_lr_schedule": "constant", "epochs": 30, "train_batch_size": 256}
     assert TIGER.run_label(old) == "TIGER(rqkmeans, scaled codebooks, scaled T5, adamw 0.001 constant, max 30 epochs)"
+
+
+def test_residual_kmeans_is_seeded_and_takes_as_many_codes_as_points() -> None:
+    """The same seed gives the same codebooks (every seed of a run shares one set of semantic IDs),
+    another seed other ones; k-means accepts k equal to the number of points (each its own code)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    first = ResidualKMeans(levels=2, codebook_size=5, iters=3, seed=7).fit(x)
+    again = ResidualKMeans(levels=2, codebook_size=5, iters=3, seed=7).fit(x)
+    other = ResidualKMeans(levels=2, codebook_size=5, iters=3, seed=8).fit(x)
+    assert all(torch.equal(a, b) for a, b in zip(first.codebooks, again.codebooks))
+    assert not all(torch.equal(a, b) for a, b in zip(first.codebooks, other.codebooks))
+    centroids, assign = kmeans(x[:6], 6, 5, torch.Generator().manual_seed(0))
+    assert sorted(assign.tolist()) == list(range(6))
+    torch.testing.assert_close(centroids[assign], x[:6])
+    with pytest.raises(ValueError, match="7 clusters needs at least 7 points"):
+        kmeans(x[:6], 7, 5, torch.Generator().manual_seed(0))
