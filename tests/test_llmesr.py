@@ -311,6 +311,8 @@ def test_training_variants_are_named() -> None:
                  "cross_attention": True, "llm_encoder": "minilm"}
     assert LLMESR.run_label(reference) == "LLM-ESR"
     assert LLMESR.run_label({**reference, "train_on": "prefixes", "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
+    assert LLMESR.run_label({**reference, "train_on": "prefixes", "loss_type": "BPR"}) == "LLM-ESR(BPR on prefixes)"
+    assert LLMESR.run_label({**reference, "train_on": "prefixes"}) == "LLM-ESR(CE on prefixes)"  # RecBole's default
     assert LLMESR.run_label({**reference, "MAX_ITEM_LIST_LENGTH": 20}) == "LLM-ESR(history 20)"
     old = {k: v for k, v in reference.items() if k != "train_on"}  # records from before train_on
     assert LLMESR.run_label({**old, "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
