@@ -354,3 +354,12 @@ def test_predict_encodes_each_history_once_and_scores_like_full_ranking(vector_r
         full = model.full_sort_predict(Interaction({"item_id_list": seq, "item_length": lengths}))[:, 1:8]
     assert calls == [3]  # three histories, one pass each
     torch.testing.assert_close(scores, full)
+    # Histories that fill the whole window (no padding at the end) score alike too.
+    long = torch.randint(1, dataset.item_num, (2, model.max_seq_length), generator=torch.Generator().manual_seed(3))
+    full_length = torch.full((2,), model.max_seq_length)
+    rows = Interaction({"item_id_list": long.repeat_interleave(7, 0), "item_length": full_length.repeat_interleave(7),
+                        "item_id": candidates.repeat(2)})
+    with torch.no_grad():
+        scores = model.predict(rows).view(2, 7)
+        full = model.full_sort_predict(Interaction({"item_id_list": long, "item_length": full_length}))[:, 1:8]
+    torch.testing.assert_close(scores, full)
