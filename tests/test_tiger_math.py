@@ -137,6 +137,7 @@ def test_optimizers_by_name() -> None:
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4
     adagrad = make_optimizer("adagrad", params, 0.4)
     assert isinstance(adagrad, torch.optim.Adagrad) and adagrad.defaults["initial_accumulator_value"] == 0.1
+    assert adagrad.defaults["weight_decay"] == 0.0  # no decay unless asked
     with pytest.raises(ValueError, match="optimizer 'sgd'"):
         make_optimizer("sgd", params, 0.1)
 
