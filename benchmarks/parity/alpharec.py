@@ -77,7 +77,7 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs, run_ours  # noqa: E402
+from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs, run_ours, publish  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -444,10 +444,7 @@ def main() -> None:
                           + (f" --evaluator {args.evaluator}" if args.evaluator != "python" else "")
                           + (f" --workers {args.workers}" if args.workers else ""))]
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,11 @@ def run_ours(name: str, seed: int, overrides: dict[str, Any], run_dir: Path) -> 
     result = {"recall@20": record["test"]["recall@20"], "ndcg@20": record["test"]["ndcg@20"],
               "best_epoch": record["best_epoch"], "seconds": round(time.time() - started, 1), "label": record["label"]}
     return result, record
+
+
+def publish(table: str, out: Path | None) -> None:
+    """Print the Markdown table and, given ``out``, write it there."""
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")

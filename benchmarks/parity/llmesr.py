@@ -136,7 +136,7 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, jsonl_beside, machine_line, read_runs, summarise  # noqa: E402
+from common import append_run, jsonl_beside, machine_line, read_runs, summarise, publish  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -561,10 +561,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     text = table(runs, args, info)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

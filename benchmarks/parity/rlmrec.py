@@ -41,7 +41,7 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs  # noqa: E402
+from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs, publish  # noqa: E402
 from common import run_ours as run_recbole_llm  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -190,9 +190,7 @@ def main() -> None:
     lines += ["", machine_line(f"python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
                                f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else ""))]
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":
