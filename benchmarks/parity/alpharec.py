@@ -8,10 +8,13 @@ and prints both side by side.
 
     python benchmarks/parity/alpharec.py --official ~/src/AlphaRec [--seeds 2023 2024 2025]
         [--epochs N] [--hidden official|reference] [--evaluator python|cpp] [--workers 0]
-        [--out results/parity/alpharec-ml-100k.md]
+        [--device cpu|cuda] [--sides official ours] [--out results/parity/alpharec-ml-100k.md]
 
-With --out, each finished pair of runs is appended to the JSONL beside the table and skipped when
-the command is run again (with the same settings), so a long comparison can be resumed.
+With --out, each finished run (one side, one seed) is appended to the JSONL beside the table and
+skipped when the command is run again (with the same settings), so a long comparison can be
+resumed, and the sides and seeds can be run by separate commands (in parallel on one GPU, say)
+into one JSONL. --device cuda runs both sides on the GPU (the official code without patch 1; ours
+with RecBole's ``use_gpu``); runs on different devices are kept apart.
 
 The official input: ``data/General/ml-100k/cf_data/{train,valid,test}.txt``, a line per user,
 ``user item item ...`` (0-based ids: RecBole id - 1), and
@@ -31,7 +34,8 @@ our default width (the official first layer's 4096 x 1152 weights kept for any L
 for MiniLM), patched into the official code (patch 9).
 
 Patches to the scratch copy (printed when applied):
-1. CPU: ``torch.device(args.cuda)`` becomes the CPU and ``.cuda(self.device)`` ``.to(self.device)``.
+1. With --device cpu (the default): ``torch.device(args.cuda)`` becomes the CPU and
+   ``.cuda(self.device)`` ``.to(self.device)``.
 2. ``import wandb`` removed (it is used only without ``--no_wandb``, which is passed).
 3. matplotlib imports removed and the training-curve plot after training dropped (matplotlib is
    not installed here, and the plot's log parser cannot read NumPy 2's ``np.float32(...)``; the
@@ -77,7 +81,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs, run_ours, publish  # noqa: E402
+from common import (SIDES, append_run, comparison_cells, device_name, jsonl_beside, machine_line,  # noqa: E402
+                    missing_sides, ours_device, paired, publish, read_runs, run_ours)
 
 warnings.filterwarnings("ignore")
 
@@ -248,7 +253,8 @@ class Patcher:
         print(f"patch {number}: {what} [{', '.join(dict.fromkeys(files))}]", flush=True)
 
 
-def scratch_copy(official: Path, work: Path, evaluator: str, hidden_width: int | None, dim: int | None) -> Path:
+def scratch_copy(official: Path, work: Path, evaluator: str, hidden_width: int | None, dim: int | None,
+                 device: str = "cpu") -> Path:
     """The checkout copied (without data, weights or compiled files) and patched; see the docstring."""
     target = work / "AlphaRec"
     shutil.copytree(official, target, ignore=shutil.ignore_patterns(".git", "data", "weights", "logs", "build",
@@ -256,15 +262,16 @@ def scratch_copy(official: Path, work: Path, evaluator: str, hidden_width: int |
     patch = Patcher(target)
     base = "models/General/base"
     cpu = []
-    for path in [target / "models/General/AlphaRec.py", *sorted((target / base).glob("*.py"))]:
+    for path in [target / "models/General/AlphaRec.py", *sorted((target / base).glob("*.py"))] if device == "cpu" else []:
         text = path.read_text()
         new = text.replace("torch.device(args.cuda)", 'torch.device("cpu")').replace(".cuda(self.device)", ".to(self.device)")
         if new != text:
             path.write_text(new)
             cpu.append(str(path.relative_to(target)))
-    if not cpu:
+    if device == "cpu" and not cpu:
         raise SystemExit("patch 1 (CPU) did not apply: no torch.device(args.cuda) / .cuda(self.device) found")
-    patch.announce(1, "CPU: torch.device(args.cuda) -> cpu, .cuda(self.device) -> .to(self.device)", cpu)
+    if device == "cpu":
+        patch.announce(1, "CPU: torch.device(args.cuda) -> cpu, .cuda(self.device) -> .to(self.device)", cpu)
     patch.edit(2, "import wandb removed (unused with --no_wandb)", [(f"{base}/abstract_RS.py", "import wandb\n", "")])
     patch.edit(3, "matplotlib imports and the training-curve plot removed", [
         (f"{base}/abstract_data.py", "import matplotlib.pyplot as plt\n", ""),
@@ -329,7 +336,7 @@ def metric_of(line: str, name: str) -> float:
     return float(match.group(1))
 
 
-def run_official(copy: Path, seed: int, epochs: int | None, workers: int, log: Path) -> dict[str, Any]:
+def run_official(copy: Path, seed: int, epochs: int | None, workers: int, log: Path, device: str = "cpu") -> dict[str, Any]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.time()
     with open(log, "w") as out:
@@ -347,16 +354,16 @@ def run_official(copy: Path, seed: int, epochs: int | None, workers: int, log: P
     return {"recall@20": metric_of(tests[-1], "recall"), "ndcg@20": metric_of(tests[-1], "ndcg"),
             "best_epoch": int(best[-1]), "epochs_run": len(epoch_times),
             "train_s_per_epoch": round(sum(epoch_times) / len(epoch_times), 2) if epoch_times else None,
-            "eval_s": round(sum(eval_times), 1), "seconds": seconds}
+            "eval_s": round(sum(eval_times), 1), "seconds": seconds, "machine": device_name(device)}
 
 
-def run_alpharec(seed: int, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    result, record = run_ours("AlphaRec", seed, overrides, run_dir)
+def run_alpharec(seed: int, overrides: dict[str, Any], run_dir: Path, device: str = "cpu") -> dict[str, Any]:
+    result, record = run_ours("AlphaRec", seed, {**overrides, **ours_device(device)}, run_dir)
     log = run_dir / "run.log"
     times = [float(t) for t in re.findall(r"training \[time: ([\d.]+)s", log.read_text())] if log.is_file() else []
     return {**result, "epochs_run": record["epochs_run"],
             "train_s_per_epoch": round(sum(times) / len(times), 2) if times else None,
-            "n_params": record["n_params"]}
+            "n_params": record["n_params"], "machine": device_name(device)}
 
 
 def mean_of(rows: list[dict[str, Any]], side: str, key: str) -> str:
@@ -376,6 +383,8 @@ def main() -> None:
     parser.add_argument("--evaluator", choices=["python", "cpp"], default="python",
                         help="official evaluator: Python stand-ins (patch 8) or the C++ one built with Cython")
     parser.add_argument("--workers", type=int, default=0, help="the official DataLoader's --num_workers")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table (Markdown) here and the runs beside it (JSONL; finished runs are skipped)")
     args = parser.parse_args()
@@ -399,7 +408,7 @@ def main() -> None:
     staging = work / "export"
     counts = export_split(staging, overrides)
     width = reference_hidden_width(counts["dim"]) if args.hidden == "reference" else None
-    copy = scratch_copy(args.official, work, args.evaluator, width, counts["dim"])
+    copy = scratch_copy(args.official, work, args.evaluator, width, counts["dim"], args.device)
     shutil.copytree(staging, copy / "data" / "General" / DATASET)
     print(f"ml-100k split exported: {counts}; MLP hidden width "
           f"{width or int(OFFICIAL_MULTIPLIER * counts['dim'])} on both sides", flush=True)
@@ -407,20 +416,26 @@ def main() -> None:
     for line in unmatched(counts, args.workers):
         print(f"    - {line}")
 
-    setting = {"epochs": args.epochs, "hidden": args.hidden, "evaluator": args.evaluator, "workers": args.workers}
+    setting = {"epochs": args.epochs, "hidden": args.hidden, "evaluator": args.evaluator, "workers": args.workers,
+               "device": args.device}
     store = jsonl_beside(args.out)
-    runs = [r for r in read_runs(store) if r["seed"] in args.seeds and all(r.get(k) == v for k, v in setting.items())]
+    runs = [r for r in read_runs(store) if r["seed"] in args.seeds
+            and all(r.get(k, "cpu" if k == "device" else None) == v for k, v in setting.items())]
     for seed in args.seeds:
-        if any(r["seed"] == seed for r in runs):
-            continue
-        theirs = run_official(copy, seed, args.epochs, args.workers, work / f"official-{seed}.log")
-        ours = run_alpharec(seed, overrides, work / f"ours-{seed}")
-        runs.append({"seed": seed, **setting, "official": theirs, "ours": ours})
-        append_run(store, runs[-1])
+        for side in missing_sides(runs, {"seed": seed, **setting}, args.sides):
+            if side == "official":
+                result = run_official(copy, seed, args.epochs, args.workers, work / f"official-{seed}.log", args.device)
+            else:
+                result = run_alpharec(seed, overrides, work / f"ours-{seed}", args.device)
+            runs.append({"seed": seed, **setting, side: result})
+            append_run(store, runs[-1])
+    runs = paired(runs, ("seed",))
+    if not runs:
+        raise SystemExit("no seed has both sides finished yet: nothing to tabulate")
 
     runs.sort(key=lambda r: args.seeds.index(r["seed"]))
     max_epoch, step = budget(args.epochs)
-    lines = [f"# AlphaRec: official code vs recbole-llm on ml-100k (seeds {', '.join(map(str, args.seeds))})", "",
+    lines = [f"# AlphaRec: official code vs recbole-llm on ml-100k (seeds {', '.join(str(r['seed']) for r in runs)})", "",
              f"Split: general protocol, split_seed 2020 ({counts['train']} train / {counts['valid']} valid / "
              f"{counts['test']} test interactions); item vectors: our MiniLM title vectors on both sides "
              f"({counts['dim']}-d); the official README's AlphaRec settings on both sides (2 layers, tau 0.15, 256 "
@@ -442,7 +457,9 @@ def main() -> None:
                           f"{' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else "")
                           + (f" --hidden {args.hidden}" if args.hidden != "official" else "")
                           + (f" --evaluator {args.evaluator}" if args.evaluator != "python" else "")
-                          + (f" --workers {args.workers}" if args.workers else ""))]
+                          + (f" --workers {args.workers}" if args.workers else "")
+                          + (f" --device {args.device}" if args.device != "cpu" else ""),
+                          [r[side]["machine"] for r in runs for side in SIDES if "machine" in r[side]])]
     table = "\n".join(lines)
     publish(table, args.out)
 

@@ -54,8 +54,45 @@ def comparison_cells(rows: list[dict[str, Any]], metrics: Iterable[str] = ("reca
     return cells + [f"{ratio:.3f}"]
 
 
-def machine_line(command: str) -> str:
-    return f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; command: `{command}`"
+SIDES = ("official", "ours")
+
+
+def device_name(device: str) -> str:
+    """What ran a side: the GPU's name for ``cuda``, else the CPU with its core count."""
+    if device == "cuda":
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)} (CUDA), {os.cpu_count()} CPUs"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def ours_device(device: str) -> dict[str, Any]:
+    """Our side's overrides for ``--device`` (RecBole's own switch)."""
+    return {"use_gpu": device == "cuda"}
+
+
+def missing_sides(runs: list[dict[str, Any]], match: dict[str, Any], sides: Iterable[str]) -> list[str]:
+    """The ``sides`` not yet finished for the runs that equal ``match`` (rows made before
+    ``--device`` existed ran on the CPU)."""
+    done = {side for r in runs if all(r.get(k, "cpu" if k == "device" else None) == v for k, v in match.items())
+            for side in SIDES if side in r}
+    return [side for side in sides if side not in done]
+
+
+def paired(runs: list[dict[str, Any]], keys: Iterable[str]) -> list[dict[str, Any]]:
+    """One row per ``keys`` value holding both sides (the sides may have been run by separate
+    commands, ``--sides``); rows still missing a side are left out."""
+    keys = tuple(keys)
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in runs:
+        merged.setdefault(tuple(r.get(k) for k in keys), {}).update(r)
+    return [r for r in merged.values() if all(side in r for side in SIDES)]
+
+
+def machine_line(command: str, devices: Iterable[str] = ()) -> str:
+    """Where the runs ran (``devices``: the ``machine`` of each side; this machine when none) and how."""
+    where = "; ".join(sorted(set(devices))) or device_name("cpu")
+    return f"Machine: {where}; command: `{command}`"
 
 
 def run_ours(name: str, seed: int, overrides: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -8,12 +8,15 @@ folder and patched there), runs recbole-llm's LLMESR with the same settings and 
 both side by side: NDCG@10 and HR@10 over 100 sampled negatives, overall and per long-tail group.
 
     python benchmarks/parity/llmesr.py --official ~/src/LLM-ESR [--seeds 42 43 44] [--epochs 200]
-        [--ts-user 170] [--ts-item 124] [--max-len 200] [--sides official ours]
+        [--ts-user 170] [--ts-item 124] [--max-len 200] [--sides official ours] [--device cpu|cuda]
         [--out results/parity/llmesr-ml-100k.md]
 
 With --out, each finished run (one side, one seed) is appended to the JSONL beside the table and
 skipped when the command is run again with the same settings and inputs, so a long comparison can
-be resumed (and the two sides can be run by separate commands, ``--sides``).
+be resumed (and the sides and seeds can be run by separate commands, ``--sides``/``--seeds``, in
+parallel on one GPU, say). --device cuda runs both sides on the GPU (ours with RecBole's
+``use_gpu``); --device cpu (the default) hides the GPUs from the official code, which takes cuda:0
+whenever it sees one. Runs on different devices are kept apart.
 
 The official input, written to ``data/ml-100k/handled/`` of the scratch copy:
 - ``inter.txt``: ``user item`` lines, users 1..U and items 1..I (RecBole's internal ids), each
@@ -136,7 +139,7 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, jsonl_beside, machine_line, read_runs, summarise, publish  # noqa: E402
+from common import append_run, device_name, jsonl_beside, machine_line, ours_device, publish, read_runs, summarise  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -158,7 +161,7 @@ METRICS = {"ndcg@10": "NDCG@10", "hit@10": "HR@10",
 
 def ours_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**SAME, "MAX_ITEM_LIST_LENGTH": args.max_len, "epochs": args.epochs,
-            "longtail_user_threshold": args.ts_user, "longtail_item_threshold": args.ts_item}
+            "longtail_user_threshold": args.ts_user, "longtail_item_threshold": args.ts_item, **ours_device(args.device)}
 
 
 def official_sequences(path: Path) -> dict[int, tuple[list[int], list[int], list[int]]]:
@@ -360,7 +363,8 @@ def run_official(copy: Path, seed: int, args: argparse.Namespace, out: Path) -> 
     started = time.time()
     with open(out, "w") as f:
         code = subprocess.call(command, cwd=copy, stdout=f, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                               env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                    **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})})
     seconds = time.time() - started
     rows = list(csv.DictReader(results.open())) if results.is_file() else []
     if code or len(rows) != rows_before + 1:
@@ -376,7 +380,8 @@ def run_official(copy: Path, seed: int, args: argparse.Namespace, out: Path) -> 
     return {**result, "best_epoch": best[-1] if best else None, "epochs_run": epochs_run,
             "train_s": round(train_s, 1) if train_s is not None else None,
             "s_per_epoch": round(train_s / epochs_run, 1) if train_s and epochs_run else None,
-            "seconds": round(seconds, 1), "command": " ".join(c if c else '""' for c in command[1:])}
+            "seconds": round(seconds, 1), "command": " ".join(c if c else '""' for c in command[1:]),
+            "machine": device_name(args.device)}
 
 
 class _FirstBatches:
@@ -428,7 +433,7 @@ def run_ours(seed: int, args: argparse.Namespace, run_dir: Path) -> dict[str, An
             "train_s": record.get("train_time_s"),
             "s_per_epoch": round(record["train_time_s"] / epochs_run, 1) if epochs_run and record.get("train_time_s") else None,
             "seconds": round(time.time() - started, 1), "label": record.get("label"),
-            "test_rows": groups.get("test_rows"), "head_items": groups.get("head_items")}
+            "test_rows": groups.get("test_rows"), "head_items": groups.get("head_items"), "machine": device_name(args.device)}
 
 
 def _check_groups(result: dict[str, Any], info: dict[str, Any]) -> None:
@@ -496,15 +501,17 @@ def table(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
               "attention is not causal (its mask is commented out: in training each position sees its target), ours is; "
               "backbone (official pre-LN SASRec, embeddings scaled by sqrt(64), no input LayerNorm, xavier init, a bias "
               "on the cross-attention output; ours RecBole's post-LN SASRec layers); the distillation student (official: "
-              "a second forward pass; ours: the loss's own pass); sampled negatives (official: distinct, never the user's "
-              "items; ours: RecBole's RepeatableSampler, with replacement, excluding only the target - at export "
+              "a second forward pass; ours: the loss's own pass); sampled negatives drawn alike but by different code "
+              "(both distinct and never the user's items up to the target: ours with eval_negatives unseen - at export "
               f"{s['share_in_history']:.1%} of our test negatives were items of the user's history, "
-              f"{s['share_duplicates']:.1%} repeats); tie handling of early stopping. Official code patched: --dataset "
+              f"{s['share_duplicates']:.1%} repeats); tie handling of early stopping; seeds consumed by different code. Official code patched: --dataset "
               "ml-100k accepted, set_detect_anomaly removed, np.Inf -> np.inf"
               + (f", {args.max_train_batches} training batches per epoch." if args.max_train_batches else "."), "",
               machine_line(f"python benchmarks/parity/llmesr.py --official <checkout> --seeds {' '.join(map(str, args.seeds))} "
                            f"--epochs {args.epochs} --ts-user {args.ts_user} --ts-item {args.ts_item} --max-len {args.max_len}"
-                           + (f" --max-train-batches {args.max_train_batches}" if args.max_train_batches else ""))]
+                           + (f" --max-train-batches {args.max_train_batches}" if args.max_train_batches else "")
+                           + (f" --device {args.device}" if args.device != "cpu" else ""),
+                           [r["machine"] for r in runs if "machine" in r])]
     return "\n".join(lines)
 
 
@@ -529,6 +536,7 @@ def main() -> None:
     parser.add_argument("--max-train-batches", type=int, default=None,
                         help="smoke tests only: stop each epoch of both sides after this many training batches")
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table (Markdown) here and the runs beside it (JSONL; finished runs are skipped)")
     args = parser.parse_args()
@@ -543,9 +551,10 @@ def main() -> None:
     info = export(copy, args)
     _print_overrides(args)
     settings = {"epochs": args.epochs, "ts_user": args.ts_user, "ts_item": args.ts_item, "max_len": args.max_len,
-                "max_train_batches": args.max_train_batches, "inputs": info["inputs"]}
+                "max_train_batches": args.max_train_batches, "inputs": info["inputs"], "device": args.device}
     store = jsonl_beside(args.out)
-    runs = [r for r in read_runs(store) if r["seed"] in args.seeds and all(r.get(k) == v for k, v in settings.items())]
+    runs = [r for r in read_runs(store) if r["seed"] in args.seeds
+            and all(r.get(k, "cpu" if k == "device" else None) == v for k, v in settings.items())]
     for seed in args.seeds:
         for side in args.sides:
             if any(r["side"] == side and r["seed"] == seed for r in runs):

@@ -6,17 +6,21 @@ from a checkout you give (never vendored: it is copied to a scratch folder and p
 runs recbole-llm's models with the same settings and seeds, and prints both side by side.
 
     python benchmarks/parity/rlmrec.py --official ~/src/RLMRec [--models lightgcn lightgcn_plus]
-        [--seeds 2023 2024 2025] [--epochs N] [--out results/parity/rlmrec-ml-100k.md]
+        [--seeds 2023 2024 2025] [--epochs N] [--device cpu|cuda] [--sides official ours]
+        [--out results/parity/rlmrec-ml-100k.md]
 
-With --out, each finished pair of runs is appended to the JSONL beside the table and skipped when
-the command is run again, so a long comparison can be resumed.
+With --out, each finished run (one side, one model, one seed) is appended to the JSONL beside the
+table and skipped when the command is run again, so a long comparison can be resumed, and the
+sides and seeds can be run by separate commands (in parallel on one GPU, say) into one JSONL.
+--device cuda runs both sides on the GPU (the official code as published; ours with RecBole's
+``use_gpu``); runs on different devices are kept apart.
 
 Official model -> ours: lightgcn -> RLMRecLightGCN, lightgcn_plus -> RLMRecCon(LightGCN),
 lightgcn_gene -> RLMRecGen(LightGCN); sgl*/simgcl* likewise. Both read the official YAML's
 Amazon-book row (the official code picks it for --dataset amazon, whose folder holds ml-100k here).
 
 Patches to the scratch copy (printed when applied):
-1. ``.cuda()`` calls removed, so it runs on the CPU (``--device cpu``).
+1. With ``--device cpu`` (the default): ``.cuda()`` calls removed, so it runs on the CPU.
 2. The test split masks the training *and* validation items of each user, as RecBole's full
    ranking does (the official code masks training items only, leaving validation items as
    candidates in the test ranking).
@@ -41,7 +45,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, comparison_cells, jsonl_beside, machine_line, read_runs, publish  # noqa: E402
+from common import (SIDES, append_run, comparison_cells, device_name, jsonl_beside, machine_line,  # noqa: E402
+                    missing_sides, ours_device, paired, publish, read_runs)
 from common import run_ours as run_recbole_llm  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -92,9 +97,9 @@ def export_split(folder: Path) -> dict[str, int]:
     return counts
 
 
-def scratch_copy(official: Path, work: Path, epochs: int | None = None) -> Path:
-    """The checkout copied and patched to run on the CPU with RecBole's test masking (and, given
-    ``epochs``, that training budget)."""
+def scratch_copy(official: Path, work: Path, epochs: int | None = None, device: str = "cpu") -> Path:
+    """The checkout copied and patched with RecBole's test masking (on ``device`` cpu: to run on
+    the CPU; given ``epochs``: that training budget)."""
     target = work / "RLMRec"
     shutil.copytree(official, target, ignore=shutil.ignore_patterns(".git", "data"))
     patched = []
@@ -107,7 +112,7 @@ def scratch_copy(official: Path, work: Path, epochs: int | None = None) -> Path:
                 patched.append(str(path.relative_to(target)))
     for path in (target / "encoder").rglob("*.py"):
         text = path.read_text()
-        new = text.replace(".cuda()", "")
+        new = text.replace(".cuda()", "") if device == "cpu" else text
         if path.name == "data_handler_general_cf.py":
             new = new.replace("tst_data = AllRankTstData(tst_mat, trn_mat)",
                               "tst_data = AllRankTstData(tst_mat, (trn_mat + val_mat).tocoo())")
@@ -123,12 +128,12 @@ def scratch_copy(official: Path, work: Path, epochs: int | None = None) -> Path:
 RESULT = re.compile(r"Final test result: (\{.*\})")
 
 
-def run_official(copy: Path, model: str, seed: int, log: Path) -> dict[str, float]:
+def run_official(copy: Path, model: str, seed: int, log: Path, device: str = "cpu") -> dict[str, float]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.time()
     with open(log, "w") as out:
         code = subprocess.call([sys.executable, "encoder/train_encoder.py", "--model", model, "--dataset", "amazon",
-                                "--device", "cpu", "--seed", str(seed)], cwd=copy, stdout=out, stderr=subprocess.STDOUT, env=env)
+                                "--device", device, "--seed", str(seed)], cwd=copy, stdout=out, stderr=subprocess.STDOUT, env=env)
     text = log.read_text()
     match = RESULT.search(text)
     if code or not match:
@@ -139,13 +144,15 @@ def run_official(copy: Path, model: str, seed: int, log: Path) -> dict[str, floa
     best = re.findall(r"Best Epoch (\d+)", text)
     # k = [5, 10, 20] in every official YAML: the last entry is @20
     return {"recall@20": float(values["recall"][-1]), "ndcg@20": float(values["ndcg"][-1]),
-            "best_epoch": int(best[-1]) if best else None, "seconds": round(time.time() - started, 1)}
+            "best_epoch": int(best[-1]) if best else None, "seconds": round(time.time() - started, 1),
+            "machine": device_name(device)}
 
 
-def run_ours(model: str, seed: int, work: Path, epochs: int | None = None) -> dict[str, float]:
+def run_ours(model: str, seed: int, work: Path, epochs: int | None = None, device: str = "cpu") -> dict[str, float]:
     name, overrides = OURS[model]
-    protocol = {**SAME_PROTOCOL, **({"epochs": epochs} if epochs else {})}
-    return run_recbole_llm(name, seed, {**overrides, **protocol}, work / f"ours-{model}-{seed}")[0]
+    protocol = {**SAME_PROTOCOL, **({"epochs": epochs} if epochs else {}), **ours_device(device)}
+    result = run_recbole_llm(name, seed, {**overrides, **protocol}, work / f"ours-{model}-{seed}")[0]
+    return {**result, "machine": device_name(device)}
 
 
 def main() -> None:
@@ -155,6 +162,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[2023, 2024, 2025])
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget for both sides (default: the official 3000, i.e. early stopping decides)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table (Markdown) here and the runs beside it (JSONL; finished runs are skipped)")
     args = parser.parse_args()
@@ -162,20 +171,23 @@ def main() -> None:
         parser.error(f"--official {args.official}: expected a checkout of HKUDS/RLMRec (encoder/train_encoder.py)")
 
     work = Path(tempfile.mkdtemp(prefix="rlmrec-parity-"))
-    copy = scratch_copy(args.official, work, args.epochs)
+    copy = scratch_copy(args.official, work, args.epochs, args.device)
     counts = export_split(copy / "data" / "amazon")
     print(f"ml-100k split exported: {counts}", flush=True)
     store = jsonl_beside(args.out)
     runs = [r for r in read_runs(store) if r["official_model"] in args.models and r["seed"] in args.seeds
-            and r.get("epochs") == args.epochs]
+            and r.get("epochs") == args.epochs and r.get("device", "cpu") == args.device]
     for model in args.models:
         for seed in args.seeds:
-            if any(r["official_model"] == model and r["seed"] == seed for r in runs):
-                continue
-            theirs = run_official(copy, model, seed, work / f"official-{model}-{seed}.log")
-            ours = run_ours(model, seed, work, args.epochs)
-            runs.append({"official_model": model, "seed": seed, "epochs": args.epochs, "official": theirs, "ours": ours})
-            append_run(store, runs[-1])
+            key = {"official_model": model, "seed": seed, "epochs": args.epochs, "device": args.device}
+            for side in missing_sides(runs, key, args.sides):
+                if side == "official":
+                    result = run_official(copy, model, seed, work / f"official-{model}-{seed}.log", args.device)
+                else:
+                    result = run_ours(model, seed, work, args.epochs, args.device)
+                runs.append({**key, side: result})
+                append_run(store, runs[-1])
+    runs = paired(runs, ("official_model", "seed"))
 
     lines = [f"# RLMRec: official code vs recbole-llm on ml-100k (seeds {', '.join(map(str, args.seeds))})", "",
              f"Split: general protocol, split_seed 2020 ({counts['trn']} train / {counts['val']} valid / "
@@ -186,9 +198,17 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for model in args.models:
         rows = [r for r in runs if r["official_model"] == model]
+        if not rows:
+            lines.append(f"| {model} | (not finished) | | | | | |")
+            continue
         lines.append("| " + " | ".join([model, rows[0]["ours"]["label"], *comparison_cells(rows)]) + " |")
+    lines += ["", "Best epochs (official / ours): " + "; ".join(
+        f"{r['official_model']} seed {r['seed']}: {r['official']['best_epoch']} / {r['ours']['best_epoch']}"
+        for r in sorted(runs, key=lambda r: (args.models.index(r["official_model"]), r["seed"]))) + "."]
     lines += ["", machine_line(f"python benchmarks/parity/rlmrec.py --official <checkout> --models {' '.join(args.models)} "
-                               f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else ""))]
+                               f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs}" if args.epochs else "")
+                               + (f" --device {args.device}" if args.device != "cpu" else ""),
+                               [r[side]["machine"] for r in runs for side in SIDES if "machine" in r[side]])]
     table = "\n".join(lines)
     publish(table, args.out)
 
