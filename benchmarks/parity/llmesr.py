@@ -281,9 +281,13 @@ def export(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     for name, value in files.items():
         with open(handled / name, "wb") as f:
             pickle.dump(value, f)
+    # What identifies the inputs across machines: the split, the similar users and the LLM vectors to
+    # 5 decimals (the PCA-64 start is a function of the vectors, asserted above; its SVD differs in
+    # the last bits from one BLAS to another, so its bytes would tie a resumed comparison to one machine).
     digest = hashlib.sha256()
-    for name in ("inter.txt", *files):
-        digest.update((handled / name).read_bytes())
+    digest.update((handled / "inter.txt").read_bytes())
+    digest.update(files["sim_user_100.pkl"].tobytes())
+    digest.update(np.round(item_llm.astype(np.float64), 5).tobytes())
 
     # Group sizes on the test split, by the official definitions (= ours under `threshold`).
     popularity = np.zeros(data.item_num, dtype=np.int64)
