@@ -269,6 +269,54 @@ def test_negatives_are_uniform_over_items_the_user_never_trained_on(vector_root:
     assert (counts > 0).all()  # every item is some user's negative (no item is left out)
 
 
+def test_negatives_hit_each_allowed_item_as_often_as_a_uniform_draw(vector_root: Path) -> None:
+    """Counts per item against the expectation of a uniform draw over each user's allowed items
+    (1..n-1 less the user's training items): an item left out of the first draw (item 1, say) and
+    reached only by redraws shows up far below its expectation."""
+    _, dataset, _, model = build(vector_root)
+    full = inter_histories(vector_root)
+    users = torch.arange(1, dataset.user_num).repeat_interleave(100)
+    torch.manual_seed(1)
+    negatives = model.sample_negatives(users, (len(users), 40))
+    expected = torch.zeros(dataset.item_num, dtype=torch.float64)
+    for user in range(1, dataset.user_num):
+        training = {dataset.token2id("item_id", t) for t in full[dataset.id2token("user_id", user)][:-2]}
+        allowed = [i for i in range(1, dataset.item_num) if i not in training]
+        expected[allowed] += 100 * 40 / len(allowed)
+    counts = torch.bincount(negatives.view(-1), minlength=dataset.item_num).double()
+    ratio = counts[1:] / expected[1:]
+    assert ratio.min() > 0.85 and ratio.max() < 1.15, (ratio.min(), ratio.max())
+    # A user who trained on every item but 1 and 2: nearly every draw is redrawn, and the redraws
+    # too must reach both, evenly (NEGATIVE_DRAWS bounds the redraws: a row in a thousand may keep
+    # a training item).
+    n = dataset.item_num
+    model.train_keys = torch.tensor([n + i for i in range(3, n)])  # user 1 * n + item
+    rows = model.sample_negatives(torch.ones(4000, dtype=torch.long), (4000, 1)).view(-1)
+    allowed = rows[rows <= 2]
+    assert len(allowed) > 0.99 * len(rows) and abs((allowed == 1).float().mean().item() - 0.5) < 0.05
+
+
+def test_teachers_drop_their_last_item_unless_it_is_their_only_one(vector_root: Path) -> None:
+    """A teacher's representation, by hand: its training sequence less the last item, encoded, read
+    at the new last position; a one-item sequence is kept whole; a full window loses its last item."""
+    _, dataset, _, model = build(vector_root, alpha=0.1)
+    model.eval()
+    window = model.max_seq_length
+    items = [(i % (dataset.item_num - 1)) + 1 for i in range(window)]
+    sequences = {1: items[:1], 2: items[1:3], 3: items}  # teachers with 1, 2 and a full window of items
+    for teacher, seq in sequences.items():
+        model.train_seq[teacher] = 0
+        model.train_seq[teacher, :len(seq)] = torch.tensor(seq)
+        model.train_len[teacher] = len(seq)
+    model.similar = torch.tensor([[1, 2, 3]]).expand(dataset.user_num, 3).clone()
+    with torch.no_grad():
+        reps = [model.encode(torch.tensor([sequences[1]]))[0, 0],
+                model.encode(torch.tensor([sequences[2][:1]]))[0, 0],
+                model.encode(torch.tensor([sequences[3][:-1]]))[0, window - 2]]
+        got = model._teacher(torch.tensor([4]), drop_last=True)
+    torch.testing.assert_close(got[0], torch.stack(reps).mean(0), rtol=1e-4, atol=1e-5)
+
+
 def test_reference_loss_is_bce_at_every_position_plus_distillation(vector_root: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The loss against a computation from the reference's formula, negatives fixed: at position t
