@@ -176,6 +176,13 @@ def test_projector_width_follows_the_reference_rule(d_in: int, hidden: int) -> N
     assert isinstance(linear, torch.nn.Linear) and linear.bias is None and linear.weight.shape == (64, d_in)
 
 
+def test_configured_width_reaches_the_model(amazon_root: Path) -> None:
+    """projector_hidden_multiplier set in the config is the width AlphaRec builds (not the rule's)."""
+    model = _build(amazon_root, projector_hidden_multiplier=0.5)[-1]
+    d_in = model.item_llm.shape[1]
+    assert model.projector[0].out_features == int(0.5 * d_in)
+
+
 def _dense_normalised_graph(train_dataset, n_users: int, n_items: int) -> np.ndarray:
     """D^-1/2 A D^-1/2 of the user-item bipartite graph, dense, from the training interactions."""
     a = np.zeros((n_users + n_items, n_users + n_items))

@@ -1,0 +1,53 @@
+"""Edge cases of the shared math, each against a hand computation: users with a single training
+item, nodes of degree one, and the first item id (RecBole's padding is 0, so real items start at 1)."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recbole_llm.model.alpharec import mean_of_items
+from recbole_llm.model.layers import TrainPositives, normalized_adjacency
+
+
+def test_mean_of_items_with_one_two_and_no_training_items() -> None:
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    # user 0: item 2 once; user 1: items 1 and 3 (item 3 recorded twice, one edge); user 2: nothing
+    interactions = sp.coo_matrix((np.ones(4), ([0, 1, 1, 1], [2, 1, 3, 3])), shape=(3, 4))
+    got = mean_of_items(interactions, vectors)
+    expected = np.stack([vectors[2], (vectors[1] + vectors[3]) / 2, np.zeros(3)])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_normalized_adjacency_with_a_node_of_degree_one() -> None:
+    # users 0..2, items 0..2; user 0 - item 0 only (both of degree one), user 1 - items 1 and 2,
+    # user 2 - item 2; item 1 has degree one as well
+    interactions = sp.coo_matrix((np.ones(4), ([0, 1, 1, 2], [0, 1, 2, 2])), shape=(3, 3))
+    dense = np.zeros((6, 6))
+    for u, i in zip(interactions.row, interactions.col):
+        dense[u, 3 + i] = dense[3 + i, u] = 1.0
+    degree = dense.sum(1)
+    expected = dense / np.sqrt(np.outer(degree, degree))
+    got = normalized_adjacency(interactions, 3, 3).to_dense().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_user_uniform_pairs_reach_users_with_a_single_item() -> None:
+    # user 0: item 1 only; user 1: items 1, 2, 3; user 2: nothing (never drawn)
+    positives = TrainPositives(sp.coo_matrix((np.ones(4), ([0, 1, 1, 1], [1, 1, 2, 3])), shape=(3, 5)), 5)
+    users, items = positives.sample_user_positive_pairs(6000, torch.Generator().manual_seed(0))
+    assert set(users.tolist()) == {0, 1}
+    assert abs((users == 0).double().mean().item() - 0.5) < 0.03
+    assert set(items[users == 0].tolist()) == {1} and set(items[users == 1].tolist()) == {1, 2, 3}
+
+
+def test_negatives_reach_the_first_item_in_first_draws_and_redraws() -> None:
+    # user 0 trained on nothing: its draws are uniform over 1..5; user 1 trained on 3..5: nearly
+    # every draw of it is redrawn and must still land on 1 and 2 evenly
+    positives = TrainPositives(sp.coo_matrix((np.ones(3), ([1, 1, 1], [3, 4, 5])), shape=(2, 6)), 6)
+    generator = torch.Generator().manual_seed(0)
+    first = positives.sample_negatives(torch.zeros(4000, dtype=torch.long), 1, generator).view(-1)
+    counts = torch.bincount(first, minlength=6)[1:].double() / len(first)
+    assert (counts - 0.2).abs().max() < 0.03
+    redrawn = positives.sample_negatives(torch.ones(4000, dtype=torch.long), 1, generator).view(-1)
+    assert set(redrawn.tolist()) == {1, 2} and abs((redrawn == 1).double().mean().item() - 0.5) < 0.03
