@@ -183,6 +183,22 @@ def test_gen_reconstruction_is_the_references_recon_loss(profiled_root: Path) ->
     assert recon_part.item() == pytest.approx(0.2 * expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("name, part", [("RLMRecCon", "mapper"), ("RLMRecGen", "decoder")])
+def test_profile_mlps_start_as_the_references(profiled_root: Path, name: str, part: str) -> None:
+    """The reference's _init_weight: xavier-uniform weights (bound sqrt(6 / (fan_in + fan_out))) and
+    torch's default biases, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) - not zeros. Zero biases let Gen's
+    decoder read its small CF inputs and pull them toward the profiles far harder than the reference."""
+    net = build(profiled_root, name, backbone="LightGCN")[-1]
+    layers = [m for m in getattr(net, part).modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 2
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape
+        weight_bound, bias_bound = (6 / (fan_in + fan_out)) ** 0.5, fan_in ** -0.5
+        assert layer.weight.abs().max() <= weight_bound and layer.weight.abs().max() > 0.9 * weight_bound
+        assert layer.bias.abs().max() <= bias_bound and layer.bias.abs().max() > 0.9 * bias_bound
+        assert abs(layer.bias.mean().item()) < 0.2 * bias_bound  # centred, as a uniform draw
+
+
 def test_drop_edges_keeps_the_graphs_shape_and_the_kept_values(monkeypatch: pytest.MonkeyPatch) -> None:
     """Edge j survives iff floor(u_j + keep) = 1; the graph keeps its size even when a node loses
     every edge, and the kept values are not rescaled."""

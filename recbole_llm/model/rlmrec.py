@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.general_recommender.lightgcn import LightGCN
 from recbole.model.general_recommender.sgl import SGL
-from recbole.model.init import xavier_uniform_initialization
 from recbole.utils import InputType
 from torch import nn
 
@@ -218,7 +217,13 @@ class _RLMRec(GeneralRecommender):
         with torch.random.fork_rng(devices=[]):  # modules are built on the CPU; its stream is restored
             torch.default_generator.manual_seed(seed)  # the CPU stream only (torch.manual_seed seeds CUDA too)
             module = make()
-            module.apply(xavier_uniform_initialization)
+            # The reference's initialisation (``_init_weight`` of its *_plus / *_gene models):
+            # xavier-uniform weights, biases left at torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            # Not RecBole's zero biases: with 32-d CF inputs of norm ~0.1 the decoder's first bias
+            # dominates its input, which keeps the reconstruction term near chance as in the reference.
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
         return module
 
     def _backbone_loss(self, interaction) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
