@@ -5,6 +5,7 @@ beam search against an exhaustive search over the catalogue is in test_tiger.py 
 fixture dataset)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,28 @@ def test_residual_kmeans_is_seeded_and_takes_as_many_codes_as_points() -> None:
     torch.testing.assert_close(centroids[assign], x[:6])
     with pytest.raises(ValueError, match="7 clusters needs at least 7 points"):
         kmeans(x[:6], 7, 5, torch.Generator().manual_seed(0))
+
+
+def test_quantize_reports_the_reconstruction_error_of_its_codes() -> None:
+    """Two clean clusters of two points each, one level of 2 codes: each point lies at squared
+    distance 1 from its centroid, so the reported error is 1; a random code puts a point at 1 or
+    101, so the random-code error is the mean of four such values. Vectors are not normalised."""
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+
+    points = np.array([[0, 0], [0, 2], [10, 0], [10, 2]], dtype=np.float32)
+    settings = SemanticIdSettings(method="rqkmeans", levels=1, codebook_sizes=(2,), normalize=False)
+    codes, report = quantize(points, settings)
+    assert codes[0, 0] == codes[1, 0] != codes[2, 0] == codes[3, 0]
+    assert report["reconstruction_mse"] == pytest.approx(1.0)
+    assert report["random_codes_reconstruction_mse"] in [pytest.approx(1 + 25 * k) for k in range(5)]
+
+
+def test_quantize_reports_the_rqvae_loss_at_its_first_and_last_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+    from recbole_llm.model.quantizers import RQVAE
+
+    monkeypatch.setattr(RQVAE, "fit", lambda self, *args, **kwargs: [1.2345678, 0.5, 0.1234567])
+    settings = SemanticIdSettings(method="rqvae", levels=2, codebook_sizes=(4, 4), rqvae_hidden_dims=(8,),
+                                  rqvae_latent_dim=4, normalize=False)
+    _, report = quantize(np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32), settings)
+    assert report["rqvae_loss_first_last"] == [1.23457, 0.12346]
