@@ -249,6 +249,9 @@ def test_the_papers_optimiser_and_step_budget(data_root: Path) -> None:
     assert isinstance(trainer.optimizer, Adafactor)
     group = trainer.optimizer.param_groups[0]
     assert group["lr"] == 0.01 and group["scale_parameter"] and not group["relative_step"] and not group["warmup_init"]
+    assert group["weight_decay"] == 0.0  # none unless asked
+    decayed = _build(data_root, learner="adafactor", learning_rate=0.01, weight_decay=0.01)
+    assert TIGERTrainer(decayed[0], decayed[-1]).optimizer.param_groups[0]["weight_decay"] == 0.01
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(train, valid, saved=False, show_progress=False)
     batches = len(train)
