@@ -82,7 +82,7 @@ import numpy as np
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (SIDES, append_run, comparison_cells, device_name, jsonl_beside, machine_line,  # noqa: E402
-                    missing_sides, ours_device, paired, publish, read_runs, run_ours)
+                    missing_sides, ours_device, paired, publish, read_runs, same_settings, run_ours)
 
 warnings.filterwarnings("ignore")
 
@@ -420,7 +420,7 @@ def main() -> None:
                "device": args.device}
     store = jsonl_beside(args.out)
     runs = [r for r in read_runs(store) if r["seed"] in args.seeds
-            and all(r.get(k, "cpu" if k == "device" else None) == v for k, v in setting.items())]
+            and same_settings(r, setting)]
     for seed in args.seeds:
         for side in missing_sides(runs, {"seed": seed, **setting}, args.sides):
             if side == "official":

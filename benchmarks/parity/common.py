@@ -71,11 +71,14 @@ def ours_device(device: str) -> dict[str, Any]:
     return {"use_gpu": device == "cuda"}
 
 
+def same_settings(run: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether a stored run was made with ``settings`` (rows made before ``--device`` existed ran on the CPU)."""
+    return all(run.get(k, "cpu" if k == "device" else None) == v for k, v in settings.items())
+
+
 def missing_sides(runs: list[dict[str, Any]], match: dict[str, Any], sides: Iterable[str]) -> list[str]:
-    """The ``sides`` not yet finished for the runs that equal ``match`` (rows made before
-    ``--device`` existed ran on the CPU)."""
-    done = {side for r in runs if all(r.get(k, "cpu" if k == "device" else None) == v for k, v in match.items())
-            for side in SIDES if side in r}
+    """The ``sides`` not yet finished for the runs made with the settings ``match``."""
+    done = {side for r in runs if same_settings(r, match) for side in SIDES if side in r}
     return [side for side in sides if side not in done]
 
 

@@ -139,7 +139,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_run, device_name, jsonl_beside, machine_line, ours_device, publish, read_runs, summarise  # noqa: E402
+from common import (append_run, device_name, jsonl_beside, machine_line, ours_device, publish,  # noqa: E402
+                    read_runs, same_settings, summarise)
 
 warnings.filterwarnings("ignore")
 
@@ -558,7 +559,7 @@ def main() -> None:
                 "max_train_batches": args.max_train_batches, "inputs": info["inputs"], "device": args.device}
     store = jsonl_beside(args.out)
     runs = [r for r in read_runs(store) if r["seed"] in args.seeds
-            and all(r.get(k, "cpu" if k == "device" else None) == v for k, v in settings.items())]
+            and same_settings(r, settings)]
     for seed in args.seeds:
         for side in args.sides:
             if any(r["side"] == side and r["seed"] == seed for r in runs):

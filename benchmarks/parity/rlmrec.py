@@ -46,7 +46,7 @@ import numpy as np
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (SIDES, append_run, comparison_cells, device_name, jsonl_beside, machine_line,  # noqa: E402
-                    missing_sides, ours_device, paired, publish, read_runs)
+                    missing_sides, ours_device, paired, publish, read_runs, same_settings)
 from common import run_ours as run_recbole_llm  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -176,7 +176,7 @@ def main() -> None:
     print(f"ml-100k split exported: {counts}", flush=True)
     store = jsonl_beside(args.out)
     runs = [r for r in read_runs(store) if r["official_model"] in args.models and r["seed"] in args.seeds
-            and r.get("epochs") == args.epochs and r.get("device", "cpu") == args.device]
+            and same_settings(r, {"epochs": args.epochs, "device": args.device})]
     for model in args.models:
         for seed in args.seeds:
             key = {"official_model": model, "seed": seed, "epochs": args.epochs, "device": args.device}

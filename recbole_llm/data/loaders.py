@@ -49,6 +49,7 @@ class UnseenItemSampler:
     def __init__(self, phase: str, sequences: dict[int, np.ndarray], item_num: int) -> None:
         self.phase = phase
         self.item_num = item_num
+        self.items = np.arange(1, item_num)  # every real item (0 is RecBole's padding)
         seen = (lambda items: items[:-1]) if phase == "valid" else (lambda items: items)
         self.excluded = {user: np.unique(seen(items)) for user, items in sequences.items()}
 
@@ -58,7 +59,7 @@ class UnseenItemSampler:
         out = np.empty((len(user_ids), num), dtype=np.int64)
         for row, (user, target) in enumerate(zip(np.asarray(user_ids), np.asarray(item_ids))):
             excluded = np.union1d(self.excluded.get(int(user), np.zeros(0, dtype=np.int64)), [target])
-            pool = np.setdiff1d(np.arange(1, self.item_num), excluded, assume_unique=True)
+            pool = np.setdiff1d(self.items, excluded, assume_unique=True)
             if len(pool) < num:
                 from recbole_llm.errors import UserError
 
