@@ -35,3 +35,28 @@ def test_comparison_cells_are_mean_and_stdev_and_the_ratio_of_means():
 def test_machine_line_names_every_device_once():
     line = common.machine_line("cmd", ["GPU A", "GPU A", "CPU B"])
     assert line == "Machine: CPU B; GPU A; command: `cmd`"
+
+
+def test_alpharec_sampler_standin_draws_uniformly_from_the_allowed_items_only():
+    import ast
+
+    import numpy as np
+
+    source = (Path(__file__).resolve().parents[1] / "benchmarks" / "parity" / "alpharec.py").read_text()
+    # The stand-in is a string constant the script writes into the official copy: read it without
+    # importing the script (that would import recbole_llm and RecBole).
+    text = next(node.value.value for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", "") == "SAMPLER_STANDIN")
+    namespace: dict = {}
+    exec(text, namespace)
+    np.random.seed(0)
+    excluded = [0, 3, 4, 9]
+    draws = np.concatenate([namespace["randint_choice"](10, size=256, exclusion=excluded) for _ in range(200)])
+    assert draws.shape == (51200,)
+    counts = np.bincount(draws, minlength=10)
+    assert (counts[excluded] == 0).all()
+    allowed = counts[[1, 2, 5, 6, 7, 8]]
+    expected = len(draws) / 6
+    assert ((allowed - expected) ** 2 / expected).sum() < 20.5  # chi-square, 5 dof, p = 0.001
+    one_left = namespace["randint_choice"](3, size=7, exclusion=[0, 2])
+    assert one_left.tolist() == [1] * 7
