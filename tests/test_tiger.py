@@ -401,3 +401,36 @@ def test_defaults_are_the_papers_and_sizes_left_unset_scale_with_the_catalogue(t
     assert t5_sizes({"t5_d_model": 96}, 1683)["t5_d_model"] == 96
     with pytest.raises(UserError, match="t5_num_heads=0"):
         t5_sizes({"t5_num_heads": 0}, 1683)
+
+
+def test_training_loss_is_the_mean_of_each_history_alone(data_root: Path) -> None:
+    """Padding changes nothing: the batch loss equals the mean over histories of T5's loss on each
+    history unpadded (user token, then each item's codes), which fails if padding is attended."""
+    *_, train, _, _, model = _build(data_root)
+    model.eval()  # no dropout, so both computations see the same network
+    batch = next(iter(train))
+    seqs, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    assert lengths.min() < lengths.max()  # the batch has padded histories
+    alone = []
+    for row in range(len(seqs)):
+        items = seqs[row, :lengths[row]]
+        user_token = int(batch[model.USER_ID][row]) % model.user_buckets + model.user_offset
+        tokens = torch.cat([torch.tensor([user_token]), model.item_tokens[items].flatten()]).view(1, -1)
+        labels = model.item_tokens[batch[model.POS_ITEM_ID][row]].view(1, -1)
+        logits = model.t5(input_ids=tokens, labels=labels).logits[0]
+        alone.append(torch.nn.functional.cross_entropy(logits, labels[0]))
+    with torch.no_grad():
+        torch.testing.assert_close(model.calculate_loss(batch), torch.stack(alone).mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_full_ranking_scores_rank_the_beams_and_nothing_else(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    *_, model = _build(data_root)
+    model.beam_size = 4
+    inf = float("inf")
+    # Beam 1 ends on no item (an unconstrained tuple off the trie), beam 2 was never filled.
+    beams = (torch.tensor([[3, 0, 5, 7]]), torch.tensor([[-1.0, -2.0, -inf, -3.0]]))
+    monkeypatch.setattr(model, "recommend", lambda interaction: beams)
+    scores = model.full_sort_predict(None)
+    expected = torch.full((1, model.n_items), -inf)
+    expected[0, 3], expected[0, 7] = 4.0, 1.0  # beam_size - rank
+    torch.testing.assert_close(scores, expected)
