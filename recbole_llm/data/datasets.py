@@ -69,7 +69,7 @@ class DatasetInfo:
     name: str
     present: bool
     path: Path
-    source: str  # "embedded", "local", "downloadable"
+    source: str  # "embedded", "local", "downloadable", "importable", "missing"
     configured: bool  # has a properties/dataset YAML of this toolkit
 
 
@@ -150,6 +150,11 @@ def resolve_dataset(name: str, data_path: str | os.PathLike | None = None, downl
                     f"in {folder}/ or pass --data-path to the folder that holds {name}/"
                 ) from None
         else:
+            from recbole_llm.data.importers import IMPORTERS
+
+            if name in IMPORTERS:
+                raise UserError(f"dataset '{name}' is not under {folder}; import it from its original files: "
+                                f"recbole-llm datasets import {name} --from PATH (see --help there)")
             hint = " (a name RecBole can download)" if name in download_urls() else ""
             raise UserError(
                 f"dataset '{name}'{hint} not found: expected {folder / (name + '.inter')} "
@@ -162,8 +167,10 @@ def resolve_dataset(name: str, data_path: str | os.PathLike | None = None, downl
 
 def list_datasets(data_path: str | os.PathLike | None = None) -> list[DatasetInfo]:
     """Known names: configured ones, present ones and RecBole's downloadable ones."""
+    from recbole_llm.data.importers import IMPORTERS
+
     root = data_root(data_path)
-    names = {EMBEDDED}
+    names = {EMBEDDED, *IMPORTERS}
     names |= {p.stem for p in (PROPERTIES_DIR / "dataset").glob("*.yaml")}
     if root.is_dir():
         names |= {p.name for p in root.iterdir() if p.is_dir() and _atomic_present(p, p.name)}
@@ -172,7 +179,8 @@ def list_datasets(data_path: str | os.PathLike | None = None) -> list[DatasetInf
     for name in sorted(names):
         folder = root / name
         present = _atomic_present(folder, name)
-        source = "embedded" if name == EMBEDDED else ("local" if present else ("downloadable" if name in urls else "missing"))
+        source = ("embedded" if name == EMBEDDED else "local" if present else "importable" if name in IMPORTERS
+                  else "downloadable" if name in urls else "missing")
         infos.append(DatasetInfo(name, present or name == EMBEDDED, folder, source,
                                  dataset_properties_file(name) is not None))
     return infos
