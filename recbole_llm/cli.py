@@ -384,7 +384,7 @@ def _print_run(record: dict[str, Any], output: Any) -> None:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from recbole_llm.config import dataset_settings
     from recbole_llm.data.datasets import resolve_dataset
-    from recbole_llm.data.features import ensure_item_features
+    from recbole_llm.data.features import ensure_item_features, item_encoding_floor
     from recbole_llm.data.text import item_texts, template_for
 
     folder = resolve_dataset(args.dataset, args.data_path)
@@ -399,7 +399,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: expected a positive number")
     ff = ensure_item_features(folder, args.dataset, template, encoder=args.encoder, device=args.device,
-                              batch_size=args.batch_size, dtype=args.dtype, force=args.force)
+                              batch_size=args.batch_size, dtype=args.dtype, force=args.force,
+                              min_interactions=item_encoding_floor(settings))
     meta = ff.meta() or {}
     print(f"{ff.path}  ({meta.get('count', '?')} items x {meta.get('dim', '?')}-d, encoder {args.encoder})")
     return 0

@@ -203,3 +203,23 @@ def test_a_missing_importable_dataset_names_the_import_command(tmp_path: Path) -
     with pytest.raises(UserError, match="recbole-llm datasets import ml-latest-small --from PATH"):
         resolve_dataset("ml-latest-small", tmp_path)
     assert {d.name: d.source for d in list_datasets(tmp_path)}["book-crossing"] == "importable"
+
+
+def test_a_sparse_catalogue_encodes_only_items_that_can_survive_its_filter(tmp_path: Path, session_home: Path) -> None:
+    from recbole_llm.data.features import ensure_item_features, item_encoding_floor, read_feature_file
+    from recbole_llm.data.text import template_for
+
+    import_dataset("book-crossing", _write_bx(tmp_path / "dump"), data_path=tmp_path / "data")
+    folder = tmp_path / "data" / "book-crossing"
+    settings = dataset_settings("book-crossing", "general")
+    assert settings["llm_encode_items"] == "filtered" and item_encoding_floor(settings) == 5
+    assert item_encoding_floor({**settings, "item_inter_num_interval": "(1,inf)"}) == 2
+    assert item_encoding_floor({**settings, "llm_encode_items": "all"}) == 0
+    with pytest.raises(UserError, match="llm_encode_items='some'"):
+        item_encoding_floor({"llm_encode_items": "some"})
+    # One ISBN has 2 imported ratings in the slice: only it gets a vector under a floor of 2.
+    ff = ensure_item_features(folder, "book-crossing", template_for(folder, "book-crossing", settings),
+                              min_interactions=2, progress=False)
+    ids, vectors = read_feature_file(ff)
+    assert list(ids) == ["0195153448"] and vectors.shape == (1, 384)
+    assert ff.meta()["min_item_interactions"] == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -197,12 +198,15 @@ def check_feature_file(ff: FeatureFile, expected_ids: Iterable[str], expected_di
     return dim
 
 
-def dataset_ids(folder: Path, dataset: str, entity: str) -> list[str]:
-    """Every user or item token of the dataset's .inter (and .item for items), in first-seen order."""
+def dataset_ids(folder: Path, dataset: str, entity: str, min_interactions: int = 0) -> list[str]:
+    """Every user or item token of the dataset's .inter (and .item for items), in first-seen order;
+    with ``min_interactions``, only those with at least that many rows in .inter."""
     import csv
+    from collections import Counter
 
     field = f"{entity}_id"
     out: dict[str, None] = {}
+    counts: Counter = Counter()
     for suffix in ("inter", entity):
         path = folder / f"{dataset}.{suffix}"
         if not path.is_file():
@@ -216,7 +220,29 @@ def dataset_ids(folder: Path, dataset: str, entity: str) -> list[str]:
             for row in reader:
                 if len(row) > column:
                     out.setdefault(row[column], None)
+                    if suffix == "inter":
+                        counts[row[column]] += 1
+    if min_interactions > 0:
+        return [token for token in out if counts[token] >= min_interactions]
     return list(out)
+
+
+def item_encoding_floor(config: dict[str, Any]) -> int:
+    """How many interactions an item needs in the raw .inter to get a vector: 0 (every item) unless
+    the dataset sets ``llm_encode_items: filtered``, then the lower bound of
+    ``item_inter_num_interval``. RecBole's k-core filter is repeated until stable, so the items it
+    keeps are a subset of those with that many raw interactions: every item a run can see still
+    gets a vector, and most of the ones the filter drops (on Book-Crossing, 340k ISBNs for 38k
+    kept) are never encoded."""
+    mode = str(config.get("llm_encode_items") or "all")
+    if mode not in ("all", "filtered"):
+        raise UserError(f"llm_encode_items={mode!r}: expected all (every item of the dataset files) or filtered")
+    if mode == "all":
+        return 0
+    match = re.match(r"\s*([\[(])\s*(\d+)", str(config.get("item_inter_num_interval") or ""))
+    if not match:
+        return 0
+    return int(match.group(2)) + (1 if match.group(1) == "(" else 0)
 
 
 def ensure_text_features(
@@ -271,18 +297,26 @@ def ensure_item_features(
     template: TextTemplate,
     encoder: str = "minilm",
     variant: str = "",
+    min_interactions: int = 0,
     **encode_options: Any,
 ) -> FeatureFile:
     """The item feature file of ``encoder``: item texts rendered with ``template``, encoded when
     the file is missing or its encoder, template or texts changed. A ``variant`` (``title``) is a
-    file of its own (``item_<encoder>_title``), so models reading other texts never evict it."""
+    file of its own (``item_<encoder>_title``), so models reading other texts never evict it.
+    ``min_interactions`` (see ``item_encoding_floor``) leaves out items with fewer raw interactions."""
     from recbole_llm.llm.encoders import slug
 
     texts = item_texts(folder, dataset, template)
-    for token in dataset_ids(folder, dataset, "item"):  # items of .inter without a .item row
-        texts.setdefault(token, "")
+    wanted: dict[str, Any] = {"template": template.describe()}
+    if min_interactions > 0:
+        kept = dataset_ids(folder, dataset, "item", min_interactions)
+        texts = {token: texts.get(token, "") for token in kept}
+        wanted["min_item_interactions"] = min_interactions
+    else:
+        for token in dataset_ids(folder, dataset, "item"):  # items of .inter without a .item row
+            texts.setdefault(token, "")
     ff = FeatureFile(folder, dataset, "item", slug(encoder) + (f"_{variant}" if variant else ""))
-    return ensure_text_features(ff, texts, {"template": template.describe()}, encoder, **encode_options)
+    return ensure_text_features(ff, texts, wanted, encoder, **encode_options)
 
 
 @feature_builder("item", "item")
@@ -295,7 +329,8 @@ def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any
     template = (title_template if text == "title" else template_for)(folder, dataset, config_dict)
     return ensure_item_features(
         folder, dataset, template, encoder=config_dict.get("llm_encoder") or "minilm",
-        variant="title" if text == "title" else "", device=config_dict.get("llm_device"),
+        variant="title" if text == "title" else "", min_interactions=item_encoding_floor(config_dict),
+        device=config_dict.get("llm_device"),
         batch_size=int(config_dict.get("llm_batch_size") or 32))
 
 

@@ -202,7 +202,8 @@ def ensure_semantic_ids(item_ff: FeatureFile, config: dict[str, Any], force: boo
     ids, vectors = read_feature_file(item_ff)
     if len(ids) == 0:
         raise UserError(f"{item_ff.path} holds no item vectors; expected one row per item to build semantic IDs")
-    missing = sorted(set(dataset_ids(item_ff.folder, item_ff.dataset, "item")) - set(ids))
+    floor = int((item_ff.meta() or {}).get("min_item_interactions") or 0)  # see item_encoding_floor
+    missing = sorted(set(dataset_ids(item_ff.folder, item_ff.dataset, "item", floor)) - set(ids))
     if missing:
         raise UserError(f"{item_ff.path} has no vector for {len(missing)} items of the dataset (e.g. "
                         f"{', '.join(missing[:3])}); expected one per item to build semantic IDs "
