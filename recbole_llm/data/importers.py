@@ -27,7 +27,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from recbole_llm.data.datasets import data_root
 from recbole_llm.errors import UserError
@@ -125,9 +125,14 @@ def _bx_rows(opener: Callable[[], IO[bytes]], kind: str, report: ImportReport) -
     """The data rows of one Book-Crossing CSV, each line parsed on its own, so a broken quote spoils
     one row and not the rest of the file. A quoted field that runs over a line break (one user's
     location does) is read with the next line; rows that cannot be read are counted in ``report``."""
+    from tqdm.auto import tqdm
+
+    from recbole_llm.progress import shown
+
     name, expected = _BX_FILES[kind], _BX_HEADERS[kind]
-    with opener() as f:
-        lines = (_decode(raw).rstrip("\r\n") for raw in f)
+    with opener() as f, tqdm(desc=f"reading {name}", unit=" rows", unit_scale=True, disable=not shown(),
+                             leave=False) as bar:
+        lines = (_decode(raw).rstrip("\r\n") for raw in _counted(f, bar))
         header = next(csv.reader([next(lines, "")], **_BX_DIALECT), [])
         if header != expected:
             raise UserError(f"{name}: header {';'.join(header)!r} is not Book-Crossing's; expected "
@@ -154,6 +159,12 @@ def _bx_rows(opener: Callable[[], IO[bytes]], kind: str, report: ImportReport) -
                 report.skip(name, f"{len(row)} fields instead of {len(expected)}")
                 continue
             yield row
+
+
+def _counted(rows: Iterator[bytes], bar: Any) -> Iterator[bytes]:
+    for row in rows:
+        bar.update()
+        yield row
 
 
 def _parse_bx(line: str) -> list[str] | None:
