@@ -12,7 +12,11 @@ Usage (a trained checkpoint gives realistic beams; without one the model is fres
 which costs the same to decode)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiger_decode_speed.py -d ml-100k --users 256 \
-        [--checkpoint RUN_FOLDER_OR_PTH] [--set MAX_ITEM_LIST_LENGTH=20 ...] [--hf-users 64]
+        [--checkpoint RUN_FOLDER_OR_PTH] [--set MAX_ITEM_LIST_LENGTH=20 ...] [--hf-users 64] [--profile]
+
+``--profile`` adds where the own loop's time goes: the share of its wall time spent in tensor
+operations by kind (matrix products, softmax, top-k, gathers and cache re-layout) and the rest
+(Python and dispatch), from torch's profiler.
 """
 from __future__ import annotations
 
@@ -68,6 +72,39 @@ def hf_generate(model, input_ids: torch.Tensor, mask: torch.Tensor, beams: int) 
     return torch.tensor(items).view(-1, beams)
 
 
+# Tensor operations by kind (self CPU time of the aten operators the profiler records).
+OPERATION_KINDS = {
+    "matrix products (attention, feed-forward, output layer)": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "softmax and log-softmax": ("aten::_softmax", "aten::_log_softmax"),
+    "top-k over beams x codes": ("aten::topk",),
+    "gathers, masks and cache re-layout": ("aten::index", "aten::index_select", "aten::gather", "aten::masked_fill_",
+                                           "aten::cat", "aten::copy_", "aten::repeat_interleave", "aten::where"),
+}
+
+
+def profile_decoding(model, batch) -> None:
+    """Where the own loop's time goes, as shares of its wall time under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        model.recommend(batch)
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    seconds = {e.key: e.self_cpu_time_total / 1e6 for e in events if e.key.startswith("aten::")}
+    tensor = sum(seconds.values())
+    print(f"where the own loop's time goes (trie; {wall:.2f} s wall under the profiler):")
+    grouped = 0.0
+    for kind, names in OPERATION_KINDS.items():
+        part = sum(seconds.get(name, 0.0) for name in names)
+        grouped += part
+        print(f"    {kind:55s} {part / wall:6.1%}")
+    print(f"    {'other tensor operations':55s} {(tensor - grouped) / wall:6.1%}")
+    print(f"    {'Python and dispatch (wall less tensor operations)':55s} {max(wall - tensor, 0.0) / wall:6.1%}")
+    top = sorted(seconds.items(), key=lambda kv: -kv[1])[:6]
+    print("    largest operators: " + ", ".join(f"{name[6:]} {s / wall:.1%}" for name, s in top))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", "--dataset", default="ml-100k")
@@ -76,6 +113,9 @@ def main() -> None:
     parser.add_argument("--hf-users", type=int, default=64, help="test users decoded by generate (slow); 0 skips it")
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--profile", action="store_true",
+                        help="also say where the own loop's time goes (torch profiler: tensor operations by kind, "
+                             "and the rest, Python and dispatch)")
     args = parser.parse_args()
 
     import recbole_llm  # noqa: F401
@@ -105,6 +145,9 @@ def main() -> None:
         results[name] = items
         print(f"{name:40s} {len(batch) / seconds:8.1f} users/s   invalid beams "
               f"{stats['invalid_beams'] / max(stats['beams'], 1):.1%}")
+    if args.profile:
+        model.constrained = True
+        profile_decoding(model, batch)
     if args.hf_users:
         n = min(args.hf_users, len(batch))
         input_ids, mask = model.encoder_inputs(batch[torch.arange(n)])
