@@ -328,6 +328,19 @@ def _add_datasets_parser(sub: Any) -> None:
     imp.add_argument("--data-path", default=argparse.SUPPRESS,
                      help="write into DATA_PATH/DATASET/ (default: the data root, see `recbole-llm datasets`)")
     imp.add_argument("--force", action="store_true", help="import over files already there")
+    comb = actions.add_parser("combine", help="several datasets as one, for co-training (AlphaRec's multi-source zero-shot)",
+                              description="Write dataset NAME: the interactions and item texts of the --from datasets, "
+                                          "users and items prefixed with their source, and NAME.yaml beside them "
+                                          "(negatives drawn within each source).",
+                              epilog="example:\n  recbole-llm datasets combine mls+bx --from ml-latest-small book-crossing\n"
+                                     "  recbole-llm run -m AlphaRec -d mls+bx\n"
+                                     "  recbole-llm run -m AlphaRec -d ml-100k --zero-shot-from <that run's folder>",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    comb.add_argument("name", metavar="NAME", help="the new dataset's name")
+    comb.add_argument("--from", dest="sources", nargs="+", required=True, metavar="DATASET",
+                      help="two or more datasets (present under the data root)")
+    comb.add_argument("--data-path", default=argparse.SUPPRESS, help="data root of the sources and of NAME")
+    comb.add_argument("--force", action="store_true", help="combine over files already there")
 
 
 def _metrics_table(record: dict[str, Any]) -> str:
@@ -388,7 +401,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from recbole_llm.data.text import item_texts, template_for
 
     folder = resolve_dataset(args.dataset, args.data_path)
-    settings = dataset_settings(args.dataset, "general")
+    settings = dataset_settings(args.dataset, "general", args.data_path)
     if args.template:
         settings["item_text_template"] = args.template
     template = template_for(folder, args.dataset, settings)
@@ -448,6 +461,13 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         print(f"next: recbole-llm run -m LightGCN -d {args.name}"
               + (f" --data-path {args.data_path}" if args.data_path else ""))
+        return 0
+    if args.datasets_action == "combine":
+        from recbole_llm.data.combine import combine_datasets
+
+        report = combine_datasets(args.name, args.sources, args.data_path, force=args.force)
+        print("\n".join(line for line in report.lines() if "malformed" not in line))
+        print(f"next: recbole-llm run -m AlphaRec -d {args.name}" + (f" --data-path {args.data_path}" if args.data_path else ""))
         return 0
     rows = [[d.name, "yes" if d.present else "no", d.source, "yes" if d.configured else "no (ml-100k's protocol)", d.path]
             for d in list_datasets(args.data_path)]

@@ -83,9 +83,9 @@ def protocol_of(model_class: type) -> str:
 DATASET_TEXT_KEYS = ("item_text_template", "item_text_list_fields", "item_title_template")
 
 
-def dataset_settings(dataset: str, protocol: str) -> dict[str, Any]:
+def dataset_settings(dataset: str, protocol: str, data_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The dataset YAML's shared settings merged with its section for ``protocol``."""
-    path = dataset_properties_file(dataset)
+    path = dataset_properties_file(dataset, data_path)
     if path is None and dataset == "ml-100k":
         raise FileNotFoundError("recbole_llm/properties/dataset/ml-100k.yaml is missing from the installation")
     if path is None:
@@ -186,7 +186,7 @@ def build_config_dict(
     own_yaml = model_yaml(model_class.__name__)
     if own_yaml is not None:  # after overall.yaml, so a model's own batch size etc. wins
         config.update(load_yaml(own_yaml))
-    config.update(dataset_settings(dataset, protocol))
+    config.update(dataset_settings(dataset, protocol, data_root))
     for path in config_files:
         config.update(load_yaml(path))
     if overrides:

@@ -58,8 +58,14 @@ def download_urls() -> dict[str, str]:
         return yaml.safe_load(f) or {}
 
 
-def dataset_properties_file(name: str) -> Path | None:
-    """This toolkit's properties/dataset/NAME.yaml, if it defines the dataset."""
+def dataset_properties_file(name: str, data_path: str | os.PathLike | None = None) -> Path | None:
+    """The YAML that defines dataset NAME: ``<data root>/NAME/NAME.yaml`` beside its atomic files
+    (a dataset's own settings, e.g. one written by ``datasets combine``), else this toolkit's
+    properties/dataset/NAME.yaml; None if neither exists."""
+    if name and "/" not in name:
+        beside = data_root(data_path) / name / f"{name}.yaml"
+        if beside.is_file():
+            return beside
     path = PROPERTIES_DIR / "dataset" / f"{name}.yaml"
     return path if path.is_file() else None
 
@@ -182,5 +188,5 @@ def list_datasets(data_path: str | os.PathLike | None = None) -> list[DatasetInf
         source = ("embedded" if name == EMBEDDED else "local" if present else "importable" if name in IMPORTERS
                   else "downloadable" if name in urls else "missing")
         infos.append(DatasetInfo(name, present or name == EMBEDDED, folder, source,
-                                 dataset_properties_file(name) is not None))
+                                 dataset_properties_file(name, data_path) is not None))
     return infos

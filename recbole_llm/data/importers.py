@@ -57,6 +57,7 @@ class ImportReport:
     malformed: dict[str, Counter] = field(default_factory=dict)     # original file -> reason -> rows left out
     repaired: dict[str, Counter] = field(default_factory=dict)      # original file -> reason -> rows kept, a field blanked
     notes: list[str] = field(default_factory=list)
+    verb: str = "imported"
 
     def skip(self, file: str, reason: str) -> None:
         self.malformed.setdefault(file, Counter())[reason] += 1
@@ -65,7 +66,7 @@ class ImportReport:
         self.repaired.setdefault(file, Counter())[reason] += 1
 
     def lines(self) -> list[str]:
-        out = [f"imported {self.dataset} from {self.source} into {self.folder}"]
+        out = [f"{self.verb} {self.dataset} from {self.source} into {self.folder}"]
         out += [f"  {name}: {rows:,} rows" for name, rows in self.written.items()]
         skipped = sum(sum(c.values()) for c in self.malformed.values())
         if skipped:

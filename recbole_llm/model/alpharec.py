@@ -26,6 +26,7 @@ from recbole_llm.model.layers import (
     build_projector,
     cosine,
     light_propagate,
+    negative_groups,
     normalized_adjacency,
 )
 from recbole_llm.registry import register_model
@@ -82,7 +83,7 @@ class AlphaRec(GeneralRecommender):
         self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
                                          None if multiplier is None else float(multiplier))
         self.register_buffer("adjacency", normalized_adjacency(interactions, self.n_users, self.n_items), persistent=False)
-        self.objective = SampledInfoNCE(config, interactions, self.n_items)
+        self.objective = SampledInfoNCE(config, interactions, self.n_items, negative_groups(config, dataset))
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:

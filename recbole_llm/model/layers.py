@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_llm.errors import UserError
+
 
 def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) -> torch.Tensor:
     """D^-1/2 A D^-1/2 of the bipartite user-item graph (users first), as a sparse COO tensor.
@@ -62,7 +64,7 @@ def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.
 class TrainPositives:
     """The training interactions as sorted keys, for sampling positives and excluding them."""
 
-    def __init__(self, interactions: sp.spmatrix, n_items: int) -> None:
+    def __init__(self, interactions: sp.spmatrix, n_items: int, item_groups: torch.Tensor | None = None) -> None:
         csr = sp.csr_matrix(interactions)
         csr.sum_duplicates()
         self.n_items = n_items
@@ -71,6 +73,20 @@ class TrainPositives:
         users = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
         self.keys = torch.from_numpy(users.astype(np.int64) * n_items + csr.indices.astype(np.int64))  # sorted
         self.active_users = torch.nonzero(torch.from_numpy(np.diff(csr.indptr)) > 0).view(-1)
+        # Negatives within the user's group of items (the source dataset of a combination): the
+        # items sorted by group, where each group starts and how many it has, each user's group.
+        self.group_items = None
+        if item_groups is not None:
+            groups = item_groups.long().clone()
+            groups[0] = -1  # RecBole's padding item is in no group
+            order = torch.argsort(groups, stable=True)
+            order = order[groups[order] >= 0]
+            self.group_items = order
+            counts = torch.bincount(groups[order], minlength=int(groups.max()) + 1)
+            self.group_size = counts
+            self.group_start = torch.cumsum(counts, 0) - counts
+            first = torch.from_numpy(csr.indices[np.minimum(csr.indptr[:-1], max(len(csr.indices) - 1, 0))].astype(np.int64))
+            self.user_group = torch.where(torch.from_numpy(np.diff(csr.indptr)) > 0, groups[first], torch.full_like(first, -1))
         # A dense user x item mask answers membership ~10x faster than a binary search; keep it
         # while it is small (<= 64 MB), e.g. ml-100k's 943 x 1,683.
         self.mask = None
@@ -89,13 +105,24 @@ class TrainPositives:
         """[B, k] items drawn uniformly (with replacement) from 1..n_items-1, none a training
         positive of its user (item 0 is RecBole's padding)."""
         users = users.cpu()
-        out = torch.randint(1, self.n_items, (len(users) * k,), generator=generator)
         owners = users.repeat_interleave(k)
+        out = self._draw(owners, generator)
         todo = torch.nonzero(self.contains(owners, out)).view(-1)
         while len(todo):  # redraw only the collisions
-            out[todo] = torch.randint(1, self.n_items, (len(todo),), generator=generator)
+            out[todo] = self._draw(owners[todo], generator)
             todo = todo[self.contains(owners[todo], out[todo])]
         return out.view(len(users), k)
+
+    def _draw(self, owners: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One uniform item per owner: from all items, or from the owner's group when grouped."""
+        if self.group_items is None:
+            return torch.randint(1, self.n_items, (len(owners),), generator=generator)
+        group = self.user_group[owners]
+        if (group < 0).any():
+            raise ValueError("a user without training items has no group to draw negatives from")
+        size = self.group_size[group]
+        offset = (torch.rand(len(owners), generator=generator) * size).long().clamp(max=size - 1)
+        return self.group_items[self.group_start[group] + offset]
 
     def sample_user_positive_pairs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n (user, positive) pairs: users uniform over users with training items, then one of
@@ -112,13 +139,13 @@ class SampledInfoNCE:
     ``tau``; pairs drawn user-uniformly (``train_sampling: user``, the reference) or taken from
     RecBole's batch (``interaction``)."""
 
-    def __init__(self, config, interactions: sp.spmatrix, n_items: int) -> None:
+    def __init__(self, config, interactions: sp.spmatrix, n_items: int, item_groups: torch.Tensor | None = None) -> None:
         self.tau = float(config["tau"])
         self.num_negs = int(config["num_negs"])
         self.train_sampling = config["train_sampling"]
         if self.train_sampling not in ("user", "interaction"):
             raise ValueError(f"train_sampling '{self.train_sampling}': expected user or interaction")
-        self.positives = TrainPositives(interactions, n_items)
+        self.positives = TrainPositives(interactions, n_items, item_groups)
 
     def pairs(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, positives, negatives) for one step; ``users``/``items`` are RecBole's batch."""
@@ -132,6 +159,20 @@ class SampledInfoNCE:
              items: torch.Tensor) -> torch.Tensor:
         users, positives, negatives = (t.to(user_all.device) for t in self.pairs(users, items))
         return sampled_info_nce(cosine(user_all[users]), cosine(item_all), positives, negatives, self.tau)
+
+
+def negative_groups(config, dataset) -> torch.Tensor | None:
+    """The group of every item (row = internal item id) that ``negative_groups`` names, e.g. the
+    ``source`` of a combined dataset, so that negatives are drawn within the positive's group;
+    None when it is unset (negatives from every item)."""
+    field = config["negative_groups"]
+    if not field:
+        return None
+    feat = dataset.item_feat
+    if feat is None or field not in feat.columns:
+        raise UserError(f"negative_groups={field!r}: the dataset's items have no '{field}' field; expected "
+                        f"load_col to load it from the .item file (load_col: {{item: [item_id, {field}]}})")
+    return feat[field].long()
 
 
 class MLPProjector(nn.Sequential):

@@ -11,7 +11,7 @@ import torch
 from recbole.model.general_recommender.lightgcn import LightGCN
 from recbole.utils import InputType
 
-from recbole_llm.model.layers import SampledInfoNCE, cosine
+from recbole_llm.model.layers import SampledInfoNCE, cosine, negative_groups
 from recbole_llm.registry import register_model
 
 
@@ -21,7 +21,7 @@ class LightGCNInfoNCE(LightGCN):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.objective = SampledInfoNCE(config, self.interaction_matrix, self.n_items)
+        self.objective = SampledInfoNCE(config, self.interaction_matrix, self.n_items, negative_groups(config, dataset))
 
     def calculate_loss(self, interaction):
         self.restore_user_e = self.restore_item_e = None
