@@ -223,3 +223,13 @@ def test_a_sparse_catalogue_encodes_only_items_that_can_survive_its_filter(tmp_p
     ids, vectors = read_feature_file(ff)
     assert list(ids) == ["0195153448"] and vectors.shape == (1, 384)
     assert ff.meta()["min_item_interactions"] == 2
+
+
+def test_a_yaml_beside_the_dataset_defines_it(tmp_path: Path) -> None:
+    import_dataset("book-crossing", _write_bx(tmp_path / "dump"), data_path=tmp_path / "data")
+    folder = tmp_path / "data" / "book-crossing"
+    (folder / "book-crossing.yaml").write_text("USER_ID_FIELD: user_id\nITEM_ID_FIELD: item_id\n"
+                                               "item_text_template: ['{book_title}']\nprotocols:\n  general: {topk: [5]}\n")
+    settings = dataset_settings("book-crossing", "general", tmp_path / "data")
+    assert settings["topk"] == [5] and settings["item_text_template"] == ["{book_title}"]
+    assert "unsupported_protocols" not in settings and dataset_settings("book-crossing", "general")["topk"] == [1, 10, 20]
