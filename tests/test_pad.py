@@ -1,0 +1,178 @@
+"""PAD: its pieces against computations written from the reference's formulas (MK-MMD, the
+frequency bins, the gate, the post-LN encoder's masks), the stage hand-over, and the three stages
+run on ml-100k."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_llm.errors import UserError
+from recbole_llm.model.pad import PostLNEncoder, frequency_bins, gate_init, gate_weights, left_pad, mk_mmd
+
+TINY = {"hidden_size": 16, "n_layers": 1, "MAX_ITEM_LIST_LENGTH": 8, "learning_rate": 1e-3, "train_batch_size": 256,
+        "pad_text_layers": 1}
+
+
+def test_mk_mmd_is_the_quadratic_estimator_over_five_gaussian_kernels() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 3), torch.randn(5, 3) + 0.5
+    z = torch.cat([s, t])
+    n = 5
+    d2 = [[float(((z[i] - z[j]) ** 2).sum()) for j in range(2 * n)] for i in range(2 * n)]
+    mean = sum(map(sum, d2)) / (2 * n) ** 2
+    k = lambda i, j: sum(math.exp(-d2[i][j] / (2 * a * mean)) for a in (1 / 8, 1 / 4, 1 / 2, 1, 2))  # noqa: E731
+    ss = sum(k(i, j) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    tt = sum(k(n + i, n + j) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    st = sum(k(i, n + j) for i in range(n) for j in range(n)) / n ** 2
+    assert mk_mmd(s, t).item() == pytest.approx(ss + tt - 2 * st + 2 / (n - 1), rel=1e-5)
+    # The bandwidth is a constant of the step: no gradient flows through it.
+    s.requires_grad_(True)
+    mk_mmd(s, t).backward()
+    assert torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError):
+        mk_mmd(s[:3], t)
+
+
+def test_frequency_bins_hold_equal_shares_of_the_interactions() -> None:
+    # Item 0 is padding. Counts of items 1..8: 40, 30, 10, 10, 5, 3, 2, 0 (total 100); 4 bins of 25.
+    counts = np.array([99, 40, 30, 10, 10, 5, 3, 2, 0])
+    bins = frequency_bins(counts, 4)
+    # Interactions before each item (by rank): 0, 40, 70, 80, 90, 95, 98, 100 -> 1 + floor(4 x before / 100).
+    assert bins.tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 4]
+
+
+def test_gate_starts_as_the_reference_and_normalises_by_the_sum_of_sigmoids() -> None:
+    weights = gate_weights(gate_init(10, -4.0))
+    assert weights.shape == (3, 11)
+    # Bin 1 (logits 0.9, -4.1, 0.1): sigmoid / sum of sigmoids.
+    sig = [1 / (1 + math.exp(-a)) for a in (0.9, -4.1, 0.1)]
+    assert weights[:, 1].tolist() == pytest.approx([v / sum(sig) for v in sig], rel=1e-9)
+    assert weights[:, 1].tolist() == pytest.approx([0.568, 0.013, 0.419], abs=1e-3)
+    assert torch.allclose(weights.sum(0), torch.ones(11, dtype=weights.dtype))
+
+
+def test_left_pad_puts_the_most_recent_item_last() -> None:
+    seq = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 3, 4]])
+    assert left_pad(seq, torch.tensor([3, 1, 4])).tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [1, 2, 3, 4]]
+
+
+def test_encoder_is_causal_and_ignores_padding() -> None:
+    torch.manual_seed(0)
+    encoder = PostLNEncoder(6, 8, 2, 0.0, 2).eval()
+    x = torch.randn(1, 6, 8)
+    real = torch.tensor([[False, False, True, True, True, True]])
+    out = encoder(x, real)
+    later = x.clone()
+    later[0, 5] = torch.randn(8)            # a later item never changes an earlier position
+    # (Padded rows attend uniformly to every key, as the reference's fully masked rows do; no
+    # real position reads them.)
+    assert torch.allclose(encoder(later, real)[0, 2:5], out[0, 2:5], atol=1e-6)
+    assert not torch.allclose(encoder(later, real)[0, 5], out[0, 5], atol=1e-3)
+    padded = x.clone()
+    padded[0, :2] = torch.randn(2, 8)       # what sits in padded positions never matters
+    assert torch.allclose(encoder(padded, real)[0, 2:], out[0, 2:], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
+    from recbole_llm.runner import run
+
+    root = tmp_path_factory.mktemp("pad")
+    out = {}
+    for stage in (1, 2, 3):
+        extra = {"pad_stage": stage} if stage == 1 else {"pad_stage": stage, "pad_init_from": str(root / f"s{stage - 1}")}
+        out[stage] = run("PAD", "ml-100k", overrides={**TINY, **extra}, epochs=1, output=None,
+                         run_dir=root / f"s{stage}", verbose=False)
+    out["root"] = root
+    return out
+
+
+def _model(root: Path, stage: int):
+    """The trained model of a stage's run, with its training and test loaders."""
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    state = load_checkpoint(root / f"s{stage}")
+    _, train, _, test = load_split(state["config"])
+    model = get_model("PAD")(state["config"], train._dataset)
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), train, test
+
+
+def test_three_stages_run_and_each_starts_from_the_previous(stages: dict) -> None:
+    assert [stages[s]["epochs_run"] for s in (1, 2, 3)] == [1, 1, 1]
+    assert stages[1]["label"] == "PAD(stage 1, history 8)"
+    from recbole_llm.runner import load_checkpoint
+
+    first, second = (load_checkpoint(stages["root"] / f"s{s}")["state_dict"] for s in (1, 2))
+    # Stage 2 trains a copy of the ID tower; the original comes through unchanged for stage 3.
+    assert torch.equal(second["id_embedding.weight"], first["id_embedding.weight"])
+    assert all(torch.equal(second[k], v) for k, v in first.items() if k.startswith("user_encoder."))
+    assert not torch.equal(second["other_embedding.weight"], first["id_embedding.weight"])  # trained after the copy
+
+
+def test_stage_two_refuses_a_start_that_is_not_stage_one(stages: dict, tmp_path: Path) -> None:
+    from recbole_llm.runner import run
+
+    with pytest.raises(UserError, match="stage 2 starts from stage 1"):
+        run("PAD", "ml-100k", overrides={**TINY, "pad_stage": 2, "pad_init_from": str(stages["root"] / "s2")},
+            epochs=1, output=None, run_dir=tmp_path / "x", verbose=False)
+    with pytest.raises(UserError, match="pad_init_from=RUN_FOLDER"):
+        run("PAD", "ml-100k", overrides={**TINY, "pad_stage": 3}, epochs=1, output=None, run_dir=tmp_path / "y", verbose=False)
+
+
+def test_stage_three_scores_are_the_gated_sum_of_the_experts(stages: dict) -> None:
+    model, _, test = _model(stages["root"], 3)
+    interaction = next(iter(test))[0]
+    seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        # By hand: each expert's user (its encoder over its own item vectors of the left-padded
+        # history, last position) against all its item vectors, weighted by the item's bin.
+        w = torch.sigmoid(model.gate) / torch.sigmoid(model.gate).sum(0)
+        inputs = left_pad(seq, lengths)
+        all_items = torch.arange(model.n_items)
+        tables = [model.id_embedding(all_items),
+                  F.gelu(model.fc.linear(torch.cat([model.other_embedding(all_items),
+                                                    model.turn_dim1(model.item_llm)], -1))),
+                  model.turn_dim3(model.item_llm)]
+        encoders = [model.user_encoder, model.user_enc_2, model.user_enc_3]
+        expected = sum(w[k][model.bins].float() * (encoders[k](tables[k][inputs], inputs > 0)[:, -1] @ tables[k].T)
+                       for k in range(3))
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_loss_is_bce_of_next_items_against_one_negative_per_position(stages: dict, monkeypatch) -> None:
+    model, train, _ = _model(stages["root"], 1)
+    batch = next(iter(train))
+    seq, lengths, target = batch[model.ITEM_SEQ][:4], batch[model.ITEM_SEQ_LEN][:4], batch[model.POS_ITEM_ID][:4]
+    users = batch[model.USER_ID][:4]
+    fixed = torch.randint(1, model.n_items, (4, seq.shape[1]))
+    monkeypatch.setattr(model.negatives, "sample_negatives", lambda u, k: fixed)
+    from recbole.data.interaction import Interaction
+
+    small = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths, model.POS_ITEM_ID: target, model.USER_ID: users})
+    with torch.no_grad():
+        loss = model.calculate_loss(small)
+    # By hand, per user: inputs = the history (left-padded), targets = the next item at each
+    # position (the last one: the row's target), negatives at the real positions only.
+    pos_logits, neg_logits = [], []
+    width = seq.shape[1]
+    for row in range(4):
+        n = int(lengths[row])
+        items = seq[row, :n].tolist() + [int(target[row])]
+        padded = torch.tensor([0] * (width - n) + items[:-1])
+        h = model.user_encoder(model.id_embedding(padded)[None], (padded > 0)[None])[0]
+        for p in range(width - n, width):
+            nxt = items[p - (width - n) + 1]
+            neg = int(fixed[row, p])
+            pos_logits.append(float(h[p] @ model.id_embedding.weight[nxt]))
+            neg_logits.append(float(h[p] @ model.id_embedding.weight[neg]))
+    bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
+    assert loss.item() == pytest.approx(bce(pos_logits, 1) + bce(neg_logits, 0), rel=1e-4)
