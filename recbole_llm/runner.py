@@ -277,6 +277,11 @@ def run(
             device=device, epochs=epochs, data_path=data_path,
         )
     run_dir = Path(run_dir).resolve() if run_dir else _new_run_dir(model, dataset)
+    stages = getattr(get_model_class(model), "pipeline_stages", None)
+    if stages is not None and stages(config_dict):
+        return _run_stages(model, dataset, stages(config_dict), run_dir, overrides=overrides or {},
+                           config_files=config_files, seed=seed, device=device, epochs=epochs, data_path=data_path,
+                           output=output, verbose=verbose, on_epoch=on_epoch, label=label, started=started)
     if resume_state.folder(run_dir).is_dir():
         raise UserError(f"{run_dir} holds an unfinished run; expected a new folder "
                         f"(or continue that run: recbole-llm resume {run_dir})")
@@ -298,6 +303,57 @@ def run(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return record
+
+
+STAGE_RECORD = "stage-record.json"
+
+
+def _run_stages(model: str, dataset: str, stages: list[dict[str, Any]], run_dir: Path, *, overrides: dict[str, Any],
+                started: float, output: str | os.PathLike | None, label: str | None, **options: Any) -> dict[str, Any]:
+    """A model trained in stages (PAD): each stage a run of its own in ``run_dir/stage-N``, started
+    from the previous stage's folder (``init_key`` of the stage); a finished stage is kept, an
+    interrupted one continued, so running the same command again picks up where it stopped. The
+    record is the last stage's, with every stage's epochs and times."""
+    import json
+
+    records = []
+    previous: Path | None = None
+    for number, stage in enumerate(stages, start=1):
+        folder = run_dir / f"stage-{number}"
+        done = folder / STAGE_RECORD
+        settings = {**overrides, **stage["overrides"], **({stage["init_key"]: str(previous)} if previous else {})}
+        if done.is_file():
+            record = json.loads(done.read_text())
+            logger.info("stage %d of %d: finished earlier (%s)", number, len(stages), folder)
+        elif resume_state.folder(folder).is_dir():
+            logger.info("stage %d of %d: continuing %s", number, len(stages), folder)
+            record = resume(folder, verbose=options["verbose"])
+        else:
+            if options["verbose"]:
+                print(f"stage {number} of {len(stages)}: {stage['name']}", flush=True)
+            record = run(model, dataset, overrides=settings, output=None, run_dir=folder, label=label, **options)
+        done.write_text(json.dumps(json_safe(record)))
+        records.append(record)
+        previous = folder
+    final = dict(records[-1])
+    final.update({
+        "stages": [{"stage": s["name"], "run_dir": r["run_dir"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                    "train_time_s": r["train_time_s"], "best_valid_score": r["best_valid_score"]}
+                   for s, r in zip(stages, records)],
+        "train_time_s": round(sum(r["train_time_s"] for r in records), 2),
+        "epochs_run": sum(r["epochs_run"] for r in records),
+        "wall_time_s": round(time.time() - started, 2),
+        "run_dir": str(run_dir),
+        "record_id": uuid.uuid4().hex,
+        "overrides": {**overrides, **({"epochs": options["epochs"]} if options.get("epochs") is not None else {})},
+    })
+    model_class = get_model_class(model)
+    if label is None and getattr(model_class, "run_label", None):
+        final["label"] = model_class.run_label({**final["config"], "pipeline": True})
+    final = json_safe(final)
+    if output is not None:
+        append_record(final, Path(output).resolve())
+    return final
 
 
 def resume(run_dir: str | os.PathLike, *, verbose: bool = True, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
@@ -528,7 +584,8 @@ def _longtail_groups(config: Any, train_data: Any, data: Any) -> Any:
         return None
     return long_tail_groups(train_data.dataset, float(config["longtail_head_ratio"]),
                             str(config["longtail_groups"] or "pareto"), config["longtail_user_threshold"],
-                            config["longtail_item_threshold"], full_dataset=data)
+                            config["longtail_item_threshold"], full_dataset=data,
+                            item_bins=config["longtail_item_bins"] or 0)
 
 
 def _add_longtail(trainer: Any, groups: Any, valid_data: Any, test_data: Any,

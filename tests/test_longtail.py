@@ -160,7 +160,7 @@ def test_group_metrics_equal_an_independent_computation(skewed_root: Path) -> No
     model = get_model_class("SASRec")(config, train.dataset)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.fit(train, valid, saved=False, show_progress=False)
-    result = group_metrics(trainer, test, long_tail_groups(train.dataset, 0.2))
+    result = group_metrics(trainer, test, long_tail_groups(train.dataset, 0.2, item_bins=4))
     users, items = training_counts(config, data, train)
 
     def head_of(counts: dict[int, int], n: int) -> set[int]:
@@ -176,7 +176,19 @@ def test_group_metrics_equal_an_independent_computation(skewed_root: Path) -> No
         "head_item": [v for i, v in zip(targets, ndcg) if i in head_items],
         "tail_item": [v for i, v in zip(targets, ndcg) if i not in head_items],
     }
+    # Popularity bins (PAD's): items by training count, most popular first; an item's bin is
+    # 1 + floor(4 x (interactions of the items ranked before it) / all), at most 4.
+    ranked = sorted(range(1, data.item_num), key=lambda i: (-items.get(i, 0), i))
+    total, before, bin_of = sum(items.values()), 0, {}
+    for item in ranked:
+        bin_of[item] = min(4, 1 + int(4 * before / total))
+        before += items.get(item, 0)
+    for b in range(1, 5):
+        expected[f"bin{b}_item"] = [v for i, v in zip(targets, ndcg) if bin_of[i] == b]
     for group, values in expected.items():
+        if not values and group.startswith("bin"):
+            assert group not in result["rows"] or result["rows"][group] == 0, group
+            continue
         assert values and result["rows"][group] == len(values), group
         assert result[f"ndcg@10_{group}"] == pytest.approx(np.mean(values), abs=1e-4), group
     assert np.mean(expected["head_user"]) != pytest.approx(np.mean(expected["tail_user"]), abs=1e-3)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_llm.errors import UserError
-from recbole_llm.model.pad import PostLNEncoder, frequency_bins, gate_init, gate_weights, left_pad, mk_mmd
+from recbole_llm.evaluation.longtail import frequency_bins
+from recbole_llm.model.pad import PostLNEncoder, gate_init, gate_weights, left_pad, mk_mmd
 
 TINY = {"hidden_size": 16, "n_layers": 1, "MAX_ITEM_LIST_LENGTH": 8, "learning_rate": 1e-3, "train_batch_size": 256,
         "pad_text_layers": 1}
@@ -107,7 +108,7 @@ def _model(root: Path, stage: int):
 
 def test_three_stages_run_and_each_starts_from_the_previous(stages: dict) -> None:
     assert [stages[s]["epochs_run"] for s in (1, 2, 3)] == [1, 1, 1]
-    assert stages[1]["label"] == "PAD(stage 1, history 8)"
+    assert stages[1]["label"] == "PAD(stage 1, history 8)" and stages[3]["label"] == "PAD(stage 3, history 8)"
     from recbole_llm.runner import load_checkpoint
 
     first, second = (load_checkpoint(stages["root"] / f"s{s}")["state_dict"] for s in (1, 2))
@@ -176,3 +177,36 @@ def test_training_loss_is_bce_of_next_items_against_one_negative_per_position(st
             neg_logits.append(float(h[p] @ model.id_embedding.weight[neg]))
     bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
     assert loss.item() == pytest.approx(bce(pos_logits, 1) + bce(neg_logits, 0), rel=1e-4)
+
+
+def test_one_run_trains_the_three_stages_in_a_row_and_picks_up_where_it_stopped(tmp_path: Path, session_home: Path) -> None:
+    from recbole_llm.runner import run
+
+    folder = tmp_path / "pad"
+    record = run("PAD", "ml-100k", overrides=TINY, epochs=1, output=tmp_path / "runs.jsonl", run_dir=folder, verbose=False)
+    assert record["label"] == "PAD(history 8)" and [s["stage"] for s in record["stages"]] == ["pre-train", "align", "disentangle"]
+    assert [Path(s["run_dir"]).name for s in record["stages"]] == ["stage-1", "stage-2", "stage-3"]
+    assert record["config"]["pad_stage"] == 3 and record["epochs_run"] == 3
+    assert Path(record["config"]["pad_init_from"]) == folder / "stage-2"
+    # The same command again finds every stage done: nothing is trained, the record is the same.
+    (folder / "stage-3" / "checkpoints").rename(folder / "stage-3" / "moved")  # a retrain would write it again
+    again = run("PAD", "ml-100k", overrides=TINY, epochs=1, output=None, run_dir=folder, verbose=False)
+    assert again["test"] == record["test"] and not (folder / "stage-3" / "checkpoints").exists()
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(UserError, match="pad_stage=all runs the three stages through"):
+        from recbole.quick_start import run_recbole
+
+        run_recbole(model="PAD", dataset="ml-100k", config_dict={**TINY, "epochs": 1})
+
+
+def test_mk_mmd_shrinks_as_the_two_samples_come_together() -> None:
+    torch.manual_seed(0)
+    s = torch.randn(40, 4)
+    noise = torch.randn(40, 4)
+    values = [mk_mmd(s, s + shift + 0.1 * noise).item() for shift in (2.0, 1.0, 0.5, 0.25, 0.0)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    # The estimator of identical samples is tllib's constant offset only (its kernel terms cancel
+    # to 2 (mean off-diagonal - 5) / n).
+    k = sum(torch.exp(-torch.cdist(s, s).pow(2) / (2 * a * torch.cdist(s, s).pow(2).mean())) for a in (1 / 8, 1 / 4, 1 / 2, 1, 2))
+    off = (k.sum() - k.diagonal().sum()) / (40 * 39)
+    assert mk_mmd(s, s).item() == pytest.approx((2 * off.item() - 10) / 40 + 2 / 39, abs=1e-5)

@@ -57,6 +57,13 @@ class LongTailGroups:
                               # threshold: head rows have at least this many input items
     item_threshold: int       # head items have at least this many interactions (pareto: training)
     definition: str = "pareto"
+    item_bins: torch.Tensor | None = None   # popularity bin of every item (1 = most popular; 0 = padding)
+
+    @property
+    def item_groups(self) -> tuple[str, ...]:
+        """``tail_item``, ``head_item`` and, with popularity bins, ``bin1_item`` ... ``binN_item``."""
+        bins = () if self.item_bins is None else tuple(f"bin{b}_item" for b in range(1, int(self.item_bins.max()) + 1))
+        return ("tail_item", "head_item", *bins)
 
     def head_rows(self, users: torch.Tensor, input_lengths: torch.Tensor | None) -> torch.Tensor:
         """Bool mask over evaluated rows: is the row's user a head user (padding user: never)."""
@@ -74,7 +81,9 @@ class LongTailGroups:
         return mask
 
     def items(self, group: str) -> torch.Tensor:
-        """Bool mask of the items in ``tail_item`` or ``head_item`` (padding excluded)."""
+        """Bool mask of the items in ``tail_item``, ``head_item`` or ``binK_item`` (padding excluded)."""
+        if group.startswith("bin"):
+            return self.item_bins == int(group[3:-len("_item")])
         mask = self.item_head if group == "head_item" else ~self.item_head
         mask = mask.clone()
         mask[0] = False
@@ -89,11 +98,29 @@ class LongTailGroups:
             users = {"user_threshold": self.user_threshold, "head_users": int(self.users("head_user").sum()),
                      "tail_users": int(self.users("tail_user").sum())}
             popularity = "training interactions"
+        bins = {} if self.item_bins is None else {
+            "item_bins": {g: int(self.items(g).sum()) for g in self.item_groups[2:]},
+            "item_bin_rule": "training interactions, most popular first; bins of equal interaction mass (PAD's gate)"}
         return {
             "definition": self.definition, "head_ratio": self.head_ratio if self.definition == "pareto" else None,
             **users, "item_threshold": self.item_threshold, "item_popularity": popularity,
-            "head_items": int(self.items("head_item").sum()), "tail_items": int(self.items("tail_item").sum()),
+            "head_items": int(self.items("head_item").sum()), "tail_items": int(self.items("tail_item").sum()), **bins,
         }
+
+
+def frequency_bins(counts: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of every item (index = item id, 0 = padding, bin 0) by training popularity: items sorted
+    by count, most popular first, go to bin 1 + floor(n_bins x (interactions of the items before
+    them) / all interactions), capped at ``n_bins``, so each bin holds about 1/n_bins of the
+    interactions (PAD's gate bins; items never seen in training land in the last)."""
+    counts = np.asarray(counts, dtype=np.float64).copy()
+    counts[0] = 0
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    before = np.concatenate([[0.0], np.cumsum(counts[order])[:-1]])
+    total = max(counts.sum(), 1.0)
+    bins = np.zeros(len(counts), dtype=np.int64)
+    bins[order] = np.minimum(1 + np.floor(n_bins * before / total + 1e-9).astype(np.int64), n_bins)
+    return bins
 
 
 def pareto_head(counts: np.ndarray, head_ratio: float) -> tuple[np.ndarray, int]:
@@ -121,7 +148,7 @@ def _counts(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2, definition: str = "pareto",
                      user_threshold: int | None = None, item_threshold: int | None = None,
-                     full_dataset: Any = None) -> LongTailGroups:
+                     full_dataset: Any = None, item_bins: int = 0) -> LongTailGroups:
     """The groups of a run. ``pareto``: from RecBole's *training* split dataset
     (``train_data.dataset``), whose ``inter_matrix`` holds exactly the training interactions under
     both protocols (RecBole's sequential dataset rebuilds them from its augmented rows).
@@ -143,7 +170,8 @@ def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2, definition: st
         item_head[0] = False
         return LongTailGroups(head_ratio=float(head_ratio), user_head=torch.zeros(train_dataset.user_num, dtype=torch.bool),
                               item_head=torch.from_numpy(item_head), user_threshold=int(user_threshold),
-                              item_threshold=int(item_threshold), definition="threshold")
+                              item_threshold=int(item_threshold), definition="threshold",
+                              item_bins=_bins(train_dataset, item_bins))
     user_counts, item_counts = _counts(train_dataset)
     # Users without any training interaction (possible only with tiny sequences) are tail users.
     user_head, user_t = pareto_head(user_counts[1:], head_ratio)
@@ -152,8 +180,17 @@ def long_tail_groups(train_dataset: Any, head_ratio: float = 0.2, definition: st
         head_ratio=float(head_ratio),
         user_head=torch.from_numpy(np.concatenate([[False], user_head])),
         item_head=torch.from_numpy(np.concatenate([[False], item_head])),
-        user_threshold=user_t, item_threshold=item_t,
+        user_threshold=user_t, item_threshold=item_t, item_bins=_bins(train_dataset, item_bins),
     )
+
+
+def _bins(train_dataset: Any, n_bins: int) -> torch.Tensor | None:
+    """Popularity bins over the training split (``longtail_item_bins``; 0: none)."""
+    if not n_bins:
+        return None
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise UserError(f"longtail_item_bins={n_bins!r}: expected a positive number of bins (or 0 for none)")
+    return torch.from_numpy(frequency_bins(_counts(train_dataset)[1], n_bins))
 
 
 def _topk_metrics(config: Any) -> list[Any]:
@@ -215,8 +252,9 @@ def group_metrics(trainer: Any, eval_data: Any, groups: LongTailGroups) -> dict[
         trainer.item_tensor = eval_data._dataset.get_item_feature().to(trainer.device)
     model.eval()
     max_k = max(config["topk"])
-    item_masks = {g: groups.items(g).to(trainer.device) for g in ("tail_item", "head_item")}
-    rows: dict[str, list[torch.Tensor]] = {g: [] for g in GROUPS}
+    item_masks = {g: groups.items(g).to(trainer.device) for g in groups.item_groups}
+    names = ("tail_user", "head_user", *groups.item_groups)
+    rows: dict[str, list[torch.Tensor]] = {g: [] for g in names}
     for users, lengths, scores, positive_u, positive_i in _scored_batches(trainer, eval_data):
         _, topk_idx = torch.topk(scores, max_k, dim=-1)
         positives = torch.zeros_like(scores, dtype=torch.int)
@@ -233,7 +271,7 @@ def group_metrics(trainer: Any, eval_data: Any, groups: LongTailGroups) -> dict[
             hits = torch.gather(in_group[keep], 1, topk_idx[keep])
             rows[group].append(torch.cat([hits, n_pos[keep]], 1).cpu())
     out: dict[str, Any] = {"rows": {}}
-    for group in GROUPS:
+    for group in names:
         matrix = torch.cat(rows[group]) if rows[group] else torch.zeros(0, max_k + 1, dtype=torch.int)
         out["rows"][group] = int(matrix.shape[0])
         if matrix.shape[0] == 0:

@@ -3,8 +3,9 @@ Large Language Models", SIGIR 2025, arXiv 2412.04107), as its official code runs
 (Applied-Machine-Learning-Lab/PAD, model/model_mmd_ada.py: ``Model2_id``, ``Model2_transfer``,
 ``Model_new3_3``; model/encoders.py, model/modules.py).
 
-Three stages, each a run of this model with ``pad_stage`` 1, 2 or 3; stages 2 and 3 start from the
-previous stage's run (``pad_init_from``: its run folder or checkpoint):
+Three stages; ``pad_stage: all`` (the default) trains them in a row, each a run of its own in the
+run folder (``stage-1`` ...), and ``pad_stage`` 1, 2 or 3 trains one, stages 2 and 3 starting from
+the previous stage's run (``pad_init_from``: its run folder or checkpoint):
 
 1. **Pre-train** an ID model: item ID embeddings and a post-LN SASRec-style encoder (causal and
    key-padding mask, learned positions, ReLU feed-forward of 4d), BCE of the next item against one
@@ -38,6 +39,7 @@ from torch import nn
 
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
+from recbole_llm.evaluation.longtail import frequency_bins
 from recbole_llm.model.layers import TrainPositives
 from recbole_llm.registry import register_model
 
@@ -145,21 +147,6 @@ def mk_mmd(source: torch.Tensor, target: torch.Tensor, alphas: tuple[float, ...]
     return within - 2 * kernel[:n, n:].mean() + 2.0 / (n - 1)
 
 
-def frequency_bins(counts: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin of every item (index = item id, 0 = padding, bin 0) by training popularity: items sorted
-    by count, most popular first, go to bin 1 + floor(n_bins x (interactions of the items before
-    them) / all interactions), capped at ``n_bins``, so each bin holds about 1/n_bins of the
-    interactions (the reference's bins of Prime Pantry; never-seen items land in the last)."""
-    counts = np.asarray(counts, dtype=np.float64).copy()
-    counts[0] = 0
-    order = np.argsort(-counts[1:], kind="stable") + 1
-    before = np.concatenate([[0.0], np.cumsum(counts[order])[:-1]])
-    total = max(counts.sum(), 1.0)
-    bins = np.zeros(len(counts), dtype=np.int64)
-    bins[order] = np.minimum(1 + np.floor(n_bins * before / total + 1e-9).astype(np.int64), n_bins)
-    return bins
-
-
 def gate_init(n_bins: int, aligned_start: float) -> torch.Tensor:
     """The gate's logits [3 experts (ID, aligned, text), n_bins + 1 (bin 0: padding)] as the
     reference starts them: linspace(1, 0), linspace(g, g - 1) and linspace(0, 1)."""
@@ -191,7 +178,7 @@ class PADTrainer(Trainer):
 
     def __init__(self, config, model):
         if config["learning_rate"] is None:
-            config["learning_rate"] = STAGE_LEARNING_RATES[int(config["pad_stage"])]
+            config["learning_rate"] = STAGE_LEARNING_RATES[model.stage]
         super().__init__(config, model)
 
     def _build_optimizer(self, **kwargs):
@@ -215,18 +202,29 @@ class PAD(SequentialRecommender):
         return UserSequenceTrainDataLoader
 
     @classmethod
+    def pipeline_stages(cls, config: dict) -> list[dict[str, Any]]:
+        """``pad_stage: all`` (the default): the three stages as runs in a row (see runner)."""
+        if str(config.get("pad_stage")) != "all":
+            return []
+        return [{"name": name, "overrides": {"pad_stage": number}, "init_key": "pad_init_from"}
+                for number, name in ((1, "pre-train"), (2, "align"), (3, "disentangle"))]
+
+    @classmethod
     def run_label(cls, config: dict) -> str:
-        parts = [f"stage {int(config.get('pad_stage') or 1)}"]
+        parts = [] if config.get("pipeline") else [f"stage {int(config.get('pad_stage') or 1)}"]
         history = config.get("MAX_ITEM_LIST_LENGTH")
         if history is not None and int(history) != 20:
             parts.append(f"history {history}")
-        return f"PAD({', '.join(parts)})"
+        return f"PAD({', '.join(parts)})" if parts else "PAD"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.stage = int(config["pad_stage"])
+        if str(config["pad_stage"]) == "all":
+            raise UserError("pad_stage=all runs the three stages through `recbole-llm run` (recbole_llm.runner.run); "
+                            "a model built by RecBole's own entry points is one stage: set pad_stage to 1, 2 or 3")
+        self.stage = int(config["pad_stage"]) if str(config["pad_stage"]).isdigit() else 0
         if self.stage not in (1, 2, 3):
-            raise UserError(f"pad_stage={config['pad_stage']!r}: expected 1 (pre-train), 2 (align) or 3 (disentangle)")
+            raise UserError(f"pad_stage={config['pad_stage']!r}: expected all, 1 (pre-train), 2 (align) or 3 (disentangle)")
         d, dropout = int(config["hidden_size"]), float(config["dropout_prob"])
         heads, layers = int(config["n_heads"]), int(config["n_layers"])
         self.mmd_weight = float(config["pad_mmd_weight"])
