@@ -210,3 +210,15 @@ def test_mk_mmd_shrinks_as_the_two_samples_come_together() -> None:
     k = sum(torch.exp(-torch.cdist(s, s).pow(2) / (2 * a * torch.cdist(s, s).pow(2).mean())) for a in (1 / 8, 1 / 4, 1 / 2, 1, 2))
     off = (k.sum() - k.diagonal().sum()) / (40 * 39)
     assert mk_mmd(s, s).item() == pytest.approx((2 * off.item() - 10) / 40 + 2 / 39, abs=1e-5)
+
+
+def test_a_stage_without_its_previous_stage_is_one_error_line_and_leaves_no_folder(tmp_path: Path, capsys) -> None:
+    from recbole_llm.cli import main
+
+    folder = tmp_path / "run"
+    code = main(["run", "-m", "PAD", "-d", "ml-100k", "--set", "pad_stage=2", "--set", "hidden_size=16",
+                 "--set", "n_layers=1", "--run-dir", str(folder), "--output", str(tmp_path / "runs.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+    errors = [line for line in err if "error" in line.lower()]
+    assert code == 2 and errors == err[-1:] and "pad_init_from=RUN_FOLDER_OR_CHECKPOINT" in err[-1]
+    assert not folder.exists() and not (tmp_path / "runs.jsonl").exists()
