@@ -63,7 +63,7 @@ def measure(model: str, dataset: str, parent: str, data_path: str, epochs: int) 
     from recbole.config import Config
     from recbole.utils import get_model, get_trainer, init_seed
 
-    import recbole_llm  # noqa: F401
+    import recbole_llm  # noqa: F401  (registers the models)
     from recbole_llm.config import dataset_settings
     from recbole_llm.progress import quiet
     from recbole_llm.runner import load_split, prepare, recbole_argv
@@ -122,7 +122,6 @@ def report(rows: list[dict[str, Any]], name: str, fractions: list[float], comman
              "|---|---|---|---|---|---|---|---|---|"]
     fits = ["", "| model | epoch time vs interactions | memory vs interactions | evaluation vs users x items |",
             "|---|---|---|---|"]
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     figure = make_subplots(rows=1, cols=3, subplot_titles=("s per epoch", "peak memory above the loaded interpreter (MB)",

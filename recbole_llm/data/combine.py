@@ -21,7 +21,7 @@ import os
 import yaml
 
 from recbole_llm.data.datasets import data_root, resolve_dataset
-from recbole_llm.data.importers import ImportReport, _staged, _write_atomic
+from recbole_llm.data.importers import ImportReport, staged_folder, write_atomic_file
 from recbole_llm.errors import UserError
 
 SEP = "/"  # between a source's name and its own token: never in a dataset name
@@ -79,9 +79,9 @@ def combine_datasets(name: str, sources: list[str], data_path: str | os.PathLike
         "protocols": {"general": {k: first[k] for k in ("eval_args", "metrics", "topk", "valid_metric") if k in first}},
         "unsupported_protocols": {"sequential": "a combination of datasets has no common time line; use the general protocol"},
     }
-    with _staged(folder) as staging:
-        _write_atomic(staging / f"{name}.inter", inter)
-        _write_atomic(staging / f"{name}.item", items)
+    with staged_folder(folder) as staging:
+        write_atomic_file(staging / f"{name}.inter", inter)
+        write_atomic_file(staging / f"{name}.item", items)
         with open(staging / f"{name}.yaml", "w", encoding="utf-8") as f:
             f.write(f"# Written by `recbole-llm datasets combine {name} --from {' '.join(sources)}`.\n")
             yaml.safe_dump(combined, f, sort_keys=False, allow_unicode=True)

@@ -317,7 +317,7 @@ IMPORTERS: dict[str, Callable[[_Source, ImportReport], dict[str, list[list[str]]
 
 
 @contextmanager
-def _staged(folder: Path) -> Iterator[Path]:
+def staged_folder(folder: Path) -> Iterator[Path]:
     """A temporary folder beside ``folder`` whose files replace the same names in ``folder`` only
     when the block completes; on any error nothing in ``folder`` changes."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def _staged(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_atomic(path: Path, rows: list[list[str]]) -> None:
+def write_atomic_file(path: Path, rows: list[list[str]]) -> None:
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.writelines("\t".join(row) + "\n" for row in rows)
 
@@ -350,7 +350,7 @@ def import_dataset(name: str, source: str | os.PathLike, data_path: str | os.Pat
     origin = _Source(Path(source))
     report = ImportReport(name, folder, str(origin.path))
     atomic = {suffix: origin.find(f"{name}.{suffix}") for suffix in ("inter", "item", "user")}
-    with _staged(folder) as staging:
+    with staged_folder(folder) as staging:
         if atomic["inter"] is not None:  # RecBole's own files: copied as they are
             for suffix, opener in atomic.items():
                 if opener is None:
@@ -366,7 +366,7 @@ def import_dataset(name: str, source: str | os.PathLike, data_path: str | os.Pat
         else:
             for suffix, rows in IMPORTERS[name](origin, report).items():
                 if rows:
-                    _write_atomic(staging / f"{name}.{suffix}", rows)
+                    write_atomic_file(staging / f"{name}.{suffix}", rows)
                     report.written[f"{name}.{suffix}"] = len(rows) - 1
             if report.written.get(f"{name}.inter", 0) == 0:
                 raise UserError(f"--from {origin.path}: no readable interaction in the {name} files; nothing written")
