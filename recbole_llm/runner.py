@@ -306,6 +306,7 @@ def run(
 
 
 STAGE_RECORD = "stage-record.json"
+PIPELINE_REQUEST = "stages-request.json"
 
 
 def _run_stages(model: str, dataset: str, stages: list[dict[str, Any]], run_dir: Path, *, overrides: dict[str, Any],
@@ -316,6 +317,11 @@ def _run_stages(model: str, dataset: str, stages: list[dict[str, Any]], run_dir:
     record is the last stage's, with every stage's epochs and times."""
     import json
 
+    # What `recbole-llm resume RUN_DIR` needs to run the same stages again (removed when done).
+    run_dir.mkdir(parents=True, exist_ok=True)
+    call = {"model": model, "dataset": dataset, "overrides": overrides, "output": str(output) if output else None,
+            "label": label, **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if k != "on_epoch"}}
+    (run_dir / PIPELINE_REQUEST).write_text(json.dumps(json_safe(call)))
     records = []
     previous: Path | None = None
     for number, stage in enumerate(stages, start=1):
@@ -353,6 +359,7 @@ def _run_stages(model: str, dataset: str, stages: list[dict[str, Any]], run_dir:
     final = json_safe(final)
     if output is not None:
         append_record(final, Path(output).resolve())
+    (run_dir / PIPELINE_REQUEST).unlink(missing_ok=True)
     return final
 
 
@@ -361,6 +368,12 @@ def resume(run_dir: str | os.PathLike, *, verbose: bool = True, on_epoch: EpochC
     the same config, and append its record where the run would have; return the record."""
     started = time.time()
     run_dir = Path(run_dir).expanduser().resolve()
+    if (run_dir / PIPELINE_REQUEST).is_file():  # a model trained in stages: run them again (finished ones are kept)
+        import json
+
+        call = json.loads((run_dir / PIPELINE_REQUEST).read_text())
+        return run(call.pop("model"), call.pop("dataset"), run_dir=run_dir, on_epoch=on_epoch,
+                   **{**call, "verbose": verbose})
     request = resume_state.read_request(run_dir)
     return _execute(request, run_dir, verbose, on_epoch, started, resumable=True, continuing=True)
 

@@ -3,6 +3,7 @@ frequency bins, the gate, the post-LN encoder's masks), the stage hand-over, and
 run on ml-100k."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -193,6 +194,17 @@ def test_one_run_trains_the_three_stages_in_a_row_and_picks_up_where_it_stopped(
     again = run("PAD", "ml-100k", overrides=TINY, epochs=1, output=None, run_dir=folder, verbose=False)
     assert again["test"] == record["test"] and not (folder / "stage-3" / "checkpoints").exists()
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 1
+    # Stopped during stage 3 (its folder lost): `resume` on the run folder trains stage 3 only.
+    import shutil
+
+    from recbole_llm.runner import PIPELINE_REQUEST, resume
+
+    shutil.rmtree(folder / "stage-3")
+    (folder / PIPELINE_REQUEST).write_text(json.dumps({"model": "PAD", "dataset": "ml-100k", "overrides": TINY,
+                                                       "output": None, "label": None, "epochs": 1}))
+    continued = resume(folder, verbose=False)
+    assert (folder / "stage-3" / "checkpoints").is_dir() and continued["stages"][0] == record["stages"][0]
+    assert not (folder / PIPELINE_REQUEST).exists()
     with pytest.raises(UserError, match="pad_stage=all runs the three stages through"):
         from recbole.quick_start import run_recbole
 
