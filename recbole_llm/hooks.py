@@ -70,11 +70,55 @@ def _hook_data_preparation() -> None:
     def data_preparation(config: Any, dataset: Any) -> Any:
         if config["split_seed"] is not None:  # a recbole-llm config: the split has its own seed
             init_seed(config["split_seed"], config["reproducibility"])
-        return original(config, dataset)
+        loaders = original(config, dataset)
+        if "eval_mask_history" in config and config["eval_mask_history"]:
+            _mask_sequential_history(dataset, *loaders[1:])
+        return loaders
 
     data_preparation.__doc__ = original.__doc__
     for module in (data_utils, data_package, quick_start):
         module.data_preparation = data_preparation
+
+
+def _mask_sequential_history(dataset: Any, valid: Any, test: Any) -> None:
+    """``eval_mask_history`` for sequential models (PAD's protocol): full ranking scores every item
+    the user interacted with before the target -inf, as RecBole does for general models (RecBole
+    masks nothing for sequential ones). Leave-one-out: validation masks the training items, test
+    the training and validation items (the whole history, not only the model's input window)."""
+    from recbole.data.dataloader import FullSortEvalDataLoader
+
+    from recbole_llm.data.loaders import user_sequences
+    from recbole_llm.errors import UserError
+
+    if not hasattr(dataset, "item_list_length_field"):
+        raise UserError("eval_mask_history is for sequential models: general models' full ranking already masks the "
+                        "training items")
+    sequences = user_sequences(dataset)
+    for loader, drop in ((valid, 2), (test, 1)):
+        if not isinstance(loader, FullSortEvalDataLoader):
+            raise UserError("eval_mask_history needs full ranking (eval_args mode: full); sampled ranking draws its "
+                            "candidates among items the user has not seen with eval_negatives: unseen")
+        _mask_history(loader, {user: items[:-drop] for user, items in sequences.items()})
+
+
+def _mask_history(loader: Any, history: dict[int, Any]) -> None:
+    """Make ``loader`` return the index of each row's ``history`` items as RecBole's
+    ``history_index``, which its trainer scores -inf. (torch's DataLoader took RecBole's bound
+    ``collate_fn`` when it was built, so the loader's own attribute is wrapped.)"""
+    import numpy as np
+    import torch
+
+    original = loader.collate_fn
+
+    def collate_fn(index: Any) -> Any:
+        interaction, _, positive_u, positive_i = original(index)
+        users = interaction[loader.uid_field].numpy()
+        items = [np.asarray(history.get(int(u), ()), dtype=np.int64) for u in users]
+        rows = np.repeat(np.arange(len(users)), [len(i) for i in items])
+        flat = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        return interaction, (torch.from_numpy(rows), torch.from_numpy(flat)), positive_u, positive_i
+
+    loader.collate_fn = collate_fn
 
 
 def _hook_train_dataloader() -> None:

@@ -203,3 +203,10 @@ def test_sampled_ranking_and_other_groups_never_share_a_table(tmp_path: Path) ->
     assert "ranking: uni100" in threshold.notes["protocol"]
     pareto = next(board for board in boards if not board.evaluation)
     assert "Pareto, the top 20% of users and items" in pareto.notes["protocol"]
+
+
+def test_runs_with_a_masked_history_get_a_table_of_their_own() -> None:
+    from recbole_llm.bench.leaderboard import _evaluation
+
+    assert _evaluation({"config": {"eval_mask_history": True}}) == "history masked"
+    assert _evaluation({"config": {"eval_mask_history": False}}) == ""

@@ -300,3 +300,33 @@ def test_unseen_negatives_are_distinct_items_the_user_never_had(skewed_root: Pat
             assert not clean  # RecBole's own draw is not the reference's
     with pytest.raises(UserError, match="eval_negatives='all'"):
         split(skewed_root, **sampled, eval_negatives="all")
+
+
+def test_masked_history_hides_every_earlier_item_of_the_user(skewed_root: Path) -> None:
+    """``eval_mask_history`` (PAD's protocol): the items RecBole scores -inf for a row are exactly
+    the user's interactions before the target (validation: before the second last; test: before
+    the last), counted from the .inter file, not only the model's input window."""
+    import pandas as pd
+
+    config, data, _, valid, test = split(skewed_root, eval_mask_history=True, MAX_ITEM_LIST_LENGTH=3)
+    frame = pd.read_csv(skewed_root / DATASET / f"{DATASET}.inter", sep="\t")
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable").astype({"user_id": str, "item_id": str})
+    kept = set(data.field2token_id["item_id"])  # RecBole's 5-core filter drops some items
+    histories = {u: [i for i in g.item_id if i in kept] for u, g in frame.groupby("user_id")}
+    checked = 0
+    for loader, drop in ((valid, 2), (test, 1)):
+        for interaction, history_index, _, positive_i in loader:
+            rows, items = history_index
+            for row in range(len(interaction)):
+                user = data.id2token("user_id", int(interaction["user_id"][row]))
+                expected = sorted(histories[user][:-drop])
+                got = sorted(data.id2token("item_id", items[rows == row].numpy()).tolist())
+                assert got == expected
+                assert data.id2token("item_id", int(positive_i[row])) == histories[user][-drop]
+                checked += 1
+    assert checked == 2 * (data.user_num - 1)
+    assert any(len(h) - 1 > 3 for h in histories.values())  # longer than the input window somewhere
+    with pytest.raises(UserError, match="eval_mask_history needs full ranking"):
+        split(skewed_root, eval_mask_history=True,
+              eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni100"})

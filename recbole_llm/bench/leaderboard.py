@@ -262,13 +262,15 @@ def _environment_note(records: list[dict[str, Any]]) -> tuple[str, str]:
 
 def _evaluation(record: dict[str, Any]) -> str:
     """What in a record's evaluation makes its numbers incomparable with the protocol's default:
-    sampled ranking (e.g. ``uni100``; LLM-ESR's official protocol) and non-default long-tail
-    groups. Empty for full ranking with Pareto groups."""
+    sampled ranking (e.g. ``uni100``; LLM-ESR's official protocol), a masked history (PAD's) and
+    non-default long-tail groups. Empty for full ranking with Pareto groups."""
     config = record.get("config") or {}
     mode = (config.get("eval_args") or {}).get("mode") or "full"
     mode = mode.get("test", "full") if isinstance(mode, dict) else mode
     unseen = " of unseen items" if config.get("eval_negatives") == "unseen" else ""  # LLM-ESR's draw
     parts = [] if mode == "full" else [f"{mode} ranking{unseen}"]
+    if config.get("eval_mask_history"):  # PAD's protocol: the user's earlier items cannot be recommended
+        parts.append("history masked")
     definition = (record.get("longtail") or {}).get("definition") or "pareto"
     if definition != "pareto":
         parts.append(f"{definition} groups")
