@@ -234,3 +234,33 @@ def test_a_stage_without_its_previous_stage_is_one_error_line_and_leaves_no_fold
     errors = [line for line in err if "error" in line.lower()]
     assert code == 2 and errors == err[-1:] and "pad_init_from=RUN_FOLDER_OR_CHECKPOINT" in err[-1]
     assert not folder.exists() and not (tmp_path / "runs.jsonl").exists()
+
+
+def test_negatives_and_bins_count_every_training_item_of_a_user(stages: dict) -> None:
+    """The reference excludes (and counts) all of a user's training items, the first included,
+    which a sequential training split holds only as history."""
+    from recbole_llm.model.pad import training_matrix
+    from recbole_llm.runner import load_checkpoint
+
+    model, train, _ = _model(stages["root"], 1)
+    data = train.dataset
+    matrix = training_matrix(data, data.user_num, model.n_items)
+    # Independently, from the .inter file: every user's interactions in time order (items RecBole's
+    # filter keeps), less the last two (validation, test); users whose last three are not tied.
+    import pandas as pd
+
+    config = load_checkpoint(stages["root"] / "s1")["config"]
+    frame = pd.read_csv(Path(config["data_path"]) / "ml-100k.inter", sep="\t", dtype=str)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame = frame[frame.item_id.isin(set(data.field2token_id["item_id"]))]
+    frame = frame.assign(timestamp=frame.timestamp.astype(float)).sort_values(["user_id", "timestamp"], kind="stable")
+    checked = 0
+    for token, group in frame.groupby("user_id"):
+        if group.timestamp.iloc[-3:].nunique() < 3 or checked == 20:
+            continue
+        user = data.token2id("user_id", token)
+        train_items = [data.token2id("item_id", i) for i in group.item_id.iloc[:-2]]
+        assert sorted(matrix[user].indices.tolist()) == sorted(set(train_items))
+        assert model.negatives.contains(torch.tensor([user]), torch.tensor([train_items[0]])).item()
+        checked += 1
+    assert checked == 20

@@ -160,6 +160,21 @@ def gate_weights(logits: torch.Tensor) -> torch.Tensor:
     return s / s.sum(0, keepdim=True)
 
 
+def training_matrix(dataset: Any, n_users: int, n_items: int) -> Any:
+    """Users x items counts of every training interaction, each user's first item included (a
+    sequential training split's rows hold it only as history, never as a target): the items
+    negatives must avoid, and the popularity the gate's bins count (the reference's ``fre``)."""
+    import scipy.sparse as sp
+
+    from recbole_llm.data.user_history import training_sequences
+
+    users, items = [], []
+    for user, sequence in training_sequences(dataset).items():
+        users += [user] * len(sequence)
+        items += sequence
+    return sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+
+
 def left_pad(seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """RecBole's right-padded rows, shifted so that each row's items end at the last position."""
     width = seq.shape[1]
@@ -235,7 +250,7 @@ class PAD(SequentialRecommender):
         self.id_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
         nn.init.xavier_normal_(self.id_embedding.weight)
         self.user_encoder = encoder()
-        interactions = dataset.inter_matrix(form="csr")
+        interactions = training_matrix(dataset, dataset.user_num, self.n_items)
         self.negatives = TrainPositives(interactions, self.n_items)
         if self.stage >= 2:
             item_llm = preloaded_matrix(dataset, config, "item")
