@@ -264,3 +264,30 @@ def test_negatives_and_bins_count_every_training_item_of_a_user(stages: dict) ->
         assert model.negatives.contains(torch.tensor([user]), torch.tensor([train_items[0]])).item()
         checked += 1
     assert checked == 20
+
+
+def test_text_tower_and_block_are_the_references_layers() -> None:
+    from torch import nn
+
+    from recbole_llm.model.pad import TextTower, _Block
+
+    tower = TextTower(10, 4, 2, 0.1)
+    assert [type(m) for m in tower] == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU]
+    assert tower[0].weight.shape == (4, 10) and all(float(m.bias.abs().sum()) == 0 for m in tower if isinstance(m, nn.Linear))
+    # One post-LN block by hand: h = LN(x + W_o softmax(QK^T / sqrt(d_k) + mask) V), out = LN(h + W_2 ReLU(W_1 h)).
+    torch.manual_seed(0)
+    block = _Block(8, 2, 0.0).eval()
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.3)
+    x = torch.randn(1, 3, 8)
+    mask = torch.tensor([[[[0.0, -1e9, -1e9], [0.0, 0.0, -1e9], [0.0, 0.0, 0.0]]]])
+    heads = []
+    for h in range(2):
+        cols = slice(4 * h, 4 * h + 4)
+        k, v = (x[0] @ block.k.weight.T)[:, cols], (x[0] @ block.v.weight.T)[:, cols]
+        q = (x[0] @ block.q.weight.T)[:, cols]
+        heads.append(torch.softmax(q @ k.T / 2.0 + mask[0, 0], dim=-1) @ v)
+    ln = lambda t, norm: (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-6) * norm.weight + norm.bias  # noqa: E731
+    h1 = ln(x[0] + torch.cat(heads, -1) @ block.o.weight.T, block.norm1)
+    out = ln(h1 + torch.relu(h1 @ block.w1.weight.T + block.w1.bias) @ block.w2.weight.T + block.w2.bias, block.norm2)
+    torch.testing.assert_close(block(x, mask)[0], out, rtol=1e-4, atol=1e-5)
