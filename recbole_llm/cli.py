@@ -466,7 +466,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
         from recbole_llm.data.combine import combine_datasets
 
         report = combine_datasets(args.name, args.sources, args.data_path, force=args.force)
-        print("\n".join(line for line in report.lines() if "malformed" not in line))
+        print("\n".join(report.lines()))
         print(f"next: recbole-llm run -m AlphaRec -d {args.name}" + (f" --data-path {args.data_path}" if args.data_path else ""))
         return 0
     rows = [[d.name, "yes" if d.present else "no", d.source, "yes" if d.configured else "no (ml-100k's protocol)", d.path]

@@ -69,12 +69,12 @@ class ImportReport:
         out = [f"{self.verb} {self.dataset} from {self.source} into {self.folder}"]
         out += [f"  {name}: {rows:,} rows" for name, rows in self.written.items()]
         skipped = sum(sum(c.values()) for c in self.malformed.values())
-        if skipped:
+        if self.verb == "imported" and skipped:  # a combination reads atomic files: no original rows
             out.append(f"  {skipped:,} malformed rows of the original were not imported:")
             for file, reasons in self.malformed.items():
                 for reason, rows in reasons.most_common():
                     out.append(f"    {file}: {rows:,} ({reason})")
-        else:
+        elif self.verb == "imported":
             out.append("  no malformed rows")
         for file, reasons in self.repaired.items():
             for reason, rows in reasons.most_common():

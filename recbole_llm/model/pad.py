@@ -321,17 +321,18 @@ class PAD(SequentialRecommender):
         negatives = self.negatives.sample_negatives(users, inputs.shape[1]).to(inputs.device)
         negatives = torch.where(real, negatives, torch.zeros_like(negatives))
         logits_pos, logits_neg, mmd = 0.0, 0.0, None
+        weights = gate_weights(self.gate) if self.stage == 3 else None
         for expert in self._experts():
             items_pos = self._items(expert, positives)
             items_neg = self._items(expert, negatives)
             h = self._encoder(expert)(items_pos[:, :-1], real)
             s_pos, s_neg = (h * items_pos[:, 1:]).sum(-1), (h * items_neg).sum(-1)
-            if self.stage == 3:
-                w = gate_weights(self.gate).to(h.dtype)
-                s_pos, s_neg = w[expert - 1][self.bins[targets]] * s_pos, w[expert - 1][self.bins[negatives]] * s_neg
+            if weights is not None:
+                w = weights[expert - 1].to(h.dtype)
+                s_pos, s_neg = w[self.bins[targets]] * s_pos, w[self.bins[negatives]] * s_neg
             logits_pos, logits_neg = logits_pos + s_pos, logits_neg + s_neg
-            if self.stage == 2 and self.mmd_weight > 0:
-                mmd = self._mmd(positives, negatives)
+        if self.stage == 2 and self.mmd_weight > 0:
+            mmd = self._mmd(positives, negatives)
         loss = F.binary_cross_entropy_with_logits(logits_pos[real], torch.ones_like(logits_pos[real])) \
             + F.binary_cross_entropy_with_logits(logits_neg[real], torch.zeros_like(logits_neg[real]))
         return loss if mmd is None else loss + self.mmd_weight * mmd
