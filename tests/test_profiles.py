@@ -168,3 +168,37 @@ def test_unchecked_profiles_keep_their_fingerprint() -> None:
     expected = hashlib.sha256(json.dumps(["smollm2", 96, "system", "extra"]).encode()).hexdigest()[:16]
     assert ProfileSettings().fingerprint("system", "extra") == expected
     assert ProfileSettings(checked=True).fingerprint("system", "extra") != expected
+
+
+def test_answer_penalty_leaves_the_prompt_alone_and_follows_the_ctrl_rule() -> None:
+    """Prompt tokens keep their logits; each distinct answer token has a positive logit divided by
+    the penalty and a negative one multiplied, once however often it appears."""
+    import torch
+
+    from recbole_llm.llm.profiles import AnswerRepetitionPenalty
+
+    prompt, answer = [7, 1, 4], [2, 3, 2, 5]  # tokens 7, 1 and 4 are in the prompt only
+    ids = torch.tensor([prompt + answer])
+    logits = torch.tensor([[0.5, 1.5, 3.0, -2.0, 6.0, 0.0, -1.0, 9.0]])
+    out = AnswerRepetitionPenalty(len(prompt), penalty=1.5, ngram=0)(ids, logits.clone())
+    expected = [0.5, 1.5, 3.0 / 1.5, -2.0 * 1.5, 6.0, 0.0, -1.0, 9.0]
+    assert out[0].tolist() == pytest.approx(expected)
+    # an empty answer: nothing changes
+    assert torch.equal(AnswerRepetitionPenalty(len(prompt) + len(answer), 1.5, 3)(ids, logits.clone()), logits)
+
+
+def test_answer_ngram_ban_completes_no_answer_trigram_twice_and_ignores_the_prompt() -> None:
+    import torch
+
+    from recbole_llm.llm.profiles import AnswerRepetitionPenalty
+
+    # answer 1 2 3 1 2: the trigram (1 2 3) exists, so after "1 2" the token 3 is banned;
+    # the prompt's trigram (1 2 6) bans nothing.
+    prompt = [1, 2, 6]
+    rows = torch.tensor([prompt + [1, 2, 3, 1, 2], prompt + [4, 4, 4, 4, 5]])
+    logits = torch.zeros(2, 8)
+    out = AnswerRepetitionPenalty(len(prompt), penalty=1.0, ngram=3)(rows, logits.clone())
+    assert torch.isinf(out[0]).nonzero().flatten().tolist() == [3]
+    assert not torch.isinf(out[1]).any()  # last two tokens (4 5) never started a trigram
+    out = AnswerRepetitionPenalty(len(prompt), penalty=1.0, ngram=3)(torch.tensor([prompt + [4, 4, 4]]), torch.zeros(1, 8))
+    assert torch.isinf(out[0]).nonzero().flatten().tolist() == [4]  # (4 4 4) again is banned

@@ -50,11 +50,41 @@ USER_SYSTEM_PROMPT = (
 )
 
 
-# Checked generation (``checked``): greedy decoding that penalises repetition, each answer checked
-# (recbole_llm/llm/quality.py) and a failing one written again by sampling, up to ``retries`` times.
-REPETITION_PENALTY = 1.3
-NO_REPEAT_NGRAM = 4
+# Checked generation (``checked``): greedy decoding that penalises repetition within the answer,
+# each answer checked (recbole_llm/llm/quality.py) and a failing one written again by sampling, up
+# to ``retries`` times. The penalties look at the answer's own tokens only (AnswerRepetitionPenalty):
+# transformers' repetition_penalty and no_repeat_ngram_size also count the prompt, and on
+# SmolLM2-135M that pushed the answers away from every word of their prompt into invented titles
+# and off-topic text (a sample of 8 items and 5 users, docs/profiles.md).
+REPETITION_PENALTY = 1.2
+NO_REPEAT_NGRAM = 3
 RETRY_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
+
+
+class AnswerRepetitionPenalty:
+    """A logits processor for ``generate``: the CTRL repetition penalty (a positive logit divided by
+    ``penalty``, a negative one multiplied) on every token already in the answer, and no repeated
+    answer ``ngram``-grams; tokens before ``prompt_length`` (the prompt) are not looked at."""
+
+    def __init__(self, prompt_length: int, penalty: float = REPETITION_PENALTY, ngram: int = NO_REPEAT_NGRAM) -> None:
+        self.prompt_length, self.penalty, self.ngram = prompt_length, penalty, ngram
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        answer = input_ids[:, self.prompt_length:]
+        if answer.shape[1] == 0:
+            return scores
+        seen = torch.gather(scores, 1, answer)
+        scores = scores.scatter(1, answer, torch.where(seen > 0, seen / self.penalty, seen * self.penalty))
+        n = self.ngram
+        if n and answer.shape[1] >= n - 1:
+            for row, tokens in enumerate(answer.tolist()):
+                prefix = tokens[len(tokens) - n + 1:]  # the n-1 tokens a new n-gram would start with
+                banned = [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i:i + n - 1] == prefix]
+                if banned:
+                    scores[row, banned] = -float("inf")
+        return scores
 
 
 @dataclass(frozen=True)
@@ -71,7 +101,7 @@ class ProfileSettings:
         the user prompts, and so user_history, enter through it), and checked generation's settings."""
         parts: list = [self.generator, self.max_new_tokens, system_prompt, extra]
         if self.checked:  # unchecked profiles keep the fingerprint they were written with
-            parts += ["checked", self.retries, REPETITION_PENALTY, NO_REPEAT_NGRAM, RETRY_SAMPLING]
+            parts += ["checked", self.retries, "answer-only", REPETITION_PENALTY, NO_REPEAT_NGRAM, RETRY_SAMPLING]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -127,7 +157,9 @@ class ProfileGenerator:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         options: dict[str, Any] = {"do_sample": False}
         if checked:
-            options.update(repetition_penalty=REPETITION_PENALTY, no_repeat_ngram_size=NO_REPEAT_NGRAM)
+            from transformers import LogitsProcessorList
+
+            options["logits_processor"] = LogitsProcessorList([AnswerRepetitionPenalty(batch["input_ids"].shape[1])])
         if sample_seed is not None:
             options.update(RETRY_SAMPLING)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
