@@ -319,6 +319,18 @@ def ensure_item_features(
     return ensure_text_features(ff, texts, wanted, encoder, **encode_options)
 
 
+def prompted_template(template: TextTemplate, prompt: Any) -> tuple[TextTemplate, str]:
+    """``template`` between the two texts of ``prompt`` ([before, after]; either may be empty), and
+    the tag that names its feature file (``prompt`` and a hash of the two texts)."""
+    import hashlib
+
+    if not (isinstance(prompt, (list, tuple)) and len(prompt) == 2 and all(isinstance(p, str) for p in prompt)):
+        raise UserError(f"item_prompt={prompt!r}: expected two texts, [before the item's text, after it]")
+    segments = tuple(p for p in (prompt[0],) if p) + template.segments + tuple(p for p in (prompt[1],) if p)
+    tag = "prompt" + hashlib.sha256(json.dumps(list(prompt)).encode()).hexdigest()[:8]
+    return TextTemplate(segments, template.list_fields), tag
+
+
 @feature_builder("item", "item")
 def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
     """The item text vectors of the run's ``llm_encoder``, built when missing or stale: of the
@@ -327,9 +339,14 @@ def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any
     if text not in ("full", "title"):
         raise UserError(f"item_text={text!r}: expected title (the item's title alone) or full (item_text_template)")
     template = (title_template if text == "title" else template_for)(folder, dataset, config_dict)
+    variant = "title" if text == "title" else ""
+    prompt = config_dict.get("item_prompt")  # text around the item's (Molar's item model); a file of its own
+    if prompt:
+        template, tag = prompted_template(template, prompt)
+        variant = "_".join(filter(None, (variant, tag)))
     return ensure_item_features(
         folder, dataset, template, encoder=config_dict.get("llm_encoder") or "minilm",
-        variant="title" if text == "title" else "", min_interactions=item_encoding_floor(config_dict),
+        variant=variant, min_interactions=item_encoding_floor(config_dict),
         device=config_dict.get("llm_device"),
         batch_size=int(config_dict.get("llm_batch_size") or 32))
 

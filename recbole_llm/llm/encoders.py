@@ -144,6 +144,19 @@ def load_causal_lm(path: str | Path, device: str = "cpu", dtype: str | None = No
     return tokenizer, model
 
 
+def causal_lm(spec: str, device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any]:
+    """(tokenizer, model) of ``spec``: ``smollm2`` (the packaged GGUF) or a local Hugging Face
+    causal-LM folder; UserError for anything else."""
+    if spec == "smollm2":
+        folder, gguf = smollm2_path()
+        return load_causal_lm(folder, device, dtype, gguf_file=gguf)
+    path = Path(spec).expanduser()
+    if not path.is_dir() or _folder_kind(path) != "causal-lm":
+        raise UserError(f"'{spec}' is not a causal language model: expected smollm2 or a local Hugging Face "
+                        "causal-LM folder (config.json with a ...ForCausalLM architecture)")
+    return load_causal_lm(path, device, dtype)
+
+
 class NextTokenEncoder(TextEncoder):
     """A decoder-only LM; a text's vector is the last layer's hidden state at its last token."""
 

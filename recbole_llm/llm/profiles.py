@@ -126,18 +126,10 @@ class ProfileGenerator:
     """Greedy, batched chat generation with a local causal LM (packaged SmolLM2 or a folder)."""
 
     def __init__(self, spec: str = "smollm2", device: str | None = "cpu", dtype: str | None = None) -> None:
-        from recbole_llm.llm.encoders import load_causal_lm, resolve_torch_device, slug, smollm2_path
+        from recbole_llm.llm.encoders import causal_lm, resolve_torch_device, slug
 
         self.device = resolve_torch_device(device)
-        if spec == "smollm2":
-            folder, gguf = smollm2_path()
-            self.tokenizer, self.model = load_causal_lm(folder, self.device, dtype, gguf_file=gguf)
-        else:
-            path = Path(spec).expanduser()
-            if not (path / "config.json").is_file():
-                raise UserError(f"generator '{spec}' is not a model: expected smollm2 or a local "
-                                "Hugging Face causal-LM folder (with config.json)")
-            self.tokenizer, self.model = load_causal_lm(path, self.device, dtype)
+        self.tokenizer, self.model = causal_lm(spec, self.device, dtype)
         self.tokenizer.padding_side = "left"
         self.name = slug(spec)
 

@@ -2,10 +2,11 @@
 from recbole_llm.model.alpharec import AlphaRec
 from recbole_llm.model.lightgcn_infonce import LightGCNInfoNCE
 from recbole_llm.model.llmesr import LLMESR
+from recbole_llm.model.molar import Molar
 from recbole_llm.model.pad import PAD
 from recbole_llm.model.rlmrec import RLMRecCon, RLMRecGen
 from recbole_llm.model.rlmrec_backbones import RLMRecLightGCN, RLMRecSGL, RLMRecSimGCL
 from recbole_llm.model.simgcl import SimGCL
 from recbole_llm.model.tiger import TIGER
 
-__all__ = ["AlphaRec", "LightGCNInfoNCE", "LLMESR", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]
+__all__ = ["AlphaRec", "LightGCNInfoNCE", "LLMESR", "Molar", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]

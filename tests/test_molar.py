@@ -1,0 +1,189 @@
+"""Molar(text): the symmetric InfoNCE from its definition, the content user model against the
+LM's own forward pass over each prefix, the stage-2 loss composed by hand, and both stages run on
+ml-100k with a tiny Llama (byte-level tokenizer, random weights) standing in for SmolLM2."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_llm.errors import UserError
+from recbole_llm.model.molar import ContentUserModel, interleaved_mask, symmetric_info_nce
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer, 16-wide Llama causal-LM folder with a byte-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<pad>"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+TINY = {"MAX_ITEM_LIST_LENGTH": 6, "n_layers": 1, "train_batch_size": 256, "learning_rate": 1e-3,
+        "molar_user_layers": 2}
+
+
+def test_symmetric_info_nce_is_the_mean_of_both_directions_cross_entropy() -> None:
+    torch.manual_seed(1)
+    a, b, tau = torch.randn(4, 3), torch.randn(4, 3), 0.3
+
+    def cos(x, y):
+        return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+
+    rows, cols = a.tolist(), b.tolist()
+    s = [[cos(rows[i], cols[j]) / tau for j in range(4)] for i in range(4)]
+    a_to_b = sum(-s[i][i] + math.log(sum(math.exp(v) for v in s[i])) for i in range(4)) / 4
+    b_to_a = sum(-s[j][j] + math.log(sum(math.exp(s[i][j]) for i in range(4))) for j in range(4)) / 4
+    assert symmetric_info_nce(a, b, tau).item() == pytest.approx((a_to_b + b_to_a) / 2, rel=1e-5)
+    # scale-free (cosine) and lowest when the pairs coincide
+    assert symmetric_info_nce(3 * a, b, tau).item() == pytest.approx(symmetric_info_nce(a, b, tau).item(), rel=1e-5)
+    assert symmetric_info_nce(a, a, tau) < symmetric_info_nce(a, b, tau)
+
+
+def test_interleaved_mask_lets_each_user_slot_see_its_prefix_and_itself() -> None:
+    mask = interleaved_mask(3).int().tolist()
+    # slots: i0 u0 i1 u1 i2 u2
+    assert mask == [[1, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0],
+                    [1, 0, 1, 0, 0, 0],
+                    [1, 0, 1, 1, 0, 0],
+                    [1, 0, 1, 0, 1, 0],
+                    [1, 0, 1, 0, 1, 1]]
+
+
+def test_content_user_model_equals_the_lm_run_on_each_prefix_with_a_user_token(tiny_lm: Path) -> None:
+    """At step t, the output is the LM's top layers (HF's own forward, causal mask, positions
+    0..t+1) over items 0..t followed by the [User] vector, read at the [User] position."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    torch.manual_seed(2)
+    user = torch.randn(16)
+    model = ContentUserModel(lm, 2, user).eval()
+    items = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out = model(items)
+        top = copy.deepcopy(lm.model)
+        top.layers = top.layers[1:]               # the top 2 of 3 layers, word embeddings unused
+        top.config.num_hidden_layers = 2
+        for row in range(2):
+            for t in range(5):
+                prefix = torch.cat([items[row, :t + 1], user[None]])[None]
+                expected = top(inputs_embeds=prefix, use_cache=False).last_hidden_state[0, -1]
+                torch.testing.assert_close(out[row, t], expected, rtol=1e-4, atol=1e-5)
+    assert model.user.requires_grad and sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in lm.parameters())
+    with pytest.raises(UserError, match="molar_user_layers=4: expected 1 to 3"):
+        ContentUserModel(lm, 4, user)
+
+
+@pytest.fixture(scope="module")
+def molar_runs(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
+    from recbole_llm.runner import run
+
+    root = tmp_path_factory.mktemp("molar")
+    record = run("Molar", "ml-100k", overrides={**TINY, "llm_encoder": str(tiny_lm)}, epochs=1,
+                 output=None, run_dir=root / "all", verbose=False)
+    return {"root": root / "all", "record": record, "lm": tiny_lm}
+
+
+def _model(folder: Path):
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    state = load_checkpoint(folder)
+    _, train, _, test = load_split(state["config"])
+    model = get_model("Molar")(state["config"], train._dataset)
+    model.load_state_dict(state["state_dict"], strict=False)
+    return model.eval(), train, test
+
+
+def test_both_stages_run_in_a_row_and_stage_two_keeps_the_id_model(molar_runs: dict) -> None:
+    record = molar_runs["record"]
+    assert [s["stage"] for s in record["stages"]] == ["ID SASRec", "content user model + post-alignment"]
+    assert record["label"].startswith("Molar(text") and record["config"]["molar_stage"] == 2
+    from recbole_llm.runner import load_checkpoint
+
+    first, second = (load_checkpoint(molar_runs["root"] / f"stage-{s}")["state_dict"] for s in (1, 2))
+    assert all(torch.equal(second[k], v) for k, v in first.items() if k.startswith("id_model."))  # frozen teacher
+    assert any(k.startswith("user_model.layers.") for k in second)
+    # the item vectors come from the prompted text, a feature file of their own
+    fields = record["config"]["llm_feature_fields"]
+    assert "prompt" in fields["item"]
+
+
+def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict, monkeypatch) -> None:
+    model, train, _ = _model(molar_runs["root"] / "stage-2")
+    batch = next(iter(train))
+    keys = (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.POS_ITEM_ID, model.USER_ID)
+    from recbole.data.interaction import Interaction
+
+    small = Interaction({k: batch[k][:5] for k in keys})
+    seq, lengths, target = small[model.ITEM_SEQ], small[model.ITEM_SEQ_LEN], small[model.POS_ITEM_ID]
+    fixed = torch.randint(1, model.n_items, seq.shape)
+    monkeypatch.setattr(model.negatives, "sample_negatives", lambda u, k: fixed)
+    with torch.no_grad():
+        loss = model.calculate_loss(small)
+        pos, neg, content, ids = [], [], [], []
+        for row in range(5):
+            n = int(lengths[row])
+            history = seq[row, :n].tolist()
+            following = history[1:] + [int(target[row])]
+            for t in range(n):   # the user after items 0..t, against the next item and a negative
+                prefix = torch.tensor(history[:t + 1])
+                state = model.user_model(model.item_llm[prefix][None])[0, -1]
+                pos.append(float(state @ model.item_llm[following[t]]))
+                neg.append(float(state @ model.item_llm[int(fixed[row, t])]))
+            content.append(model.user_model(model.item_llm[torch.tensor(history)][None])[0, -1])
+            padded = torch.tensor(history + [0] * (seq.shape[1] - n))[None]
+            ids.append(model.id_model(padded, model.get_attention_mask(padded))[0, n - 1])
+    bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
+    a, b = torch.stack(content), torch.stack(ids)
+    s = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / model.temperature
+    info_nce = 0.5 * (-torch.diag(s.log_softmax(1)).mean() - torch.diag(s.log_softmax(0)).mean())
+    assert model.align_weight == 0.1
+    assert loss.item() == pytest.approx(bce(pos, 1) + bce(neg, 0) + 0.1 * info_nce.item(), rel=1e-4)
+
+
+def test_full_ranking_scores_the_last_users_state_against_every_item_vector(molar_runs: dict) -> None:
+    model, _, test = _model(molar_runs["root"] / "stage-2")
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+        row = 0
+        n = int(lengths[row])
+        user = model.user_model(model.item_llm[seq[row, :n]][None])[0, -1]
+        torch.testing.assert_close(scores[row], user @ model.item_llm.T, rtol=1e-4, atol=1e-4)
+
+
+def test_molar_refuses_an_encoder_that_is_not_a_causal_lm_and_a_stage_two_without_stage_one(
+        tiny_lm: Path, tmp_path: Path, session_home: Path) -> None:
+    from recbole_llm.runner import run
+
+    with pytest.raises(UserError, match="molar_init_from=RUN_FOLDER"):
+        run("Molar", "ml-100k", overrides={**TINY, "llm_encoder": str(tiny_lm), "molar_stage": 2}, epochs=1,
+            output=None, run_dir=tmp_path / "a", verbose=False)
+    assert not (tmp_path / "a").exists()
+    from recbole_llm.llm.encoders import causal_lm
+
+    with pytest.raises(UserError, match="'minilm' is not a causal language model"):
+        causal_lm("minilm")   # the user model's layers come from llm_encoder
