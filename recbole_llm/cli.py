@@ -368,13 +368,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recbole_llm.resume_state import read_request
-    from recbole_llm.runner import resume
+    import json
 
-    output = read_request(Path(args.run_dir).expanduser())["output"]  # the request is gone once it finishes
+    from recbole_llm.resume_state import read_request
+    from recbole_llm.runner import PIPELINE_REQUEST, resume
+
+    run_dir = Path(args.run_dir).expanduser()
+    stages = run_dir / PIPELINE_REQUEST  # a model trained in stages (PAD, Molar): each stage is a run below
+    # the request is gone once it finishes
+    output = json.loads(stages.read_text())["output"] if stages.is_file() else read_request(run_dir)["output"]
     record = resume(args.run_dir, verbose=not args.quiet)
-    print(f"\ncontinued after epoch {record['resumed_at_epochs'][-1] - 1}" if record.get("resumed_at_epochs")
-          else "\nthe run had not validated an epoch yet: trained from the start")
+    if record.get("stages"):
+        print("\nstages: " + "; ".join(f"{s['stage']} ({s['epochs_run']} epochs)" for s in record["stages"]))
+    else:
+        print(f"\ncontinued after epoch {record['resumed_at_epochs'][-1] - 1}" if record.get("resumed_at_epochs")
+              else "\nthe run had not validated an epoch yet: trained from the start")
     _print_run(record, output)
     return 0
 

@@ -195,6 +195,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return {**state, "path": str(file)}
 
 
+def load_stage_checkpoint(path: Any, model: str, stage_key: str, stage: int) -> dict[str, Any]:
+    """The checkpoint a model trained in stages (PAD, Molar) starts stage ``stage`` from: that of a
+    ``model`` run whose ``stage_key`` is ``stage - 1``; UserError otherwise, naming what is wrong."""
+    init_key = stage_key.replace("_stage", "_init_from")
+    if not path:
+        raise UserError(f"{stage_key}={stage} starts from stage {stage - 1}'s run; expected --set {init_key}="
+                        f"RUN_FOLDER_OR_CHECKPOINT of a {model} run with {stage_key}={stage - 1}")
+    state = load_checkpoint(path)
+    previous = int(state["config"][stage_key] or 1) if state["config"]["model"] == model else None
+    if previous != stage - 1:
+        raise UserError(f"{state['path']} is not a {model} stage-{stage - 1} run (it is {state['config']['model']}"
+                        f"{'' if previous is None else f', stage {previous}'}); stage {stage} starts from stage {stage - 1}")
+    return state
+
+
 def _allow_model_class_of(file: Path) -> None:
     """Allow the checkpoint's model class (pickled as Config.model_class) for weights-only loading
     when it names a known model. torch matches the exact module path, so a file naming any other

@@ -176,13 +176,16 @@ def test_full_ranking_scores_the_last_users_state_against_every_item_vector(mola
 
 
 def test_molar_refuses_an_encoder_that_is_not_a_causal_lm_and_a_stage_two_without_stage_one(
-        tiny_lm: Path, tmp_path: Path, session_home: Path) -> None:
+        molar_runs: dict, tmp_path: Path) -> None:
     from recbole_llm.runner import run
 
+    settings = {**TINY, "llm_encoder": str(molar_runs["lm"]), "molar_stage": 2}
     with pytest.raises(UserError, match="molar_init_from=RUN_FOLDER"):
-        run("Molar", "ml-100k", overrides={**TINY, "llm_encoder": str(tiny_lm), "molar_stage": 2}, epochs=1,
-            output=None, run_dir=tmp_path / "a", verbose=False)
+        run("Molar", "ml-100k", overrides=settings, epochs=1, output=None, run_dir=tmp_path / "a", verbose=False)
     assert not (tmp_path / "a").exists()
+    with pytest.raises(UserError, match="is not a Molar stage-1 run .*stage 2 starts from stage 1"):
+        run("Molar", "ml-100k", overrides={**settings, "molar_init_from": str(molar_runs["root"] / "stage-2")},
+            epochs=1, output=None, run_dir=tmp_path / "b", verbose=False)
     from recbole_llm.llm.encoders import causal_lm
 
     with pytest.raises(UserError, match="'minilm' is not a causal language model"):

@@ -205,6 +205,14 @@ def test_one_run_trains_the_three_stages_in_a_row_and_picks_up_where_it_stopped(
     continued = resume(folder, verbose=False)
     assert (folder / "stage-3" / "checkpoints").is_dir() and continued["stages"][0] == record["stages"][0]
     assert not (folder / PIPELINE_REQUEST).exists()
+    # The same through the command line (it finds the stages' request, not a run's).
+    from recbole_llm.cli import main
+
+    shutil.rmtree(folder / "stage-3")
+    (folder / PIPELINE_REQUEST).write_text(json.dumps({"model": "PAD", "dataset": "ml-100k", "overrides": TINY,
+                                                       "output": None, "label": None, "epochs": 1}))
+    assert main(["resume", str(folder), "--quiet"]) == 0
+    assert (folder / "stage-3" / "checkpoints").is_dir() and not (folder / PIPELINE_REQUEST).exists()
     with pytest.raises(UserError, match="pad_stage=all runs the three stages through"):
         from recbole.quick_start import run_recbole
 

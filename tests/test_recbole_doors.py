@@ -36,6 +36,7 @@ MODELS = {
     "RLMRecCon(SGL, RecBole code)": {"backbone": "SGL", "backbone_code": "RecBole"},
     "LLMESR": {"MAX_ITEM_LIST_LENGTH": 4, "hidden_size": 8, "inner_size": 16, "sim_user_num": 3},
     "TIGER": TINY_TIGER,
+    "Molar": {"molar_stage": 1, "MAX_ITEM_LIST_LENGTH": 4, "n_layers": 1},   # the packaged SmolLM2's prompted vectors
     "PAD": {"pad_stage": 1, "MAX_ITEM_LIST_LENGTH": 4, "hidden_size": 8, "n_layers": 1, "pad_text_layers": 1, "learning_rate": 0.001},
 }
 

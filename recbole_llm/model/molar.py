@@ -126,8 +126,18 @@ class IDSASRec(nn.Module):
         return self.encoder(h, attention_mask, output_all_encoded_layers=True)[-1]
 
 
+# Stage 1 is RecBole's SASRec at its default rate; stage 2 the paper's 1e-4 (``learning_rate`` set: both).
+STAGE_LEARNING_RATES = {1: 1e-3, 2: 1e-4}
+
+
 class MolarTrainer(Trainer):
-    """RecBole's trainer; in stage 2 the frozen ID model's parameters stay out of the optimiser."""
+    """RecBole's trainer at the stage's learning rate; in stage 2 the frozen ID model's parameters
+    stay out of the optimiser."""
+
+    def __init__(self, config, model):
+        if config["learning_rate"] is None:
+            config["learning_rate"] = STAGE_LEARNING_RATES[model.stage]
+        super().__init__(config, model)
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs:
@@ -202,16 +212,9 @@ class Molar(SequentialRecommender):
                 self.id_model.requires_grad_(False)
 
     def _start_from(self, path: Any) -> None:
-        from recbole_llm.runner import load_checkpoint
+        from recbole_llm.runner import load_stage_checkpoint
 
-        if not path:
-            raise UserError("molar_stage=2 aligns with stage 1's ID SASRec; expected --set molar_init_from="
-                            "RUN_FOLDER_OR_CHECKPOINT of a Molar run with molar_stage=1")
-        state = load_checkpoint(path)
-        previous = int(state["config"]["molar_stage"] or 1) if state["config"]["model"] == "Molar" else None
-        if previous != 1:
-            raise UserError(f"{state['path']} is not a Molar stage-1 run (it is {state['config']['model']}"
-                            f"{'' if previous is None else f', stage {previous}'}); stage 2 starts from stage 1")
+        state = load_stage_checkpoint(path, "Molar", "molar_stage", 2)
         weights = {k[len("id_model."):]: v for k, v in state["state_dict"].items() if k.startswith("id_model.")}
         try:
             self.id_model.load_state_dict(weights)

@@ -271,17 +271,9 @@ class PAD(SequentialRecommender):
 
     def _start_from(self, path: Any) -> None:
         """Stage 2 and 3 continue the previous stage's run; stage 2 copies its ID table and encoder."""
-        from recbole_llm.runner import load_checkpoint
+        from recbole_llm.runner import load_stage_checkpoint
 
-        if not path:
-            raise UserError(f"pad_stage={self.stage} starts from stage {self.stage - 1}'s run; expected "
-                            f"--set pad_init_from=RUN_FOLDER_OR_CHECKPOINT of a PAD run with pad_stage={self.stage - 1}")
-        state = load_checkpoint(path)
-        previous = int(state["config"]["pad_stage"] or 1) if state["config"]["model"] == "PAD" else None
-        if previous != self.stage - 1:
-            raise UserError(f"{state['path']} is not a PAD stage-{self.stage - 1} run (it is "
-                            f"{state['config']['model']}{'' if previous is None else f', stage {previous}'}); "
-                            f"stage {self.stage} starts from stage {self.stage - 1}")
+        state = load_stage_checkpoint(path, "PAD", "pad_stage", self.stage)
         missing, unexpected = self.load_state_dict(state["state_dict"], strict=False)
         if unexpected:
             raise UserError(f"{state['path']} holds weights this PAD does not have ({', '.join(unexpected[:3])}); "
