@@ -150,8 +150,9 @@ def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict
             for t in range(n):   # the user after items 0..t, against the next item and a negative
                 prefix = torch.tensor(history[:t + 1])
                 state = model.user_model(model.item_llm[prefix][None])[0, -1]
-                pos.append(float(state @ model.item_llm[following[t]]))
-                neg.append(float(state @ model.item_llm[int(fixed[row, t])]))
+                score = lambda item: float(F.cosine_similarity(state, model.item_llm[item], dim=0)) / 0.07  # noqa: E731
+                pos.append(score(following[t]))
+                neg.append(score(int(fixed[row, t])))
             content.append(model.user_model(model.item_llm[torch.tensor(history)][None])[0, -1])
             padded = torch.tensor(history + [0] * (seq.shape[1] - n))[None]
             ids.append(model.id_model(padded, model.get_attention_mask(padded))[0, n - 1])
@@ -163,8 +164,15 @@ def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict
     assert loss.item() == pytest.approx(bce(pos, 1) + bce(neg, 0) + 0.1 * info_nce.item(), rel=1e-4)
 
 
-def test_full_ranking_scores_the_last_users_state_against_every_item_vector(molar_runs: dict) -> None:
-    model, _, test = _model(molar_runs["root"] / "stage-2")
+def test_full_ranking_scores_the_cosine_of_the_last_user_state_and_every_item_vector(molar_runs: dict) -> None:
+    model, train, test = _model(molar_runs["root"] / "stage-2")
+    from recbole_llm.data.features import preloaded_matrix
+    from recbole_llm.runner import load_checkpoint
+
+    config = load_checkpoint(molar_runs["root"] / "stage-2")["config"]
+    raw = torch.from_numpy(preloaded_matrix(train._dataset, config, "item"))
+    torch.testing.assert_close(model.item_llm[1:], raw[1:] - raw[1:].mean(0))   # centred over the catalogue
+    assert not model.item_llm[0].any()                                           # padding stays zero
     interaction = next(iter(test))[0]
     with torch.no_grad():
         scores = model.full_sort_predict(interaction)
@@ -172,7 +180,8 @@ def test_full_ranking_scores_the_last_users_state_against_every_item_vector(mola
         row = 0
         n = int(lengths[row])
         user = model.user_model(model.item_llm[seq[row, :n]][None])[0, -1]
-        torch.testing.assert_close(scores[row], user @ model.item_llm.T, rtol=1e-4, atol=1e-4)
+        expected = F.cosine_similarity(user[None], model.item_llm, dim=1) / 0.07   # cos / molar_score_temperature
+        torch.testing.assert_close(scores[row], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_molar_refuses_an_encoder_that_is_not_a_causal_lm_and_a_stage_two_without_stage_one(

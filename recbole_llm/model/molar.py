@@ -8,13 +8,18 @@ code is an HLLM fork without the alignment; see docs/molar.md).
   first; without that stage this is its "w/o" ablation, labelled ``Molar(text)``.
 - **User model (DUEG):** the top ``molar_user_layers`` decoder layers of the same LM (pretrained
   weights, word embeddings dropped) and its final norm run over the user's item vectors followed by
-  a learned [User] vector; the output at the [User] position is the content user embedding.
+  a learned [User] vector (started at random, at the item vectors' scale); the output at the
+  [User] position is the content user embedding. The item vectors are centred (their mean over the
+  catalogue subtracted, ``molar_center_items``): frozen, untuned LM states all point one way.
   Training reads every position at once: the sequence is laid out as item, [User], item, [User],
   ..., and a mask lets the t-th [User] see items 1..t and itself only, with rotary positions
   t + 1 for it, so its output equals a separate run over the t-item prefix followed by [User].
 - **Post-alignment:** an ID SASRec of the LM's width is trained first (``molar_stage`` 1: BCE with
   one negative per position); stage 2 trains the user model with BCE (one negative per position,
-  scores = user embedding . item vector) + ``molar_align_weight`` x the symmetric InfoNCE, cosine over
+  score = cos(user embedding, item vector) / ``molar_score_temperature``, as the authors' HLLM code
+  scores: the paper writes a dot product, but SmolLM2's final states have norm ~52 and a mean
+  pairwise cosine of 0.98, so raw dot products of ~2,700 saturate the BCE; see docs/molar.md)
+  + ``molar_align_weight`` x the symmetric InfoNCE, cosine over
   ``molar_align_temperature``, between each user's content embedding and the stage-1 SASRec's ID
   embedding of the same history, the batch's other users as negatives.
 
@@ -188,6 +193,7 @@ class Molar(SequentialRecommender):
             raise UserError(f"molar_stage={config['molar_stage']!r}: expected all, 1 (ID SASRec) or 2 (content + alignment)")
         self.align_weight = float(config["molar_align_weight"])
         self.temperature = float(config["molar_align_temperature"])
+        self.score_temperature = float(config["molar_score_temperature"])
         item_llm = preloaded_matrix(dataset, config, "item")
         width = item_llm.shape[1]
         self.negatives = TrainPositives(training_matrix(dataset, dataset.user_num, self.n_items), self.n_items)
@@ -195,12 +201,17 @@ class Molar(SequentialRecommender):
         if self.stage == 2:
             from recbole_llm.llm.encoders import causal_lm
 
+            if config["molar_center_items"]:  # frozen, untuned LM states share one direction (docs/molar.md)
+                item_llm = item_llm.copy()
+                item_llm[1:] -= item_llm[1:].mean(0)
             self.register_buffer("item_llm", torch.from_numpy(item_llm), persistent=False)
             _, lm = causal_lm(str(config["llm_encoder"]))
             if int(lm.config.hidden_size) != width:
                 raise UserError(f"the item vectors are {width}-d but {config['llm_encoder']} is {lm.config.hidden_size}-d; "
                                 "expected item vectors written by the same LM (llm_encoder)")
-            self.user_model = ContentUserModel(lm, int(config["molar_user_layers"]), self.item_llm[1:].mean(0))
+            generator = torch.Generator().manual_seed(int(config["seed"]))
+            user_init = torch.randn(width, generator=generator) * self.item_llm[1:].std()
+            self.user_model = ContentUserModel(lm, int(config["molar_user_layers"]), user_init)
             fields = config["llm_feature_fields"] or {}
             if fields.get("item_image"):
                 image = preloaded_matrix(dataset, config, "item_image")
@@ -235,10 +246,13 @@ class Molar(SequentialRecommender):
         return self.id_model(seq, self.get_attention_mask(seq))
 
     def _states(self, seq: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Every position's user state of this stage's model, and the item tower it scores with."""
+        """Every position's user state of this stage's model, and the item tower it scores with
+        (stage 2: both L2-normalised, so their dot product over the temperature is the score)."""
         if self.stage == 1:
             return self._id_states(seq), self.id_model.item_embedding
-        return self.user_model(self.item_vectors(seq)), self.item_vectors
+        scale = self.score_temperature ** -0.5   # cos(u, i) / tau = (u / |u| tau^1/2) . (i / |i| tau^1/2)
+        return (F.normalize(self.user_model(self.item_vectors(seq)), dim=-1) * scale,
+                lambda ids: F.normalize(self.item_vectors(ids), dim=-1) * scale)
 
     # -- training -------------------------------------------------------------------------------
 
