@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
+
+warnings.filterwarnings("ignore")  # RecBole's pandas and torch deprecation warnings
 
 
 def main() -> None:
