@@ -35,8 +35,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-TINY = {"MAX_ITEM_LIST_LENGTH": 6, "n_layers": 1, "train_batch_size": 256, "learning_rate": 1e-3,
-        "molar_user_layers": 2}
+TINY = {"MAX_ITEM_LIST_LENGTH": 6, "n_layers": 1, "train_batch_size": 256, "molar_user_layers": 2}
 
 
 def test_symmetric_info_nce_is_the_mean_of_both_directions_cross_entropy() -> None:
@@ -122,7 +121,10 @@ def test_both_stages_run_in_a_row_and_stage_two_keeps_the_id_model(molar_runs: d
     assert record["label"].startswith("Molar(text") and record["config"]["molar_stage"] == 2
     from recbole_llm.runner import load_checkpoint
 
-    first, second = (load_checkpoint(molar_runs["root"] / f"stage-{s}")["state_dict"] for s in (1, 2))
+    states = [load_checkpoint(molar_runs["root"] / f"stage-{s}") for s in (1, 2)]
+    # learning_rate unset: stage 1 at RecBole's SASRec default, stage 2 at the paper's rate
+    assert [state["config"]["learning_rate"] for state in states] == [1e-3, 1e-4]
+    first, second = (state["state_dict"] for state in states)
     assert all(torch.equal(second[k], v) for k, v in first.items() if k.startswith("id_model."))  # frozen teacher
     assert any(k.startswith("user_model.layers.") for k in second)
     # the item vectors come from the prompted text, a feature file of their own
@@ -199,3 +201,15 @@ def test_molar_refuses_an_encoder_that_is_not_a_causal_lm_and_a_stage_two_withou
 
     with pytest.raises(UserError, match="'minilm' is not a causal language model"):
         causal_lm("minilm")   # the user model's layers come from llm_encoder
+
+
+def test_run_label_names_what_differs_from_the_default() -> None:
+    from recbole_llm.model.molar import Molar
+
+    assert Molar.run_label({"pipeline": True}) == "Molar(text)"
+    assert Molar.run_label({"pipeline": True, "llm_encoder": "smollm2", "molar_user_layers": 2}) == "Molar(text)"
+    assert Molar.run_label({"molar_stage": 1}) == "Molar(text, stage 1)"
+    assert Molar.run_label({"pipeline": True, "llm_encoder": "/m/qwen", "molar_user_layers": 4}) == \
+        "Molar(text, qwen, 4 user layers)"
+    assert Molar.run_label({"pipeline": True, "llm_feature_fields": {"item": "i", "item_image": "img"}}) == \
+        "Molar(text+image)"

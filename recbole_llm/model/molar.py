@@ -136,18 +136,13 @@ STAGE_LEARNING_RATES = {1: 1e-3, 2: 1e-4}
 
 
 class MolarTrainer(Trainer):
-    """RecBole's trainer at the stage's learning rate; in stage 2 the frozen ID model's parameters
-    stay out of the optimiser."""
+    """RecBole's trainer at the stage's learning rate (the frozen ID model of stage 2 never gets a
+    gradient, so the optimiser leaves it as it is)."""
 
     def __init__(self, config, model):
         if config["learning_rate"] is None:
             config["learning_rate"] = STAGE_LEARNING_RATES[model.stage]
         super().__init__(config, model)
-
-    def _build_optimizer(self, **kwargs):
-        if "params" not in kwargs:
-            kwargs["params"] = [p for p in self.model.parameters() if p.requires_grad]
-        return super()._build_optimizer(**kwargs)
 
 
 @register_model
@@ -178,7 +173,9 @@ class Molar(SequentialRecommender):
         else:
             parts.insert(0, "text")
         if config.get("llm_encoder") not in (None, "smollm2"):
-            parts.append(str(config["llm_encoder"]))
+            from recbole_llm.llm.encoders import slug
+
+            parts.append(slug(str(config["llm_encoder"])))
         if int(config.get("molar_user_layers") or 2) != 2:
             parts.append(f"{config['molar_user_layers']} user layers")
         return f"Molar({', '.join(parts)})"
