@@ -1,6 +1,6 @@
 """Molar(text): the symmetric InfoNCE from its definition, the content user model against the
 LM's own forward pass over each prefix, the stage-2 loss composed by hand, and both stages run on
-ml-100k with a tiny Llama (byte-level tokenizer, random weights) standing in for SmolLM2."""
+the tiny atomic-file fixture with a tiny Llama (byte-level tokenizer, random weights) standing in for SmolLM2."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 
 from recbole_llm.errors import UserError
 from recbole_llm.model.molar import ContentUserModel, interleaved_mask, symmetric_info_nce
+from tests.conftest import write_amazon_fixture
+
+DATASET = "amazon-beauty"
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +98,14 @@ def test_content_user_model_equals_the_lm_run_on_each_prefix_with_a_user_token(t
 
 @pytest.fixture(scope="module")
 def molar_runs(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
+    """Both stages, one epoch each, on the tiny amazon-beauty fixture (40 users, 30 items)."""
     from recbole_llm.runner import run
 
     root = tmp_path_factory.mktemp("molar")
-    record = run("Molar", "ml-100k", overrides={**TINY, "llm_encoder": str(tiny_lm)}, epochs=1,
-                 output=None, run_dir=root / "all", verbose=False)
-    return {"root": root / "all", "record": record, "lm": tiny_lm}
+    write_amazon_fixture(root / "data")
+    record = run("Molar", DATASET, overrides={**TINY, "llm_encoder": str(tiny_lm)}, epochs=1, output=None,
+                 run_dir=root / "all", verbose=False, data_path=root / "data")
+    return {"root": root / "all", "record": record, "lm": tiny_lm, "data": root / "data"}
 
 
 def _model(folder: Path):
@@ -191,12 +196,14 @@ def test_molar_refuses_an_encoder_that_is_not_a_causal_lm_and_a_stage_two_withou
     from recbole_llm.runner import run
 
     settings = {**TINY, "llm_encoder": str(molar_runs["lm"]), "molar_stage": 2}
+    data = molar_runs["data"]
     with pytest.raises(UserError, match="molar_init_from=RUN_FOLDER"):
-        run("Molar", "ml-100k", overrides=settings, epochs=1, output=None, run_dir=tmp_path / "a", verbose=False)
+        run("Molar", DATASET, overrides=settings, epochs=1, output=None, run_dir=tmp_path / "a", verbose=False,
+            data_path=data)
     assert not (tmp_path / "a").exists()
     with pytest.raises(UserError, match="is not a Molar stage-1 run .*stage 2 starts from stage 1"):
-        run("Molar", "ml-100k", overrides={**settings, "molar_init_from": str(molar_runs["root"] / "stage-2")},
-            epochs=1, output=None, run_dir=tmp_path / "b", verbose=False)
+        run("Molar", DATASET, overrides={**settings, "molar_init_from": str(molar_runs["root"] / "stage-2")},
+            epochs=1, output=None, run_dir=tmp_path / "b", verbose=False, data_path=data)
     from recbole_llm.llm.encoders import causal_lm
 
     with pytest.raises(UserError, match="'minilm' is not a causal language model"):
