@@ -171,6 +171,34 @@ def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict
     assert loss.item() == pytest.approx(bce(pos, 1) + bce(neg, 0) + 0.1 * info_nce.item(), rel=1e-4)
 
 
+def test_explicit_learning_rate_wins_over_the_stage_default(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from recbole.trainer import Trainer
+
+    from recbole_llm.model.molar import MolarTrainer
+
+    monkeypatch.setattr(Trainer, "__init__", lambda self, config, model: None)
+    for stage, given, expected in ((1, None, 1e-3), (2, None, 1e-4), (2, 0.05, 0.05)):
+        config = {"learning_rate": given}
+        MolarTrainer(config, SimpleNamespace(stage=stage))
+        assert config["learning_rate"] == expected
+
+
+def test_predict_gives_the_full_ranking_score_of_each_row_item(molar_runs: dict) -> None:
+    from recbole.data.interaction import Interaction
+
+    for stage in (1, 2):
+        model, _, test = _model(molar_runs["root"] / f"stage-{stage}")
+        interaction = next(iter(test))[0]
+        items = torch.randint(1, model.n_items, (len(interaction[model.ITEM_SEQ]),))
+        rows = Interaction({model.ITEM_SEQ: interaction[model.ITEM_SEQ], model.ITEM_SEQ_LEN: interaction[model.ITEM_SEQ_LEN],
+                            model.ITEM_ID: items})
+        with torch.no_grad():
+            full = model.full_sort_predict(interaction)
+            torch.testing.assert_close(model.predict(rows), full[torch.arange(len(items)), items], rtol=1e-4, atol=1e-4)
+
+
 def test_full_ranking_scores_the_cosine_of_the_last_user_state_and_every_item_vector(molar_runs: dict) -> None:
     model, train, test = _model(molar_runs["root"] / "stage-2")
     from recbole_llm.data.features import preloaded_matrix
@@ -216,6 +244,7 @@ def test_run_label_names_what_differs_from_the_default() -> None:
     assert Molar.run_label({"pipeline": True}) == "Molar(text)"
     assert Molar.run_label({"pipeline": True, "llm_encoder": "smollm2", "molar_user_layers": 2}) == "Molar(text)"
     assert Molar.run_label({"molar_stage": 1}) == "Molar(text, stage 1)"
+    assert Molar.run_label({"molar_stage": 2}) == "Molar(text, stage 2)"
     assert Molar.run_label({"pipeline": True, "llm_encoder": "/m/qwen", "molar_user_layers": 4}) == \
         "Molar(text, qwen, 4 user layers)"
     assert Molar.run_label({"pipeline": True, "llm_feature_fields": {"item": "i", "item_image": "img"}}) == \
