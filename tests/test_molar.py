@@ -245,6 +245,8 @@ def test_run_label_names_what_differs_from_the_default() -> None:
     assert Molar.run_label({"pipeline": True, "llm_encoder": "smollm2", "molar_user_layers": 2}) == "Molar(text)"
     assert Molar.run_label({"molar_stage": 1}) == "Molar(text, stage 1)"
     assert Molar.run_label({"molar_stage": 2}) == "Molar(text, stage 2)"
+    assert Molar.run_label({}) == "Molar(text, stage 1)"
+    assert Molar.run_label({"molar_stage": 1, "llm_feature_fields": {"item_image": "img"}}) == "Molar(text+image, stage 1)"
     assert Molar.run_label({"pipeline": True, "llm_encoder": "/m/qwen", "molar_user_layers": 4}) == \
         "Molar(text, qwen, 4 user layers)"
     assert Molar.run_label({"pipeline": True, "llm_feature_fields": {"item": "i", "item_image": "img"}}) == \
