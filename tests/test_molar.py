@@ -137,20 +137,53 @@ def test_both_stages_run_in_a_row_and_stage_two_keeps_the_id_model(molar_runs: d
     assert "prompt" in fields["item"]
 
 
-def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict, monkeypatch) -> None:
-    model, train, _ = _model(molar_runs["root"] / "stage-2")
-    batch = next(iter(train))
-    keys = (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.POS_ITEM_ID, model.USER_ID)
+def _rows(model, train, n: int):
     from recbole.data.interaction import Interaction
 
-    small = Interaction({k: batch[k][:5] for k in keys})
-    seq, lengths, target = small[model.ITEM_SEQ], small[model.ITEM_SEQ_LEN], small[model.POS_ITEM_ID]
+    batch = next(iter(train))
+    keys = (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.POS_ITEM_ID, model.USER_ID)
+    small = Interaction({k: batch[k][:n] for k in keys})
+    return small, small[model.ITEM_SEQ], small[model.ITEM_SEQ_LEN], small[model.POS_ITEM_ID]
+
+
+def _bce(xs: list[float], positive: bool) -> float:
+    return sum(math.log1p(math.exp(-x)) if positive else math.log1p(math.exp(x)) for x in xs) / len(xs)
+
+
+def test_stage_one_loss_is_the_id_sasrecs_bce_alone(molar_runs: dict, monkeypatch) -> None:
+    """Stage 1: E[seq] + P[position], LayerNorm, RecBole's encoder under the causal mask; BCE of the
+    next item and of one negative at every real position by dot product; no alignment term."""
+    model, train, _ = _model(molar_runs["root"] / "stage-1")
+    small, seq, lengths, target = _rows(model, train, 4)
+    fixed = torch.randint(1, model.n_items, seq.shape)
+    monkeypatch.setattr(model.negatives, "sample_negatives", lambda u, k: fixed)
+    ids = model.id_model
+    with torch.no_grad():
+        loss = model.calculate_loss(small)
+        pos, neg = [], []
+        for row in range(4):
+            n = int(lengths[row])
+            history = seq[row, :n].tolist()
+            following = history[1:] + [int(target[row])]
+            padded = torch.tensor(history + [0] * (seq.shape[1] - n))[None]
+            h = ids.norm(ids.item_embedding(padded) + ids.position_embedding.weight[:seq.shape[1]][None])
+            states = ids.encoder(h, model.get_attention_mask(padded))[-1][0]
+            for t in range(n):
+                pos.append(float(states[t] @ ids.item_embedding.weight[following[t]]))
+                neg.append(float(states[t] @ ids.item_embedding.weight[int(fixed[row, t])]))
+    assert loss.item() == pytest.approx(_bce(pos, True) + _bce(neg, False), rel=1e-4)
+
+
+@pytest.mark.parametrize("n_rows", [5, 2])
+def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict, monkeypatch, n_rows: int) -> None:
+    model, train, _ = _model(molar_runs["root"] / "stage-2")
+    small, seq, lengths, target = _rows(model, train, n_rows)
     fixed = torch.randint(1, model.n_items, seq.shape)
     monkeypatch.setattr(model.negatives, "sample_negatives", lambda u, k: fixed)
     with torch.no_grad():
         loss = model.calculate_loss(small)
         pos, neg, content, ids = [], [], [], []
-        for row in range(5):
+        for row in range(n_rows):
             n = int(lengths[row])
             history = seq[row, :n].tolist()
             following = history[1:] + [int(target[row])]
@@ -163,12 +196,22 @@ def test_stage_two_loss_is_bce_plus_weighted_symmetric_info_nce(molar_runs: dict
             content.append(model.user_model(model.item_llm[torch.tensor(history)][None])[0, -1])
             padded = torch.tensor(history + [0] * (seq.shape[1] - n))[None]
             ids.append(model.id_model(padded, model.get_attention_mask(padded))[0, n - 1])
-    bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
     a, b = torch.stack(content), torch.stack(ids)
     s = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / model.temperature
     info_nce = 0.5 * (-torch.diag(s.log_softmax(1)).mean() - torch.diag(s.log_softmax(0)).mean())
     assert model.align_weight == 0.1
-    assert loss.item() == pytest.approx(bce(pos, 1) + bce(neg, 0) + 0.1 * info_nce.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(_bce(pos, True) + _bce(neg, False) + 0.1 * info_nce.item(), rel=1e-4)
+
+
+def test_an_image_vector_is_added_through_its_projection(molar_runs: dict) -> None:
+    model, _, _ = _model(molar_runs["root"] / "stage-2")
+    ids = torch.tensor([1, 3, 2])
+    plain = model.item_vectors(ids)
+    torch.testing.assert_close(plain, model.item_llm[ids])
+    model.register_buffer("item_image", torch.randn(model.n_items, 5), persistent=False)
+    model.image_projection = torch.nn.Linear(5, model.item_llm.shape[1], bias=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_vectors(ids), model.item_llm[ids] + model.item_image[ids] @ model.image_projection.weight.T)
 
 
 def test_explicit_learning_rate_wins_over_the_stage_default(monkeypatch) -> None:
