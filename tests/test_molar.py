@@ -33,7 +33,12 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(folder)
+    lm = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharp attention: at the default init (std 0.02) it is uniform, blind to masks and positions
+        for layer in lm.model.layers:
+            torch.nn.init.normal_(layer.self_attn.q_proj.weight, std=1.0)
+            torch.nn.init.normal_(layer.self_attn.k_proj.weight, std=1.0)
+    lm.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
