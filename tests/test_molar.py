@@ -299,3 +299,45 @@ def test_run_label_names_what_differs_from_the_default() -> None:
         "Molar(text, qwen, 4 user layers)"
     assert Molar.run_label({"pipeline": True, "llm_feature_fields": {"item": "i", "item_image": "img"}}) == \
         "Molar(text+image)"
+
+
+def test_user_model_owns_its_layers_and_accepts_one_to_all_layers(tiny_lm: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    for n in (1, 3):
+        model = ContentUserModel(lm, n, torch.zeros(16))
+        assert len(model.layers) == n
+    # a copy: training it never changes the cached LM another run starts from
+    assert model.layers[0].mlp.gate_proj.weight.data_ptr() != lm.model.layers[0].mlp.gate_proj.weight.data_ptr()
+    assert model.norm.weight.data_ptr() != lm.model.norm.weight.data_ptr()
+    with pytest.raises(UserError):
+        ContentUserModel(lm, 0, torch.zeros(16))
+
+
+def test_fresh_stage_two_starts_as_documented(molar_runs: dict) -> None:
+    """A freshly built stage 2: SASRec's init for the ID model (normal(0, 0.02) weights, unit
+    LayerNorms, zero biases, feed-forward 4 x width), the [User] vector at the centred item vectors'
+    scale from the run's seed, the ID model frozen unless molar_train_id."""
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    first = load_checkpoint(molar_runs["root"] / "stage-1")["config"]   # stage 1 builds the ID model fresh
+    _, train, _, _ = load_split(first)
+    torch.manual_seed(0)
+    fresh = get_model("Molar")(first, train._dataset)
+    weights = fresh.id_model.item_embedding.weight
+    assert abs(float(weights.mean())) < 0.01 and float(weights.std()) == pytest.approx(0.02, rel=0.25)
+    norms = [m for m in fresh.id_model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    assert all(not m.bias.any() for m in fresh.id_model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    assert fresh.id_model.encoder.layer[0].feed_forward.dense_1.weight.shape == (4 * 16, 16)
+    config = load_checkpoint(molar_runs["root"] / "stage-2")["config"]
+    model = get_model("Molar")(config, train._dataset)
+    expected = torch.randn(16, generator=torch.Generator().manual_seed(int(config["seed"]))) * model.item_llm[1:].std()
+    torch.testing.assert_close(model.user_model.user.data, expected)
+    assert not any(p.requires_grad for p in model.id_model.parameters())
+    config["molar_train_id"] = True
+    trained = get_model("Molar")(config, train._dataset)
+    assert all(p.requires_grad for p in trained.id_model.parameters())
