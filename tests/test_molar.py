@@ -338,6 +338,12 @@ def test_fresh_stage_two_starts_as_documented(molar_runs: dict) -> None:
     expected = torch.randn(16, generator=torch.Generator().manual_seed(int(config["seed"]))) * model.item_llm[1:].std()
     torch.testing.assert_close(model.user_model.user.data, expected)
     assert not any(p.requires_grad for p in model.id_model.parameters())
+    model.train()   # a frozen teacher stays in eval mode (no dropout) while the user model trains
+    assert not model.id_model.training and model.user_model.training
     config["molar_train_id"] = True
     trained = get_model("Molar")(config, train._dataset)
     assert all(p.requires_grad for p in trained.id_model.parameters())
+    trained.train()
+    assert trained.id_model.training
+    fresh.train()   # stage 1 trains its ID model
+    assert fresh.id_model.training
