@@ -35,14 +35,13 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
-from recbole.trainer import Trainer
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
 from recbole_llm.model.layers import TrainPositives
-from recbole_llm.model.pad import training_matrix
+from recbole_llm.model.pad import StagedTrainer, training_matrix
 from recbole_llm.registry import register_model
 
 
@@ -135,14 +134,11 @@ class IDSASRec(nn.Module):
 STAGE_LEARNING_RATES = {1: 1e-3, 2: 1e-4}
 
 
-class MolarTrainer(Trainer):
+class MolarTrainer(StagedTrainer):
     """RecBole's trainer at the stage's learning rate (the frozen ID model of stage 2 never gets a
     gradient, so the optimiser leaves it as it is)."""
 
-    def __init__(self, config, model):
-        if config["learning_rate"] is None:
-            config["learning_rate"] = STAGE_LEARNING_RATES[model.stage]
-        super().__init__(config, model)
+    stage_learning_rates = STAGE_LEARNING_RATES
 
 
 @register_model

@@ -186,15 +186,23 @@ STAGE_LEARNING_RATES = {1: 1e-5, 2: 1e-5, 3: 1e-4}   # the reference's train_ama
 GATE_WEIGHT_DECAY = 0.01                             # AdamW's default, which the reference leaves the gate
 
 
-class PADTrainer(Trainer):
-    """RecBole's trainer with the reference's optimiser: AdamW at the stage's rate (unless
-    ``learning_rate`` is set) and weight decay ``weight_decay``; stage 3's gate in a group of its
-    own with AdamW's default decay."""
+class StagedTrainer(Trainer):
+    """RecBole's trainer for a model trained in stages (``model.stage``): ``learning_rate`` unset
+    means the stage's rate from ``stage_learning_rates``."""
+
+    stage_learning_rates: dict[int, float] = {}
 
     def __init__(self, config, model):
         if config["learning_rate"] is None:
-            config["learning_rate"] = STAGE_LEARNING_RATES[model.stage]
+            config["learning_rate"] = self.stage_learning_rates[model.stage]
         super().__init__(config, model)
+
+
+class PADTrainer(StagedTrainer):
+    """The reference's optimiser: AdamW at the stage's rate (unless ``learning_rate`` is set) and
+    weight decay ``weight_decay``; stage 3's gate in a group of its own with AdamW's default decay."""
+
+    stage_learning_rates = STAGE_LEARNING_RATES
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs and getattr(self.model, "stage", None) == 3:
