@@ -60,10 +60,10 @@ def measure(model: str, dataset: str, parent: str, data_path: str, epochs: int) 
     import resource
 
     import torch
+
+    import recbole_llm  # noqa: F401  (first: RecBole's get_model must be the one that knows plugin models)
     from recbole.config import Config
     from recbole.utils import get_model, get_trainer, init_seed
-
-    import recbole_llm  # noqa: F401  (registers the models)
     from recbole_llm.config import dataset_settings
     from recbole_llm.progress import quiet
     from recbole_llm.runner import load_split, prepare, recbole_argv

@@ -206,6 +206,33 @@ def repair_pop_counts() -> None:
     Pop.calculate_loss = calculate_loss
 
 
+class _PandasReadingAtomicFiles:
+    """pandas with ``read_csv`` defaulting to no quoting (see repair_atomic_files_unquoted)."""
+
+    def __init__(self, pandas: Any) -> None:
+        self._pandas = pandas
+
+    def read_csv(self, *args: Any, **kwargs: Any) -> Any:
+        import csv
+
+        kwargs.setdefault("quoting", csv.QUOTE_NONE)
+        return self._pandas.read_csv(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pandas, name)
+
+
+def repair_atomic_files_unquoted() -> None:
+    """Atomic files are plain tab-separated text, but RecBole reads them with csv quoting, so a value
+    that begins with a double quote (a Book-Crossing ISBN, a title) swallowed the lines after it."""
+    import recbole.data.dataset.dataset as dataset_module
+
+    if isinstance(dataset_module.pd, _PandasReadingAtomicFiles):
+        return
+    _remember("dataset.pd", dataset_module.pd)
+    dataset_module.pd = _PandasReadingAtomicFiles(dataset_module.pd)
+
+
 class _TuneReportingDicts:
     """ray.tune with ``report(**metrics)`` turned into ``report(metrics)`` (see repair_tune_report)."""
 
@@ -241,6 +268,7 @@ REPAIRS: tuple[Callable[[], None], ...] = (
     repair_alias_features_follow_filtering,
     repair_ml100k_data_path,
     repair_pop_counts,
+    repair_atomic_files_unquoted,
     repair_tune_report,
 )
 

@@ -65,17 +65,16 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 
 
 def protocol_of(model_class: type) -> str:
-    """'sequential' for RecBole sequential models, 'general' for the rest (general, knowledge)."""
-    from recbole.utils import ModelType
+    """The protocol a model is benchmarked under: 'ctr' for click-through-rate models (RecBole's
+    context-aware models, and sequential ones trained pointwise on labels such as DIN), 'sequential'
+    for next-item recommenders, 'general' for the rest (general, knowledge-aware)."""
+    from recbole.utils import InputType, ModelType
 
     model_type = getattr(model_class, "type", None)
-    if model_type == ModelType.SEQUENTIAL:
-        return "sequential"
     if model_type in (ModelType.CONTEXT, ModelType.DECISIONTREE):
-        raise UserError(
-            f"model {model_class.__name__} is a context-aware (CTR) model; recbole-llm's protocols "
-            "cover general and sequential recommenders"
-        )
+        return "ctr"
+    if model_type == ModelType.SEQUENTIAL:
+        return "ctr" if getattr(model_class, "input_type", None) == InputType.POINTWISE else "sequential"
     return "general"
 
 
