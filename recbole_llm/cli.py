@@ -17,10 +17,12 @@ examples:
   recbole-llm run -m LightGCN -d ml-100k
   recbole-llm run -m BPR -d ml-100k --seed 1 --set learning_rate=0.002 --set embedding_size=128
   recbole-llm run -m SASRec -d ml-100k --epochs 50 --output my-results.jsonl
+  recbole-llm run -m DeepFM -d ml-100k     # a CTR model: labels from ratings, AUC / LogLoss / GAUC
   recbole-llm run -m LightGCN -d amazon-beauty --data-path ~/datasets   # ~/datasets/amazon-beauty/*.inter
 
 Settings come, lowest priority first, from RecBole's defaults, recbole-llm's properties/overall.yaml,
-the model's YAML, the dataset's YAML (its general or sequential protocol), --config files, then
+the model's YAML, the dataset's YAML (the protocol of the model's kind: general, sequential, or ctr
+for click-through-rate models), --config files, then
 --set and the flags. The run prints a table of validation and test metrics and appends one JSON
 record to the results file (default results/runs.jsonl); logs and checkpoints go to a run folder
 under $RECBOLE_LLM_HOME/runs (default ~/.recbole-llm/runs), or --run-dir.
@@ -288,7 +290,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_recommend_parser(sub)
     _add_bench_parsers(sub)
     p = sub.add_parser("models", help="list the models a run can use, and where each comes from")
-    p.add_argument("--all", action="store_true", help="also list RecBole's context-aware and knowledge-aware models")
+    p.add_argument("--all", action="store_true", help="also list RecBole's knowledge-aware and decision-tree models")
     _add_datasets_parser(sub)
     return parser
 
@@ -446,13 +448,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     from recbole_llm.registry import list_models
 
+    from recbole_llm.config import protocol_of
+
     rows = []
     for entry in list_models():
         kind = getattr(getattr(entry.cls, "type", None), "name", "?").lower()
-        if not args.all and kind not in ("general", "sequential", "traditional"):
+        if not args.all and kind not in ("general", "sequential", "traditional", "context"):
             continue
-        rows.append([entry.name, kind, entry.source])
-    print(tabulate(rows, headers=["model", "type", "from"], tablefmt="github"))
+        rows.append([entry.name, kind, protocol_of(entry.cls), entry.source])
+    print(tabulate(rows, headers=["model", "type", "protocol", "from"], tablefmt="github"))
     return 0
 
 

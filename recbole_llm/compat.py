@@ -79,6 +79,18 @@ def allow_checkpoint_class(cls: type) -> None:
         torch.serialization.add_safe_globals([cls])
 
 
+def picklable_other_parameter(model: Any) -> dict[str, Any] | None:
+    """The model's ``other_parameter()`` less its nn.Modules: DIN, DIEN, FDSA and GRU4RecF list their
+    embedding layer there, a submodule whose weights the state_dict already holds, and a pickled
+    module would need every layer class on the weights-only allow-list."""
+    import torch
+
+    other = model.other_parameter()
+    if other is None:
+        return None
+    return {k: v for k, v in other.items() if not isinstance(v, torch.nn.Module)}
+
+
 def repair_torch_weights_only() -> None:
     """torch>=2.6 loads checkpoints weights-only, which refuses RecBole's pickled Config (and its protocol 4)."""
     import torch
@@ -103,7 +115,7 @@ def repair_torch_weights_only() -> None:
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
             "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
+            "other_parameter": picklable_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
         }
         torch.save(state, saved_model_file)

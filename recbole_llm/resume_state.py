@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recbole_llm.compat import picklable_other_parameter
 from recbole_llm.errors import UserError
 
 FOLDER, REQUEST, STATE, LOCK = "resume", "request.json", "state.pth", "lock"
@@ -162,7 +163,7 @@ def save_state(run_dir: Path, trainer: Any, train_data: Any, *, epoch: int, curv
         "best_checkpoint": trainer.saved_model_file,
         "train_loss_dict": _plain(dict(trainer.train_loss_dict)),
         "state_dict": trainer.model.state_dict(),
-        "other_parameter": trainer.model.other_parameter(),
+        "other_parameter": picklable_other_parameter(trainer.model),
         "optimizer": trainer.optimizer.state_dict(),
         "trainer_extra": extra() if extra else None,
         "curve": curve,

@@ -481,6 +481,7 @@ def load_split(config: Any, check_topk: bool = True) -> tuple[Any, Any, Any, Any
     init_seed(split_seed, config["reproducibility"])
     dataset = config["dataset"]
     logger.info("loading %s (%s protocol, split seed %s)", dataset, config["protocol"], split_seed)
+    _check_labels(config)
     try:
         data = create_dataset(config)
     except (ValueError, KeyError, TypeError) as exc:
@@ -496,6 +497,27 @@ def load_split(config: Any, check_topk: bool = True) -> tuple[Any, Any, Any, Any
         )
     train_data, valid_data, test_data = data_preparation(config, data)
     return data, train_data, valid_data, test_data
+
+
+def _check_labels(config: Any) -> None:
+    """The ctr protocol's labels come from a column of the .inter file (``threshold``, e.g. rating
+    >= 4, or a ready 0/1 ``LABEL_FIELD``): say which is missing rather than RecBole's KeyError."""
+    from recbole.utils import EvaluatorType
+
+    threshold = config["threshold"] or {}
+    if config["eval_type"] != EvaluatorType.VALUE:
+        return
+    inter = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    if not inter.is_file():
+        return  # RecBole's own message names the missing file
+    with open(inter, encoding=config["encoding"] or "utf-8") as f:
+        header = {column.split(":")[0] for column in f.readline().rstrip("\n").split(config["field_separator"])}
+    wanted = list(threshold) or [config["LABEL_FIELD"]]
+    if not all(field in header for field in wanted):
+        rule = ", ".join(f"{k} >= {v}" for k, v in threshold.items()) or f"the 0/1 column {config['LABEL_FIELD']}"
+        raise UserError(f"{inter.name} has no {' or '.join(wanted)} column, so the {config['protocol']} protocol "
+                        f"cannot label its impressions (a click is {rule}); expected a .inter file with that "
+                        f"column, e.g. ratings")
 
 
 def _train_and_evaluate(
@@ -579,6 +601,13 @@ def _train_and_evaluate(
     valid_result = dict(best_valid_result or {})
     test_result = dict(test_result)
     longtail = _add_longtail(trainer, groups, valid_data, test_data, valid_result, test_result)
+    from recbole.utils import EvaluatorType
+
+    if config["eval_type"] == EvaluatorType.VALUE:  # the ctr protocol: GAUC beside RecBole's AUC and LogLoss
+        from recbole_llm.evaluation.ctr import add_gauc
+
+        add_gauc(trainer.model, config, {"valid": valid_data, "test": test_data},
+                 {"valid": valid_result, "test": test_result})
     best = [point["epoch"] for point in curve if point["best"]]
     return {
         "model": config["model"],

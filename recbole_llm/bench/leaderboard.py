@@ -26,7 +26,8 @@ from recbole_llm.errors import UserError
 from recbole_llm.records import BadLine, read_records
 
 METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
-           "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]}
+           "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"],
+           "ctr": ["auc", "gauc", "logloss"]}
 SIGNIFICANCE = 0.05
 # Settings that say where and how a run was carried out, not what was trained: runs that differ
 # only in these are seeds of one configuration (the seed itself, folders, devices, logging).
@@ -70,6 +71,13 @@ class Row:
         return statistics.fmean(values) if values else None
 
 
+def orientation(metric: str) -> int:
+    """+1 where a larger value is better, -1 where smaller is (RecBole's list: logloss, mae, rmse)."""
+    from recbole.evaluator.register import smaller_metrics
+
+    return -1 if metric.split("@")[0].split("_")[0] in smaller_metrics else 1
+
+
 @dataclass
 class Board:
     """One table: a dataset under one protocol."""
@@ -90,11 +98,11 @@ class Board:
 
     def best(self, metric: str) -> float | None:
         means = [m for m in (row.mean(metric) for row in self.rows) if m is not None]
-        return max(means) if means else None
+        return max(means, key=lambda m: orientation(metric) * m) if means else None
 
     def best_baseline(self, metric: str) -> Row | None:
         baselines = [r for r in self.rows if not r.llm_enhanced and r.mean(metric) is not None]
-        return max(baselines, key=lambda r: r.mean(metric)) if baselines else None
+        return max(baselines, key=lambda r: orientation(metric) * r.mean(metric)) if baselines else None
 
     def p_value(self, row: Row, metric: str) -> float | None:
         """Paired t-test over the seeds ``row`` shares with the best baseline (None if < 2 shared)."""
@@ -200,8 +208,11 @@ def _protocol_note(records: list[dict[str, Any]]) -> str:
     mode = mode.get("test") if isinstance(mode, dict) else mode
     filters = [f"{k} {config[k]}" for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval")
                if config.get(k)]
-    parts = [f"split {split_text} ({order} order, split seed {records[0].get('split_seed')})" if split else "",
-             f"ranking: {mode}" if mode else "",
+    threshold = config.get("threshold") or {}
+    parts = [f"labels: {', '.join(f'{k} >= {v}' for k, v in threshold.items())} is a click (1), the rest 0"
+             if threshold else "",
+             f"split {split_text} ({order} order, split seed {records[0].get('split_seed')})" if split else "",
+             (f"ranking: {mode}" if mode != "labeled" else "scored: each labelled impression") if mode else "",
              f"filters: {'; '.join(filters)}" if filters else "",
              f"model selection: best validation {records[0].get('valid_metric')} with early stopping "
              f"(patience {config.get('stopping_step')})" if config else ""]
@@ -224,7 +235,7 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
         return f"{name} " + ", ".join(f"{value} ({', '.join(labels)})" for value, labels in by_value.items())
 
     keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
-    if protocol == "sequential":
+    if protocol in ("sequential", "ctr"):  # ctr: the history of DIN-style models
         keys.append(("MAX_ITEM_LIST_LENGTH", "history length"))
     parts = [text for key, name in keys if (text := setting(key, name))]
     return "; ".join(parts) or "not recorded"
@@ -315,7 +326,7 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
                               if not metric_keys[k] and isinstance(v, (int, float)) and not isinstance(v, bool)})
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
-        rows.sort(key=lambda r: -(r.mean(main) or -math.inf))
+        rows.sort(key=lambda r: -orientation(main) * r.mean(main) if r.mean(main) is not None else math.inf)
         ok_records = [r for row in rows for r in row.records]
         hardware, versions = _environment_note(ok_records)
         protocol_note = "; ".join(n for n in (_protocol_note(ok_records), _groups_note(ok_records)) if n)
@@ -336,7 +347,7 @@ def _cell(board: Board, row: Row, metric: str, bold: tuple[str, str] = ("**", "*
     p = board.p_value(row, metric)
     base = board.best_baseline(metric)
     if p is not None and p < SIGNIFICANCE and base is not None:
-        text += " ▲" if mean > (base.mean(metric) or 0) else " ▼"
+        text += " ▲" if orientation(metric) * (mean - (base.mean(metric) or 0)) > 0 else " ▼"
     return text
 
 
