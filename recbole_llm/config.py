@@ -64,18 +64,23 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def protocol_of(model_class: type) -> str:
-    """The protocol a model is benchmarked under: 'ctr' for click-through-rate models (RecBole's
-    context-aware models, and sequential ones trained pointwise on labels such as DIN), 'sequential'
-    for next-item recommenders, 'general' for the rest (general, knowledge-aware)."""
-    from recbole.utils import InputType, ModelType
+# RecBole's sequential models that predict a labelled click, not the next item.
+RECBOLE_CTR_SEQUENTIAL = frozenset({"DIN", "DIEN"})
 
+
+def protocol_of(model_class: type) -> str:
+    """The protocol a model is benchmarked under: a model's own ``protocol`` attribute (recbole-llm's
+    CTR models say ``ctr``), else 'ctr' for RecBole's context-aware models and its click-predicting
+    sequential ones (DIN, DIEN), 'sequential' for next-item recommenders, 'general' for the rest."""
+    from recbole.utils import ModelType
+
+    own = getattr(model_class, "protocol", None)
+    if isinstance(own, str):
+        return own
     model_type = getattr(model_class, "type", None)
-    if model_type in (ModelType.CONTEXT, ModelType.DECISIONTREE):
+    if model_type in (ModelType.CONTEXT, ModelType.DECISIONTREE) or model_class.__name__ in RECBOLE_CTR_SEQUENTIAL:
         return "ctr"
-    if model_type == ModelType.SEQUENTIAL:
-        return "ctr" if getattr(model_class, "input_type", None) == InputType.POINTWISE else "sequential"
-    return "general"
+    return "sequential" if model_type == ModelType.SEQUENTIAL else "general"
 
 
 # The settings of a dataset YAML that name its own columns: an unconfigured dataset never inherits them.

@@ -40,6 +40,7 @@ from torch import nn
 
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
+from recbole_llm.llm.decoder import copied_layers, decoder_of, run_layers
 from recbole_llm.model.layers import TrainPositives
 from recbole_llm.model.pad import StagedTrainer, training_matrix
 from recbole_llm.registry import register_model
@@ -69,14 +70,11 @@ class ContentUserModel(nn.Module):
 
     def __init__(self, lm: Any, n_layers: int, user_init: torch.Tensor) -> None:
         super().__init__()
-        decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+        decoder = decoder_of(lm)
         total = len(decoder.layers)
         if not 1 <= n_layers <= total:
             raise UserError(f"molar_user_layers={n_layers}: expected 1 to {total}, the layers of the LM")
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in decoder.layers[total - n_layers:])
-        for layer in self.layers:  # eager attention takes the additive mask as it is; no all-masked rows
-            layer.self_attn.config = copy.copy(layer.self_attn.config)
-            layer.self_attn.config._attn_implementation = "eager"
+        self.layers = copied_layers(lm, total - n_layers, total)
         self.norm = copy.deepcopy(decoder.norm)
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.user = nn.Parameter(user_init.clone().float())
@@ -89,14 +87,7 @@ class ContentUserModel(nn.Module):
         slots = torch.stack([items, self.user.expand(b, length, d)], dim=2).reshape(b, 2 * length, d)
         positions = (torch.arange(2 * length, device=items.device) // 2 + torch.arange(2 * length, device=items.device) % 2)
         positions = positions[None, :].expand(b, -1)
-        allowed = interleaved_mask(length, items.device)
-        additive = torch.zeros(allowed.shape, device=items.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        additive = additive[None, None].expand(b, 1, -1, -1)
-        rotary = self.rotary(slots, positions)
-        h = slots
-        for layer in self.layers:
-            out = layer(h, attention_mask=additive, position_ids=positions, position_embeddings=rotary)
-            h = out[0] if isinstance(out, tuple) else out
+        h = run_layers(self.layers, self.rotary, slots, positions, interleaved_mask(length, items.device)[None])
         return self.norm(h)[:, 1::2]
 
 
