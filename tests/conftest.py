@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*sparse.*deprecated.*")
@@ -53,6 +54,33 @@ def write_amazon_fixture(root: Path, name: str = "amazon-beauty", n_users: int =
     return folder
 
 
+CTR_YAML = """USER_ID_FIELD: user_id
+ITEM_ID_FIELD: item_id
+TIME_FIELD: timestamp
+user_inter_num_interval: "[5,inf)"
+item_inter_num_interval: "[5,inf)"
+item_text_template: ["Title: {title}.", "Brand: {brand}."]
+protocols:
+  ctr:
+    load_col:
+      inter: [user_id, item_id, rating, timestamp]
+      item: [item_id, categories, brand]
+    threshold: {rating: 3}
+    eval_args: {split: {RS: [0.6, 0.2, 0.2]}, order: TO, group_by: user, mode: labeled}
+    metrics: [AUC, LogLoss]
+    valid_metric: AUC
+    MAX_ITEM_LIST_LENGTH: 5
+"""
+
+
+def write_ctr_fixture(root: Path, name: str = "tiny-ctr") -> Path:
+    """The tiny Amazon-format dataset with a YAML of its own giving it a ctr protocol (rating >= 3 a
+    click; a 5-impression history for DIN-style models)."""
+    folder = write_amazon_fixture(root, name)
+    (folder / f"{name}.yaml").write_text(CTR_YAML)
+    return folder
+
+
 @pytest.fixture
 def amazon_root(tmp_path: Path) -> Path:
     """A data root holding the tiny amazon-beauty fixture."""
@@ -74,3 +102,30 @@ def assert_same_metrics(theirs: dict, ours: dict) -> None:
     theirs = {k: float(v) for k, v in theirs.items()}
     assert set(theirs) == set(ours)
     assert theirs == pytest.approx(ours, abs=LAST_PLACE, rel=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer, 16-wide Llama causal-LM folder with a byte-level tokenizer, standing in for SmolLM2
+    (Molar, BAHE): random weights, sharp attention."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<pad>"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
+    lm = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharp attention: at the default init (std 0.02) it is uniform, blind to masks and positions
+        for layer in lm.model.layers:
+            torch.nn.init.normal_(layer.self_attn.q_proj.weight, std=1.0)
+            torch.nn.init.normal_(layer.self_attn.k_proj.weight, std=1.0)
+    lm.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

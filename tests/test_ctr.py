@@ -20,7 +20,7 @@ from recbole_llm.errors import UserError
 from recbole_llm.evaluation.ctr import grouped_auc
 from recbole_llm.runner import run
 
-from .conftest import write_amazon_fixture
+from .conftest import write_ctr_fixture
 
 
 def _gauc_by_hand(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
@@ -118,28 +118,9 @@ def test_deepfm_runs_under_the_ctr_protocol_with_gauc_beside_auc() -> None:
     assert 0.6 < record["test"]["auc"] < 0.9
 
 
-CTR_YAML = """USER_ID_FIELD: user_id
-ITEM_ID_FIELD: item_id
-TIME_FIELD: timestamp
-user_inter_num_interval: "[5,inf)"
-item_inter_num_interval: "[5,inf)"
-protocols:
-  ctr:
-    load_col:
-      inter: [user_id, item_id, rating, timestamp]
-      item: [item_id, categories, brand]
-    threshold: {rating: 3}
-    eval_args: {split: {RS: [0.6, 0.2, 0.2]}, order: TO, group_by: user, mode: labeled}
-    metrics: [AUC, LogLoss]
-    valid_metric: AUC
-    MAX_ITEM_LIST_LENGTH: 5
-"""
-
-
 @pytest.mark.parametrize("model", ["DCNV2", "DIN"])
 def test_context_and_din_style_models_run_on_a_dataset_with_its_own_ctr_protocol(tmp_path: Path, model: str) -> None:
-    folder = write_amazon_fixture(tmp_path / "data", "tiny-ctr")
-    (folder / "tiny-ctr.yaml").write_text(CTR_YAML)
+    write_ctr_fixture(tmp_path / "data")
     record = run(model, "tiny-ctr", data_path=str(tmp_path / "data"), overrides={"epochs": 2}, verbose=False)
     assert record["protocol"] == "ctr"
     assert record["config"]["threshold"] == {"rating": 3}

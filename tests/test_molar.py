@@ -17,32 +17,6 @@ from tests.conftest import write_amazon_fixture
 DATASET = "amazon-beauty"
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-layer, 16-wide Llama causal-LM folder with a byte-level tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<pad>"] = len(vocab)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<pad>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
-    lm = LlamaForCausalLM(config)
-    with torch.no_grad():  # sharp attention: at the default init (std 0.02) it is uniform, blind to masks and positions
-        for layer in lm.model.layers:
-            torch.nn.init.normal_(layer.self_attn.q_proj.weight, std=1.0)
-            torch.nn.init.normal_(layer.self_attn.k_proj.weight, std=1.0)
-    lm.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
 TINY = {"MAX_ITEM_LIST_LENGTH": 6, "n_layers": 1, "train_batch_size": 256, "molar_user_layers": 2}
 
 

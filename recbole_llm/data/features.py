@@ -255,11 +255,13 @@ def ensure_text_features(
     dtype: str | None = None,
     force: bool = False,
     progress: bool = True,
+    make_encoder: Callable[[], Any] | None = None,
 ) -> FeatureFile:
     """Encode ``texts`` (id -> text) into ``ff`` unless it already holds exactly these inputs.
 
     ``wanted`` is the metadata that identifies the inputs (encoder, template, hashes ...); a file
     whose metadata differs is rebuilt, a file without metadata is the user's own and only validated.
+    ``make_encoder`` builds an encoder other than ``load_encoder(encoder)`` (BAHE's lower layers).
     """
     wanted = {"encoder": encoder, "texts_hash": texts_hash(texts), **wanted}
     meta = ff.meta()
@@ -281,7 +283,7 @@ def ensure_text_features(
                        len(empty), ff.entity, ", ".join(empty[:3]))
     from recbole_llm.llm.encoders import load_encoder
 
-    text_encoder = load_encoder(encoder, device=device, dtype=dtype)
+    text_encoder = make_encoder() if make_encoder else load_encoder(encoder, device=device, dtype=dtype)
     ids = list(texts)
     started = time.time()
     vectors = text_encoder.encode([texts[i] for i in ids], batch_size=batch_size, progress=progress)
@@ -289,6 +291,23 @@ def ensure_text_features(
     write_feature_file(ff, ids, vectors, {**wanted, **text_encoder.describe(), "encode_seconds": round(seconds, 2)})
     logger.info("wrote %s: %d %ss x %d-d in %.1f s", ff.path, len(ids), ff.entity, vectors.shape[1], seconds)
     return ff
+
+
+def texts_to_encode(folder: Path, dataset: str, template: TextTemplate,
+                    min_interactions: int = 0) -> tuple[dict[str, str], dict[str, Any]]:
+    """Item id -> text for every item to encode (items of the .inter file without a .item row get an
+    empty text; with ``min_interactions``, only items with that many raw interactions), and the
+    metadata that identifies those inputs."""
+    texts = item_texts(folder, dataset, template)
+    wanted: dict[str, Any] = {"template": template.describe()}
+    if min_interactions > 0:
+        kept = dataset_ids(folder, dataset, "item", min_interactions)
+        texts = {token: texts.get(token, "") for token in kept}
+        wanted["min_item_interactions"] = min_interactions
+    else:
+        for token in dataset_ids(folder, dataset, "item"):
+            texts.setdefault(token, "")
+    return texts, wanted
 
 
 def ensure_item_features(
@@ -306,15 +325,7 @@ def ensure_item_features(
     ``min_interactions`` (see ``item_encoding_floor``) leaves out items with fewer raw interactions."""
     from recbole_llm.llm.encoders import slug
 
-    texts = item_texts(folder, dataset, template)
-    wanted: dict[str, Any] = {"template": template.describe()}
-    if min_interactions > 0:
-        kept = dataset_ids(folder, dataset, "item", min_interactions)
-        texts = {token: texts.get(token, "") for token in kept}
-        wanted["min_item_interactions"] = min_interactions
-    else:
-        for token in dataset_ids(folder, dataset, "item"):  # items of .inter without a .item row
-            texts.setdefault(token, "")
+    texts, wanted = texts_to_encode(folder, dataset, template, min_interactions)
     ff = FeatureFile(folder, dataset, "item", slug(encoder) + (f"_{variant}" if variant else ""))
     return ensure_text_features(ff, texts, wanted, encoder, **encode_options)
 
@@ -349,6 +360,25 @@ def item_features_for_run(folder: Path, dataset: str, config_dict: dict[str, Any
         variant=variant, min_interactions=item_encoding_floor(config_dict),
         device=config_dict.get("llm_device"),
         batch_size=int(config_dict.get("llm_batch_size") or 32))
+
+
+@feature_builder("item_lower", "item")
+def lower_layer_item_features(folder: Path, dataset: str, config_dict: dict[str, Any]) -> FeatureFile:
+    """BAHE's offline behaviour table: each item's text (``item_text_template``) through the lower
+    ``bahe_split_layer`` layers of ``llm_encoder``, pooled (``bahe_pooling``); one file per split and
+    pooling (``item_lower_smollm2_k28_mean``)."""
+    from recbole_llm.llm.encoders import LowerLayersEncoder, resolve_torch_device, slug
+
+    encoder = str(config_dict.get("llm_encoder") or "smollm2")
+    split, pooling = int(config_dict.get("bahe_split_layer") or 0), str(config_dict.get("bahe_pooling") or "mean")
+    texts, wanted = texts_to_encode(folder, dataset, template_for(folder, dataset, config_dict),
+                                    item_encoding_floor(config_dict))
+    device = resolve_torch_device(config_dict.get("llm_device"))
+    ff = FeatureFile(folder, dataset, "item_lower", f"{slug(encoder)}_k{split}_{pooling}")
+    return ensure_text_features(
+        ff, texts, {**wanted, "split_layer": split, "pooling": pooling}, encoder,
+        batch_size=int(config_dict.get("llm_batch_size") or 32),
+        make_encoder=lambda: LowerLayersEncoder(encoder, split, pooling, device))
 
 
 def attach_llm_features(model_class: type, folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, Any]:

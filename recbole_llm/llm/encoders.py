@@ -192,6 +192,65 @@ class NextTokenEncoder(TextEncoder):
         return out
 
 
+class LowerLayersEncoder(TextEncoder):
+    """BAHE's atomic-behaviour encoder: the first ``n_layers`` decoder layers of a causal LM over one
+    text, their output (the residual stream the upper layers read, before any final norm) pooled
+    over the text's tokens: ``mean`` of every token, or the ``last`` token's."""
+
+    def __init__(self, spec: str, n_layers: int, pooling: str = "mean", device: str = "cpu",
+                 dtype: str | None = None, max_length: int = 64) -> None:
+        import copy
+
+        from recbole_llm.llm.decoder import copied_layers, decoder_of
+
+        if pooling not in ("mean", "last"):
+            raise UserError(f"bahe_pooling={pooling!r}: expected mean or last")
+        self.tokenizer, lm = causal_lm(spec, device, dtype)
+        decoder = decoder_of(lm)
+        total = len(decoder.layers)
+        if not 1 <= n_layers < total:
+            raise UserError(f"bahe_split_layer={n_layers}: expected 1 to {total - 1} (of {spec}'s {total} layers; "
+                            "at least one stays above the split to be trained)")
+        self.embed, self.rotary = decoder.embed_tokens, copy.deepcopy(decoder.rotary_emb)
+        self.layers = copied_layers(lm, 0, n_layers)
+        self.n_layers, self.pooling, self.device, self.max_length = n_layers, pooling, device, max_length
+        self.name = f"{slug(spec)}_k{n_layers}_{pooling}"
+        self.source = spec
+        self.dim = int(lm.config.hidden_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "split_layer": self.n_layers, "pooling": self.pooling}
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        from recbole_llm.llm.decoder import causal_padded_mask, run_layers
+        from recbole_llm.progress import shown
+
+        self.tokenizer.padding_side = "right"  # real tokens first: causal attention never sees the padding
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {self.name}", unit="text",
+                                          disable=not shown(progress), dynamic_ncols=True) as bar:
+            for start in range(0, len(texts), batch_size):
+                index = order[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
+                                       truncation=True, max_length=self.max_length).to(self.device)
+                real = batch["attention_mask"].bool()
+                h = self.embed(batch["input_ids"])
+                positions = torch.arange(h.shape[1], device=h.device)[None].expand(len(index), -1)
+                h = run_layers(self.layers, self.rotary, h, positions, causal_padded_mask(real))
+                if self.pooling == "mean":
+                    pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+                else:
+                    pooled = h[torch.arange(len(index), device=h.device), real.sum(1) - 1]
+                out[index] = pooled.float().cpu().numpy()
+                bar.update(len(index))
+        return out
+
+
 def _folder_kind(path: Path) -> str | None:
     if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
         return "sentence-transformers"

@@ -1,5 +1,6 @@
 """recbole-llm's models; importing this package registers them."""
 from recbole_llm.model.alpharec import AlphaRec
+from recbole_llm.model.bahe import BAHE
 from recbole_llm.model.lightgcn_infonce import LightGCNInfoNCE
 from recbole_llm.model.llmesr import LLMESR
 from recbole_llm.model.molar import Molar
@@ -9,4 +10,4 @@ from recbole_llm.model.rlmrec_backbones import RLMRecLightGCN, RLMRecSGL, RLMRec
 from recbole_llm.model.simgcl import SimGCL
 from recbole_llm.model.tiger import TIGER
 
-__all__ = ["AlphaRec", "LightGCNInfoNCE", "LLMESR", "Molar", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]
+__all__ = ["AlphaRec", "BAHE", "LightGCNInfoNCE", "LLMESR", "Molar", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]

@@ -1,0 +1,130 @@
+"""BAHE: the offline behaviour table against the LM's own forward pass, the trained hierarchy
+against the LM's upper layers run by hand, the BCE from its formula, and a run under the ctr
+protocol on the tiny fixture, with a tiny Llama standing in for SmolLM2."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from recbole_llm.errors import UserError
+from recbole_llm.llm.encoders import LowerLayersEncoder
+from tests.conftest import write_ctr_fixture
+
+TEXTS = ["Title: Product 1 lotion.", "Brand: x.", "Title: a much longer product name, with a brand."]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_offline_table_is_the_lower_layers_output_pooled_over_each_texts_tokens(tiny_lm: Path, pooling: str) -> None:
+    """Each text alone through HF's own forward: hidden_states[k] is the residual stream after the
+    first k layers (no final norm); its mean over the text's tokens (or its last token) is the row,
+    whatever padding the batch needed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    table = LowerLayersEncoder(str(tiny_lm), 2, pooling).encode(TEXTS, batch_size=3, progress=False)
+    for row, text in enumerate(TEXTS):
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            states = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
+        expected = states.mean(0) if pooling == "mean" else states[-1]
+        torch.testing.assert_close(torch.from_numpy(table[row]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_split_layer_and_lm_are_checked(tiny_lm: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="bahe_split_layer=3: expected 1 to 2"):
+        LowerLayersEncoder(str(tiny_lm), 3)
+    with pytest.raises(UserError, match="bahe_pooling='max': expected mean or last"):
+        LowerLayersEncoder(str(tiny_lm), 1, "max")
+    (tmp_path / "not-an-lm").mkdir()
+    with pytest.raises(UserError, match="is not a causal language model"):
+        LowerLayersEncoder(str(tmp_path / "not-an-lm"), 1)
+
+
+@pytest.fixture(scope="module")
+def bahe_run(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
+    from recbole_llm.runner import run
+
+    root = tmp_path_factory.mktemp("bahe")
+    write_ctr_fixture(root / "data")
+    record = run("BAHE", "tiny-ctr", overrides={"llm_encoder": str(tiny_lm), "bahe_split_layer": 2,
+                                               "learning_rate": 1e-2}, epochs=3, output=None,
+                 run_dir=root / "run", verbose=False, data_path=root / "data")
+    return {"record": record, "root": root, "lm": tiny_lm}
+
+
+def _model(bahe_run: dict):
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    state = load_checkpoint(bahe_run["root"] / "run")
+    _, train, _, test = load_split(state["config"], check_topk=False)
+    model = get_model("BAHE")(state["config"], train._dataset)
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), train, test
+
+
+def test_bahe_runs_under_the_ctr_protocol(bahe_run: dict) -> None:
+    record = bahe_run["record"]
+    assert record["protocol"] == "ctr" and record["label"] == "BAHE(tiny_llama, split 2)"
+    assert set(record["test"]) == {"auc", "logloss", "gauc"}
+    assert record["config"]["llm_feature_fields"]["item_lower"] == "item_lower_tiny_llama_k2_mean_id"
+    assert (bahe_run["root"] / "data" / "tiny-ctr" / "tiny-ctr.item_lower_tiny_llama_k2_mean").is_file()
+    # only the upper layer(s), the norm and the head train: the LM's width, one layer of three
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(bahe_run["lm"])
+    one_layer = sum(p.numel() for p in lm.model.layers[2].parameters())
+    head = (2 * 16 * 256 + 256) + (256 * 64 + 64) + (64 + 1)
+    assert record["n_params"] == one_layer + 16 + head
+
+
+def test_scores_are_the_dnn_over_the_upper_layers_outputs_of_history_and_candidate(bahe_run: dict) -> None:
+    """Q_u: the LM's top layer and final norm (HF's own forward on inputs_embeds) over the unpadded
+    history's table rows, read at the last; Q_i: the same over the candidate's row alone; the
+    score is sigmoid(DNN(Q_u ⊕ Q_i)) and the loss the mean BCE of the logits against the labels."""
+    from transformers import AutoModelForCausalLM
+
+    model, _, test = _model(bahe_run)
+    top = copy.deepcopy(AutoModelForCausalLM.from_pretrained(bahe_run["lm"]).model)
+    top.layers = top.layers[2:]
+    top.config.num_hidden_layers = 1
+    top.layers.load_state_dict(model.upper.layers.state_dict())
+    top.norm.load_state_dict(model.upper.norm.state_dict())
+    batch = next(iter(test))[0]
+    seq, lengths, target = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.ITEM_ID]
+    labels = batch[model.LABEL].float()
+    with torch.no_grad():
+        scores = model.predict(batch)
+        loss = model.calculate_loss(batch)
+        logits = []
+        for row in range(len(seq)):
+            history = model.behaviours[seq[row, :int(lengths[row])]][None]
+            user = top(inputs_embeds=history, use_cache=False).last_hidden_state[0, -1]
+            item = top(inputs_embeds=model.behaviours[target[row]][None, None], use_cache=False).last_hidden_state[0, 0]
+            logits.append(float(model.head(torch.cat([user, item])[None])[0, 0]))
+    assert lengths.max() > 1  # histories of several behaviours are in the batch
+    assert scores.tolist() == pytest.approx([1 / (1 + math.exp(-x)) for x in logits], abs=1e-5)
+    bce = sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x, y in zip(logits, labels.tolist()))
+    assert loss.item() == pytest.approx(bce / len(logits), rel=1e-4)
+
+
+def test_training_moves_the_upper_layers_and_never_the_offline_table(bahe_run: dict, tiny_lm: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from recbole_llm.data.features import FeatureFile, read_feature_file
+
+    model, train, _ = _model(bahe_run)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    before = lm.model.layers[2].mlp.down_proj.weight
+    assert not torch.allclose(model.upper.layers[0].mlp.down_proj.weight, before)
+    ff = FeatureFile(bahe_run["root"] / "data" / "tiny-ctr", "tiny-ctr", "item_lower", "tiny_llama_k2_mean")
+    ids, vectors = read_feature_file(ff)
+    rows = train._dataset.token2id(train._dataset.iid_field, ids)
+    torch.testing.assert_close(model.behaviours[torch.as_tensor(rows)], torch.from_numpy(vectors))
+    assert not model.behaviours.requires_grad and "behaviours" not in model.state_dict()
