@@ -15,6 +15,8 @@ takes:
    by ``split_seed``, as in ``recbole-llm run``, so every seed of a model sees one split and LLM
    profiles built from its training part never see a validation or test interaction. RecBole's own
    models run through RecBole's own doors (no ``split_seed``) are left exactly as RecBole runs them.
+   Under the ctr protocol, each user's first impression is dropped for non-sequential datasets, as
+   RecBole's sequential dataset drops it (see ``drop_first_impressions``).
 3. ``get_dataloader``, for a plugin model with ``train_dataloader(config)``: the training loader
    the model asks for (LLM-ESR's reference regime iterates one sequence per user).
 4. ``create_samplers``, with ``eval_negatives: unseen``: sampled evaluation draws distinct items the
@@ -70,6 +72,8 @@ def _hook_data_preparation() -> None:
     def data_preparation(config: Any, dataset: Any) -> Any:
         if config["split_seed"] is not None:  # a recbole-llm config: the split has its own seed
             init_seed(config["split_seed"], config["reproducibility"])
+        if "protocol" in config and config["protocol"] == "ctr":
+            drop_first_impressions(dataset)
         loaders = original(config, dataset)
         if "eval_mask_history" in config and config["eval_mask_history"]:
             _mask_sequential_history(dataset, *loaders[1:])
@@ -78,6 +82,27 @@ def _hook_data_preparation() -> None:
     data_preparation.__doc__ = original.__doc__
     for module in (data_utils, data_package, quick_start):
         module.data_preparation = data_preparation
+
+
+def drop_first_impressions(dataset: Any) -> None:
+    """The ctr protocol's rows are impressions with at least one earlier impression of the user:
+    RecBole's sequential dataset (DIN, BAHE) has no row for a user's first one (nothing to read
+    before it), so context-aware models (DeepFM) lose it too, and every model of the protocol is
+    trained and tested on the same rows. The first is found as RecBole's augmentation finds it (a
+    stable sort by time, then by user), so ties in time drop the same row; the rest keep their order."""
+    import numpy as np
+    from recbole.data.dataset import SequentialDataset
+
+    if isinstance(dataset, SequentialDataset):
+        return
+    frame = dataset.inter_feat  # still a DataFrame here: RecBole builds its tensors in build()
+    users = frame[dataset.uid_field].to_numpy()
+    # Times as the float32 tensors RecBole's augmentation sorts (float64 could order float32 ties).
+    order = np.argsort(frame[dataset.time_field].to_numpy(dtype=np.float32), kind="stable")
+    order = order[np.argsort(users[order], kind="stable")]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = users[order][1:] != users[order][:-1]
+    dataset.inter_feat = frame.drop(index=frame.index[order[first]]).reset_index(drop=True)
 
 
 def _mask_sequential_history(dataset: Any, valid: Any, test: Any) -> None:

@@ -178,3 +178,23 @@ def test_models_lists_the_ctr_models_with_their_protocol(capsys: pytest.CaptureF
             for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["DeepFM"] == ["context", "ctr"] and rows["DIN"] == ["sequential", "ctr"]
     assert rows["SASRec"] == ["sequential", "sequential"] and rows["AlphaRec"] == ["general", "general"]
+
+
+def test_context_and_sequential_ctr_models_are_trained_and_tested_on_the_same_impressions() -> None:
+    """DeepFM's rows (a plain dataset) and DIN's (RecBole's sequential dataset, which has no row for
+    a user's first impression) are the same (user, item, label) triples in each of the three parts."""
+    from recbole.config import Config
+
+    from recbole_llm.runner import load_split, prepare
+
+    parts = {}
+    for model in ("DeepFM", "DIN"):
+        model_class, config_dict = prepare(model, "ml-100k")
+        data, *loaders = load_split(Config(model=model_class, dataset="ml-100k", config_dict=config_dict),
+                                    check_topk=False)
+        parts[model] = [sorted(zip(loader.dataset.inter_feat["user_id"].tolist(), loader.dataset.inter_feat["item_id"].tolist(),
+                                   loader.dataset.inter_feat["label"].tolist())) for loader in loaders]
+        # ml-100k after the 5-core filter: 99,287 ratings of 943 users, each user's first one no row
+        assert sum(map(len, parts[model])) == 99_287 - 943
+    assert [len(p) for p in parts["DeepFM"]] == [len(p) for p in parts["DIN"]]
+    assert parts["DeepFM"] == parts["DIN"]
