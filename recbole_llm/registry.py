@@ -80,9 +80,36 @@ def register_model(
         from recbole_llm.compat import allow_checkpoint_class
 
         allow_checkpoint_class(model_cls)  # load_data_and_model reads Config.model_class from checkpoints
+        _findable_by_recbole(model_name, model_cls, _REGISTRY[model_name].trainer)
         return model_cls
 
     return _register(cls) if cls is not None else _register
+
+
+def _findable_by_recbole(model_name: str, model_cls: type, trainer: type | None) -> None:
+    """Let RecBole's unpatched get_model / get_trainer find the model too: a module that bound them
+    before ``import recbole_llm`` (``from recbole.utils import get_model`` first) keeps the originals,
+    which look for a module ``recbole.model.<kind>_recommender.<name>`` (and, finding none, failed
+    on exlib's optional lightgbm) and for ``recbole.trainer.<Name>Trainer``. A name of RecBole's
+    own models is never shadowed."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    recbole_dir = Path(importlib.util.find_spec("recbole").origin).parent
+    if any((recbole_dir / "model" / sub / f"{model_name.lower()}.py").is_file() for sub in _RECBOLE_SUBMODULES):
+        return
+    path = f"recbole.model.general_recommender.{model_name.lower()}"  # the first place get_model looks
+    module = types.ModuleType(path, f"recbole-llm's {model_name}, registered for RecBole's own lookups")
+    module.__spec__ = importlib.machinery.ModuleSpec(path, loader=None)
+    setattr(module, model_name, model_cls)
+    sys.modules[path] = module
+    if trainer is not None:
+        import recbole.trainer
+
+        if not hasattr(recbole.trainer, f"{model_name}Trainer"):
+            setattr(recbole.trainer, f"{model_name}Trainer", trainer)
 
 
 def _load_entry_points() -> None:

@@ -53,6 +53,11 @@ def tiny_registered(tmp_path: Path):
     registry.register_model(TinyMF, config_file=config)
     yield TinyMF
     registry._REGISTRY.pop("TinyMF", None)
+    sys.modules.pop("recbole.model.general_recommender.tinymf", None)  # RecBole's own lookups forget it too
+    import recbole.trainer
+
+    if getattr(recbole.trainer, "TinyMFTrainer", None) is TinyTrainer:
+        del recbole.trainer.TinyMFTrainer
 
 
 def test_recbole_lookups_find_plugin_models(tiny_registered: type) -> None:
@@ -65,6 +70,21 @@ def test_recbole_lookups_find_plugin_models(tiny_registered: type) -> None:
     assert get_model("LightGCN") is LightGCN  # RecBole's own models still resolve
     with pytest.raises(ValueError, match="unknown model 'NoSuchModel'"):
         get_model("NoSuchModel")
+
+
+def test_recbole_lookups_bound_before_import_find_plugin_models(tiny_registered: type) -> None:
+    """``from recbole.utils import get_model`` before ``import recbole_llm`` keeps RecBole's original
+    functions; they find registered models and trainers too (and RecBole's own models as before)."""
+    from recbole.model.sequential_recommender.sasrec import SASRec
+
+    from recbole_llm.model import BAHE, Molar
+    from recbole_llm.model.molar import MolarTrainer
+
+    original_get_model, original_get_trainer = registry._ORIGINAL_GET_MODEL, registry._ORIGINAL_GET_TRAINER
+    assert original_get_model("TinyMF") is TinyMF and original_get_model("BAHE") is BAHE
+    assert original_get_trainer(ModelType.GENERAL, "TinyMF") is TinyTrainer
+    assert original_get_trainer(ModelType.SEQUENTIAL, "Molar") is MolarTrainer
+    assert original_get_model("SASRec") is SASRec and original_get_model("Molar") is Molar
 
 
 def test_run_recbole_trains_a_plugin_model(tiny_registered: type, tmp_path: Path) -> None:
