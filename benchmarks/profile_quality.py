@@ -21,13 +21,15 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 
-def read_texts(path: Path) -> dict[str, str]:
-    """id -> profile of a profile JSONL (the last record of an id wins, as when resuming)."""
+def read_texts(path: Path, checked: bool = False) -> dict[str, str]:
+    """id -> profile of a profile JSONL (the last record of an id wins, as when resuming): the
+    checked records (they carry a ``problem`` field) or the unchecked ones."""
     texts = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            texts[str(record["id"])] = record["profile"]
+            if ("problem" in record) == checked:
+                texts[str(record["id"])] = record["profile"]
     return texts
 
 
@@ -35,7 +37,8 @@ def main() -> None:
     from recbole_llm.config import dataset_settings
     from recbole_llm.data.datasets import resolve_dataset
     from recbole_llm.data.text import item_texts, template_for
-    from recbole_llm.llm.profiles import PACKAGED_PROFILES, ProfileSettings, _user_inputs, profile_files, training_histories
+    from recbole_llm.llm.profiles import (PACKAGED_PROFILES, ProfileSettings, _user_inputs, interaction_ratings,
+                                          profile_files, training_histories)
     from recbole_llm.llm.quality import quality_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,16 +48,23 @@ def main() -> None:
     parser.add_argument("--checked-sample", type=int, default=0, metavar="N",
                         help="also write checked profiles for N random users and their items, and compare")
     parser.add_argument("--device", default="cpu", help="device of the generator (checked sample)")
+    parser.add_argument("--checked", action="store_true",
+                        help="read the checked profiles (recbole-llm profile --checked) of the files, not the unchecked")
+    parser.add_argument("--data-path", default=None, help="the data root holding the dataset and its profiles")
     args = parser.parse_args()
 
-    folder = resolve_dataset(args.dataset, None)
+    folder = resolve_dataset(args.dataset, args.data_path)
     items_path, users_path = profile_files(folder, args.dataset, args.generator)
     if args.packaged:
         items_path, users_path = PACKAGED_PROFILES / items_path.name, PACKAGED_PROFILES / users_path.name
     texts = item_texts(folder, args.dataset, template_for(folder, args.dataset, dataset_settings(args.dataset, "general")))
-    item_profiles, user_profiles = read_texts(items_path), read_texts(users_path)
-    histories, _ = training_histories(args.dataset)
-    user_sources = _user_inputs(histories, texts, item_profiles, ProfileSettings(args.generator))
+    # A file holds the unchecked and the checked profiles of an id, told apart by the "problem"
+    # field that checked generation records (None when the answer passed).
+    item_profiles, user_profiles = read_texts(items_path, args.checked), read_texts(users_path, args.checked)
+    histories, _ = training_histories(args.dataset, args.data_path)
+    settings = ProfileSettings(args.generator, checked=args.checked)
+    ratings = interaction_ratings(folder, args.dataset) if args.checked else None
+    user_sources = _user_inputs(histories, texts, item_profiles, settings, ratings)
     reports = {
         f"items ({len(item_profiles)})": quality_report(item_profiles, {k: f"ITEM: {t}" for k, t in texts.items()}),
         f"users ({len(user_profiles)})": quality_report(user_profiles, user_sources, about_user=True),
