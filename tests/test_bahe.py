@@ -84,20 +84,32 @@ def test_bahe_runs_under_the_ctr_protocol(bahe_run: dict) -> None:
     assert record["n_params"] == one_layer + 16 + head
 
 
-def test_scores_are_the_dnn_over_the_upper_layers_outputs_of_history_and_candidate(bahe_run: dict) -> None:
+def test_the_label_names_every_departure_from_the_defaults() -> None:
+    from recbole_llm.model.bahe import BAHE
+
+    assert BAHE.run_label({}) == "BAHE"
+    assert BAHE.run_label({"llm_encoder": "smollm2", "bahe_split_layer": 28, "bahe_pooling": "mean"}) == "BAHE"
+    assert BAHE.run_label({"llm_encoder": "/models/Qwen2-0.5B", "bahe_split_layer": 28}) == "BAHE(qwen2_0_5b)"
+    assert BAHE.run_label({"bahe_split_layer": 26, "bahe_pooling": "last"}) == "BAHE(split 26, last pooling)"
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_scores_are_the_dnn_over_the_upper_layers_outputs_of_history_and_candidate(bahe_run: dict, part: str) -> None:
     """Q_u: the LM's top layer and final norm (HF's own forward on inputs_embeds) over the unpadded
     history's table rows, read at the last; Q_i: the same over the candidate's row alone; the
-    score is sigmoid(DNN(Q_u ⊕ Q_i)) and the loss the mean BCE of the logits against the labels."""
+    score is sigmoid(DNN(Q_u ⊕ Q_i)) and the loss the mean BCE of the logits against the labels.
+    Training rows include histories of a single behaviour."""
     from transformers import AutoModelForCausalLM
 
-    model, _, test = _model(bahe_run)
+    model, train, test = _model(bahe_run)
     top = copy.deepcopy(AutoModelForCausalLM.from_pretrained(bahe_run["lm"]).model)
     top.layers = top.layers[2:]
     top.config.num_hidden_layers = 1
     top.layers.load_state_dict(model.upper.layers.state_dict())
     top.norm.load_state_dict(model.upper.norm.state_dict())
-    batch = next(iter(test))[0]
+    batch = next(iter(test))[0] if part == "test" else train.dataset.inter_feat[:64]
     seq, lengths, target = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.ITEM_ID]
+    assert part == "test" or lengths.min() == 1
     labels = batch[model.LABEL].float()
     with torch.no_grad():
         scores = model.predict(batch)
