@@ -38,6 +38,13 @@ def test_offline_table_is_the_lower_layers_output_pooled_over_each_texts_tokens(
 def test_split_layer_and_lm_are_checked(tiny_lm: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="bahe_split_layer=3: expected 1 to 2"):
         LowerLayersEncoder(str(tiny_lm), 3)
+    from recbole_llm.llm.decoder import check_split
+
+    for split in (1, 2):  # one layer below, one above: the two ends of a 3-layer LM
+        check_split(split, 3)
+    for split in (0, 3):
+        with pytest.raises(UserError, match=f"bahe_split_layer={split}: expected 1 to 2"):
+            check_split(split, 3)
     with pytest.raises(UserError, match="bahe_pooling='max': expected mean or last"):
         LowerLayersEncoder(str(tiny_lm), 1, "max")
     (tmp_path / "not-an-lm").mkdir()
@@ -124,6 +131,19 @@ def test_scores_are_the_dnn_over_the_upper_layers_outputs_of_history_and_candida
     assert scores.tolist() == pytest.approx([1 / (1 + math.exp(-x)) for x in logits], abs=1e-5)
     bce = sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x, y in zip(logits, labels.tolist()))
     assert loss.item() == pytest.approx(bce / len(logits), rel=1e-4)
+
+
+def test_the_head_is_relu_mlp_then_one_logit(bahe_run: dict) -> None:
+    """DNN(x) = w3 . relu(W2 relu(W1 x + b1) + b2) + b3 (dropout off in eval), sizes 2d -> 256 -> 64 -> 1."""
+    model, _, _ = _model(bahe_run)
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 256), (256, 64), (64, 1)]
+    x = torch.randn(5, 32)
+    h = torch.relu(x @ linears[0].weight.T + linears[0].bias)
+    h = torch.relu(h @ linears[1].weight.T + linears[1].bias)
+    expected = h @ linears[2].weight.T + linears[2].bias
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(x), expected)
 
 
 def test_training_moves_the_upper_layers_and_never_the_offline_table(bahe_run: dict, tiny_lm: Path) -> None:

@@ -40,9 +40,8 @@ def labelled_scores(model: Any, loader: Any, uid_field: str, label_field: str) -
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
-        for batch in loader:
-            interaction = batch[0] if isinstance(batch, tuple) else batch
-            interaction = interaction.to(device)
+        for batch in loader:  # RecBole's evaluation loaders yield (interaction, ...) tuples
+            interaction = batch[0].to(device)
             scores.append(model.predict(interaction).detach().float().cpu().numpy().reshape(-1))
             users.append(interaction[uid_field].cpu().numpy())
             labels.append(interaction[label_field].cpu().numpy())

@@ -19,6 +19,15 @@ def decoder_of(lm: Any) -> Any:
     return lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
 
 
+def check_split(split: int, total: int) -> None:
+    """BAHE's split layer: at least one layer below it (the offline encoder) and one above (trained)."""
+    from recbole_llm.errors import UserError
+
+    if not 1 <= split < total:
+        raise UserError(f"bahe_split_layer={split}: expected 1 to {total - 1} (of the LM's {total} layers; "
+                        "at least one below the split encodes the behaviours, one above it trains)")
+
+
 def copied_layers(lm: Any, start: int, stop: int) -> nn.ModuleList:
     """Copies of decoder layers ``start``..``stop - 1``, owned by the caller (training them leaves the
     LM as it is), set to eager attention: it takes an additive mask as given."""

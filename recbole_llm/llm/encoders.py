@@ -201,16 +201,13 @@ class LowerLayersEncoder(TextEncoder):
                  dtype: str | None = None, max_length: int = 64) -> None:
         import copy
 
-        from recbole_llm.llm.decoder import copied_layers, decoder_of
+        from recbole_llm.llm.decoder import check_split, copied_layers, decoder_of
 
         if pooling not in ("mean", "last"):
             raise UserError(f"bahe_pooling={pooling!r}: expected mean or last")
         self.tokenizer, lm = causal_lm(spec, device, dtype)
         decoder = decoder_of(lm)
-        total = len(decoder.layers)
-        if not 1 <= n_layers < total:
-            raise UserError(f"bahe_split_layer={n_layers}: expected 1 to {total - 1} (of {spec}'s {total} layers; "
-                            "at least one stays above the split to be trained)")
+        check_split(n_layers, len(decoder.layers))
         self.embed, self.rotary = decoder.embed_tokens, copy.deepcopy(decoder.rotary_emb)
         self.layers = copied_layers(lm, 0, n_layers)
         self.n_layers, self.pooling, self.device, self.max_length = n_layers, pooling, device, max_length

@@ -27,7 +27,7 @@ from torch import nn
 
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
-from recbole_llm.llm.decoder import causal_padded_mask, copied_layers, decoder_of, run_layers
+from recbole_llm.llm.decoder import causal_padded_mask, check_split, copied_layers, decoder_of, run_layers
 from recbole_llm.registry import register_model
 
 
@@ -81,8 +81,7 @@ class BAHE(SequentialRecommender):
         if table.shape[1] != width:
             raise UserError(f"the behaviour table is {table.shape[1]}-d but {config['llm_encoder']} is {width}-d; "
                             "expected a table written by the lower layers of the same LM (llm_encoder)")
-        if not 1 <= split < total:
-            raise UserError(f"bahe_split_layer={split}: expected 1 to {total - 1} (of the LM's {total} layers)")
+        check_split(split, total)  # also where the table is the user's own file, built by no encoder here
         self.upper = UpperLayers(lm, split)
         self.head = nn.Sequential(
             MLPLayers([2 * width, *config["mlp_hidden_size"]], config["dropout_prob"], "relu"),
