@@ -160,3 +160,9 @@ def test_training_moves_the_upper_layers_and_never_the_offline_table(bahe_run: d
     rows = train._dataset.token2id(train._dataset.iid_field, ids)
     torch.testing.assert_close(model.behaviours[torch.as_tensor(rows)], torch.from_numpy(vectors))
     assert not model.behaviours.requires_grad and "behaviours" not in model.state_dict()
+    # BAHE trains copies: the LM the process keeps loaded (for encoding, for the next model) is untouched
+    from recbole_llm.llm.encoders import causal_lm
+
+    cached = causal_lm(str(tiny_lm))[1]
+    for mine, fresh in zip(cached.state_dict().values(), lm.state_dict().values()):
+        torch.testing.assert_close(mine, fresh)
