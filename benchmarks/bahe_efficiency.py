@@ -55,14 +55,13 @@ class TokenLevel:
         decoder = decoder_of(lm)
         self.embed = copy.deepcopy(decoder.embed_tokens).to(device).requires_grad_(False)
         self.lower = copied_layers(lm, 0, split).to(device).requires_grad_(False).float()
-        self.tokenizer.padding_side = "right"
 
     def _encode(self, texts: list[str]) -> Any:
         import torch
 
         from recbole_llm.llm.decoder import causal_padded_mask, run_layers
 
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
         real = batch["attention_mask"].bool()
         positions = torch.arange(real.shape[1], device=self.device)[None].expand(len(texts), -1)
         mask = causal_padded_mask(real)

@@ -166,3 +166,19 @@ def test_training_moves_the_upper_layers_and_never_the_offline_table(bahe_run: d
     cached = causal_lm(str(tiny_lm))[1]
     for mine, fresh in zip(cached.state_dict().values(), lm.state_dict().values()):
         torch.testing.assert_close(mine, fresh)
+
+
+def test_encoders_sharing_one_cached_lm_pad_each_their_own_way(tiny_lm: Path) -> None:
+    """The next-token encoder pads left and BAHE's lower layers pad right, on one cached tokenizer:
+    encoding with one never changes what the other gives."""
+    from recbole_llm.llm.encoders import NextTokenEncoder
+
+    next_token = NextTokenEncoder(tiny_lm, "tiny")
+    before = next_token.encode(TEXTS, batch_size=3, progress=False)
+    lower = LowerLayersEncoder(str(tiny_lm), 2).encode(TEXTS, batch_size=3, progress=False)
+    after = next_token.encode(TEXTS, batch_size=3, progress=False)
+    assert (before == after).all()
+    alone = [next_token.encode([text], progress=False)[0] for text in TEXTS]  # no padding at all
+    torch.testing.assert_close(torch.from_numpy(before), torch.from_numpy(__import__("numpy").stack(alone)),
+                               rtol=1e-4, atol=1e-5)
+    assert lower.shape == before.shape

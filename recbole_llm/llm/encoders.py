@@ -157,39 +157,51 @@ def causal_lm(spec: str, device: str = "cpu", dtype: str | None = None) -> tuple
     return load_causal_lm(path, device, dtype)
 
 
+def encode_by_length(encoder: Any, texts: Sequence[str], batch_size: int, progress: bool,
+                     vectors_of: Any, padding_side: str) -> np.ndarray:
+    """One row per text: the texts tokenized in batches of similar length (little padding), padded
+    on ``padding_side`` (per call: the tokenizer is shared by every user of the cached LM), with a
+    progress bar; ``vectors_of(batch)`` maps a tokenized batch to its [B, dim] vectors."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from recbole_llm.progress import shown
+
+    tokenizer, max_length = encoder.tokenizer, encoder.max_length
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {encoder.name}", unit="text",
+                                      disable=not shown(progress), dynamic_ncols=True) as bar:
+        for start in range(0, len(texts), batch_size):
+            index = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True, padding_side=padding_side,
+                              truncation=True, max_length=max_length).to(encoder.device)
+            out[index] = vectors_of(batch).float().cpu().numpy()
+            bar.update(len(index))
+    return out
+
+
 class NextTokenEncoder(TextEncoder):
     """A decoder-only LM; a text's vector is the last layer's hidden state at its last token."""
 
     def __init__(self, path: str | Path, name: str, device: str = "cpu", dtype: str | None = None,
                  gguf_file: str | None = None, max_length: int = 128) -> None:
         self.tokenizer, self.model = load_causal_lm(path, device, dtype, gguf_file)
-        self.tokenizer.padding_side = "left"
         self.device, self.max_length = device, max_length
         self.name, self.source = name, str(Path(path) / gguf_file) if gguf_file else str(path)
         self.dim = int(self.model.config.hidden_size)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
-        import torch
-        from tqdm.auto import tqdm
-
-        from recbole_llm.progress import shown
-
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")  # batch similar lengths: little padding
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
-        with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {self.name}", unit="text",
-                                          disable=not shown(progress), dynamic_ncols=True) as bar:
-            for start in range(0, len(texts), batch_size):
-                index = order[start:start + batch_size]
-                batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
-                                       truncation=True, max_length=self.max_length).to(self.device)
-                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 position_ids=positions).last_hidden_state
-                out[index] = hidden[:, -1, :].float().cpu().numpy()
-                bar.update(len(index))
-        return out
+
+        def last_token(batch: Any) -> Any:
+            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=positions).last_hidden_state
+            return hidden[:, -1, :]
+
+        return encode_by_length(self, texts, batch_size, progress, last_token, padding_side="left")
 
 
 class LowerLayersEncoder(TextEncoder):
@@ -220,32 +232,20 @@ class LowerLayersEncoder(TextEncoder):
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
 
         from recbole_llm.llm.decoder import causal_padded_mask, run_layers
-        from recbole_llm.progress import shown
 
-        self.tokenizer.padding_side = "right"  # real tokens first: causal attention never sees the padding
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {self.name}", unit="text",
-                                          disable=not shown(progress), dynamic_ncols=True) as bar:
-            for start in range(0, len(texts), batch_size):
-                index = order[start:start + batch_size]
-                batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
-                                       truncation=True, max_length=self.max_length).to(self.device)
-                real = batch["attention_mask"].bool()
-                h = self.embed(batch["input_ids"])
-                positions = torch.arange(h.shape[1], device=h.device)[None].expand(len(index), -1)
-                h = run_layers(self.layers, self.rotary, h, positions, causal_padded_mask(real))
-                if self.pooling == "mean":
-                    pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
-                else:
-                    pooled = h[torch.arange(len(index), device=h.device), real.sum(1) - 1]
-                out[index] = pooled.float().cpu().numpy()
-                bar.update(len(index))
-        return out
+        def pooled(batch: Any) -> Any:
+            real = batch["attention_mask"].bool()
+            h = self.embed(batch["input_ids"])
+            positions = torch.arange(h.shape[1], device=h.device)[None].expand(len(h), -1)
+            h = run_layers(self.layers, self.rotary, h, positions, causal_padded_mask(real))
+            if self.pooling == "mean":
+                return (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+            return h[torch.arange(len(h), device=h.device), real.sum(1) - 1]
+
+        # right padding: real tokens first, so causal attention never lets them see the padding
+        return encode_by_length(self, texts, batch_size, progress, pooled, padding_side="right")
 
 
 def _folder_kind(path: Path) -> str | None:

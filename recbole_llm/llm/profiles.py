@@ -130,7 +130,6 @@ class ProfileGenerator:
 
         self.device = resolve_torch_device(device)
         self.tokenizer, self.model = causal_lm(spec, self.device, dtype)
-        self.tokenizer.padding_side = "left"
         self.name = slug(spec)
 
     def _prompt(self, system: str, user: str) -> str:
@@ -146,7 +145,10 @@ class ProfileGenerator:
         import torch
 
         prompts = [self._prompt(system, text) for text in inputs]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # left padding (per call: the cached tokenizer is shared with the encoders), so generation
+        # continues every prompt from its own last token
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                               add_special_tokens=False).to(self.device)
         options: dict[str, Any] = {"do_sample": False}
         if checked:
             from transformers import LogitsProcessorList
