@@ -115,7 +115,7 @@ def checked_sample(args: argparse.Namespace, texts: dict[str, str], histories: d
     new_users = generate_profiles(folder / "users.jsonl", user_inputs, RATED_USER_SYSTEM_PROMPT, lambda: generator,
                                   settings, "checked", "user profiles (checked)", about_user=True)
     user_seconds = (time.time() - started) / len(users)
-    old_user_inputs = _user_inputs(sample, texts, item_profiles, ProfileSettings(args.generator))
+    old_user_inputs = _user_inputs(sample, texts, item_profiles, ProfileSettings(args.generator, checked=False))
     print(f"\nSample: {len(items)} items, {len(users)} users (seed 0); checked generation in {folder}")
     print_table({
         f"items, read ({len(items)})": quality_report({i: item_profiles[i] for i in items}, item_inputs),

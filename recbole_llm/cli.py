@@ -134,10 +134,11 @@ def _add_profile_parser(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96, help="length limit of each profile (default 96)")
     p.add_argument("--history", type=int, default=5, help="training items shown per user (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
-    p.add_argument("--checked", action="store_true",
-                   help="checked generation: repetition penalties; answers that echo their input, loop, copy the "
-                        "prompt's placeholder, duplicate another profile or (users) describe no person are written "
-                        "again by sampling; the user's ratings in user prompts (runs: --set profile_checks=True)")
+    p.add_argument("--checked", action=argparse.BooleanOptionalAction, default=True,
+                   help="checked generation (default): repetition penalties; answers that echo their input, loop, "
+                        "copy the prompt's placeholder, duplicate another profile or (users) describe no person are "
+                        "written again by sampling; the user's ratings and the items' profiles in user prompts, as "
+                        "RLMRec's reference. --no-checked: plain greedy answers (runs: --set profile_checks=False)")
     p.add_argument("--retries", type=int, default=2, help="checked: new attempts for a failing answer (default 2)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")

@@ -65,12 +65,14 @@ def test_a_variant_is_never_shown_under_the_papers_name(tmp_path: Path) -> None:
     legacy["config"].update(backbone="LightGCN")
     boards = build_boards([old, reference, tuned, legacy])
     assert sorted(row.label for board in boards for row in board.rows) == [
-        "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)", "RLMRec-Con(LightGCN, RecBole code)",
-        "RLMRec-Gen(SimGCL, recon_weight 0.01)"]
-    # A pruned search trial records its overrides only: it is counted under the same row.
+        "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)",
+        "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)", "RLMRec-Gen(SimGCL, recon_weight 0.01, unchecked profiles)"]
+    # A pruned search trial records its overrides only, read over the model's defaults (its YAML).
     pruned = {"model": "RLMRecCon", "label": "RLMRec-Con(LightGCN)", "dataset": "ml-100k", "status": "pruned",
               "overrides": {"backbone": "LightGCN"}, "bench": {"phase": "search", "grid": "g"}}
-    assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code)"
+    assert _label(pruned) == "RLMRec-Con(LightGCN)"
+    pruned["overrides"].update(profile_checks=False, backbone_code="RecBole")
+    assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)"
 
 
 def _results(tmp_path: Path) -> Path:

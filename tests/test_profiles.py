@@ -41,7 +41,7 @@ def test_no_validation_or_test_interaction_enters_a_profile(amazon_root: Path, r
 
     from recbole_llm.runner import prepare
 
-    build_profiles("amazon-beauty", ProfileSettings(user_history=50), data_path=amazon_root, progress=False)
+    build_profiles("amazon-beauty", ProfileSettings(user_history=50, checked=False), data_path=amazon_root, progress=False)
     # The held-out interactions of the very split a general run uses.
     _, config_dict = prepare("BPR", "amazon-beauty", data_path=amazon_root)
     config = Config(model="BPR", dataset="amazon-beauty", config_dict=config_dict)
@@ -66,7 +66,7 @@ def test_no_validation_or_test_interaction_enters_a_profile(amazon_root: Path, r
 
 
 def test_profiles_resume_after_an_interruption(amazon_root: Path, recording: RecordingGenerator) -> None:
-    settings = ProfileSettings(batch_size=8)
+    settings = ProfileSettings(batch_size=8, checked=False)
     recording.fail_after = 16  # two batches of item profiles, then "Ctrl-C"
     with pytest.raises(KeyboardInterrupt):
         build_profiles("amazon-beauty", settings, data_path=amazon_root, progress=False)
@@ -92,7 +92,7 @@ def test_real_profiles_with_smollm2(tmp_path: Path) -> None:
     """The packaged generator writes a profile for every item and user of a very small dataset."""
     root = tmp_path / "data"
     write_amazon_fixture(root, "amazon-beauty", n_users=6, n_items=6)
-    settings = ProfileSettings(max_new_tokens=12, batch_size=8, user_history=3)
+    settings = ProfileSettings(max_new_tokens=12, batch_size=8, user_history=3, checked=False)
     item_ff, user_ff = build_profiles("amazon-beauty", settings, data_path=root, progress=False)
     items_path, users_path = profiles.profile_files(root / "amazon-beauty", "amazon-beauty", "smollm2")
     records = [json.loads(line) for line in items_path.read_text().splitlines()]
@@ -166,8 +166,8 @@ def test_unchecked_profiles_keep_their_fingerprint() -> None:
     import hashlib
 
     expected = hashlib.sha256(json.dumps(["smollm2", 96, "system", "extra"]).encode()).hexdigest()[:16]
-    assert ProfileSettings().fingerprint("system", "extra") == expected
-    assert ProfileSettings(checked=True).fingerprint("system", "extra") != expected
+    assert ProfileSettings(checked=False).fingerprint("system", "extra") == expected
+    assert ProfileSettings().fingerprint("system", "extra") != expected
 
 
 def test_answer_penalty_leaves_the_prompt_alone_and_follows_the_ctrl_rule() -> None:

@@ -243,17 +243,21 @@ def test_missing_profiles_are_generated_or_explained(tmp_path: Path, monkeypatch
     write_amazon_fixture(root)
     settings = {"data_path": str(root), "epochs": 1}
     expected = profiles.expected_seconds(30, 40, profiles.ProfileSettings())
-    assert expected == pytest.approx(30 * 1.4 + 40 * 4.5)  # the measured rates of SECONDS_PER_PROFILE
-    with pytest.raises(UserError, match=r"30 item and 40 user profiles of amazon-beauty with smollm2 \(about 4 min"
+    assert expected == pytest.approx(30 * 3.75 + 40 * 7.5)  # the measured rates of checked generation
+    assert profiles.expected_seconds(30, 40, profiles.ProfileSettings(checked=False, max_new_tokens=48)) == \
+        pytest.approx((30 * 1.4 + 40 * 4.5) / 2)
+    with pytest.raises(UserError, match=r"30 item and 40 user profiles of amazon-beauty with smollm2 \(about 7 min"
                                         r".*recbole-llm profile -d amazon-beauty --generator smollm2 --encoder minilm "
                                         f"--data-path {root}"):
         Config(model="RLMRecCon", dataset=DATASET, config_dict={**settings, "llm_generate": False})
+    with pytest.raises(UserError, match=r"\(about 4 min.*--encoder minilm --no-checked --data-path"):
+        Config(model="RLMRecCon", dataset=DATASET, config_dict={**settings, "llm_generate": False, "profile_checks": False})
     assert not list((root / DATASET).glob("*profile*"))  # nothing half-written
 
     fake = RecordingGenerator()
     monkeypatch.setattr(profiles, "ProfileGenerator", lambda *a, **k: fake)
-    with caplog.at_level("WARNING", logger="recbole_llm"):
-        config = Config(model="RLMRecCon", dataset=DATASET, config_dict=settings)
+    with caplog.at_level("WARNING", logger="recbole_llm"):  # the stand-in writes plain answers: unchecked
+        config = Config(model="RLMRecCon", dataset=DATASET, config_dict={**settings, "profile_checks": False})
     assert "generating 30 item and 40 user profiles of amazon-beauty with smollm2 (about 4 min" in caplog.text
     assert len(fake.prompts) == 70 and set(config["llm_feature_fields"]) == {"user_profile", "item_profile"}
     items_path, users_path = profile_files(root / DATASET, DATASET, "smollm2")

@@ -207,19 +207,21 @@ def test_shuffled_profiles_are_a_fixed_permutation(profiled_root: Path) -> None:
 
 
 def test_labels_and_settings() -> None:
-    assert RLMRecCon.run_label({"backbone": "SGL", "backbone_code": "RLMRec"}) == "RLMRec-Con(SGL)"
-    assert RLMRecCon.run_label({"backbone": "SGL", "backbone_code": "RecBole"}) == "RLMRec-Con(SGL, RecBole code)"
+    ref = {"backbone_code": "RLMRec", "profile_checks": True}  # the defaults: the reference's backbones and prompts
+    assert RLMRecCon.run_label({**ref, "backbone": "SGL"}) == "RLMRec-Con(SGL)"
+    assert RLMRecCon.run_label({**ref, "backbone": "SGL", "backbone_code": "RecBole"}) == "RLMRec-Con(SGL, RecBole code)"
     # Records written before backbone_code existed ran RecBole's LightGCN/SGL and SELFRec's SimGCL.
-    assert RLMRecCon.run_label({"backbone": "SGL"}) == "RLMRec-Con(SGL, RecBole code)"
-    assert RLMRecGen.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "shuffle_profiles": True}) == \
+    assert RLMRecCon.run_label({"backbone": "SGL", "profile_checks": True}) == "RLMRec-Con(SGL, RecBole code)"
+    assert RLMRecGen.run_label({**ref, "backbone": "LightGCN", "shuffle_profiles": True}) == \
         "RLMRec-Gen(LightGCN, shuffled profiles)"
-    assert RLMRecCon.run_label({}) == "RLMRec-Con(LightGCN, RecBole code)"  # a record from before both keys
-    assert RLMRecGen.run_label({"backbone": "SGL", "backbone_code": "RLMRec", "llm_encoder": "/m/e5-large/"}) == \
+    # A record from before the keys: RecBole's backbone and the unchecked profiles.
+    assert RLMRecCon.run_label({}) == "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)"
+    assert RLMRecGen.run_label({**ref, "backbone": "SGL", "llm_encoder": "/m/e5-large/"}) == \
         "RLMRec-Gen(SGL, smollm2+e5-large)"
-    assert RLMRecCon.run_label({"backbone": "LightGCN", "backbone_code": "RLMRec", "profile_checks": True}) == \
-        "RLMRec-Con(LightGCN, checked profiles)"
-    assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_generator": "/m/Llama-3-8B/", "llm_encoder": "minilm"}) == \
-        "RLMRec-Con(SimGCL, SELFRec code, Llama-3-8B+minilm)"
+    assert RLMRecCon.run_label({**ref, "backbone": "LightGCN", "profile_checks": False}) == \
+        "RLMRec-Con(LightGCN, unchecked profiles)"
+    assert RLMRecCon.run_label({"backbone": "SimGCL", "profile_checks": True, "profile_generator": "/m/Llama-3-8B/",
+                                "llm_encoder": "minilm"}) == "RLMRec-Con(SimGCL, SELFRec code, Llama-3-8B+minilm)"
 
 
 def test_reference_settings_per_backbone(profiled_root: Path) -> None:

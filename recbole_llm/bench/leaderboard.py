@@ -147,6 +147,14 @@ def _label_parts(label: str) -> tuple[str, list[str]]:
     return name.strip(), [part.strip() for part in rest.rstrip(")").split(",") if part.strip()]
 
 
+def _model_defaults(entry: Any) -> dict[str, Any]:
+    import yaml
+
+    if entry is None or entry.config_file is None or not Path(entry.config_file).is_file():
+        return {}
+    return yaml.safe_load(Path(entry.config_file).read_text()) or {}
+
+
 def _label(record: dict[str, Any]) -> str:
     """The row's name: the record's label, plus every variant mark that the model's own
     ``run_label`` gives the config it ran and the label lacks, so no variant appears under a
@@ -156,8 +164,11 @@ def _label(record: dict[str, Any]) -> str:
 
     entry = plugin_entry(str(record.get("model")))
     run_label = getattr(entry.cls, "run_label", None) if entry else None
-    # A finished run records its whole config; a pruned search trial only its overrides.
-    config = record.get("config") if isinstance(record.get("config"), dict) else record.get("overrides")
+    # A finished run records its whole config; a pruned search trial only its overrides, read on
+    # top of the model's defaults (its YAML), as the trial ran them.
+    config = record.get("config")
+    if not isinstance(config, dict) and isinstance(record.get("overrides"), dict):
+        config = {**_model_defaults(entry), **record["overrides"]}
     if run_label is not None and isinstance(config, dict):
         name, parts = _label_parts(label)
         missing = [part for part in _label_parts(run_label(config))[1] if part not in parts]

@@ -93,7 +93,7 @@ class ProfileSettings:
     max_new_tokens: int = 96
     batch_size: int = 16
     user_history: int = 5  # most recent training items shown per user (prompt length drives the cost)
-    checked: bool = False  # repetition control, answers checked and rewritten, ratings in user prompts
+    checked: bool = True   # repetition control, answers checked and rewritten, ratings and item profiles in user prompts
     retries: int = 2       # checked: new attempts for an answer that fails its check
 
     def fingerprint(self, system_prompt: str, extra: str = "") -> str:
@@ -353,15 +353,19 @@ def profile_files(folder: Path, dataset: str, generator: str) -> tuple[Path, Pat
 
 # Seconds per profile of the packaged SmolLM2-135M with 96 new tokens, measured on the 2-core CPU
 # build machine with a core to itself (ml-100k: 1.4 s per item, 3-6 s per user, whose prompts are
-# longer); the time scales with max_new_tokens. Other generators and machines differ.
+# longer); the time scales with max_new_tokens. Checked generation's retries and longer user prompts
+# (ratings, item profiles): about 16 items and 8 users a minute over the full ml-100k run (batch 32).
+# Other generators and machines differ.
 SECONDS_PER_PROFILE = {"item": 1.4, "user": 4.5}
+SECONDS_PER_CHECKED_PROFILE = {"item": 3.75, "user": 7.5}
 PACKAGED_PROFILES = Path(__file__).resolve().parent.parent / "resources" / "profiles"
 
 
 def expected_seconds(n_items: int, n_users: int, settings: ProfileSettings) -> float:
     """Rough generation time of that many profiles (SECONDS_PER_PROFILE)."""
     scale = settings.max_new_tokens / 96
-    return scale * (n_items * SECONDS_PER_PROFILE["item"] + n_users * SECONDS_PER_PROFILE["user"])
+    rate = SECONDS_PER_CHECKED_PROFILE if settings.checked else SECONDS_PER_PROFILE
+    return scale * (n_items * rate["item"] + n_users * rate["user"])
 
 
 def _duration(seconds: float) -> str:
@@ -434,7 +438,7 @@ def build_profiles(
         what = f"{items_left} item and {users_left} user profiles of {dataset} with {settings.generator} ({cost})"
         if not generate:
             raise UserError(f"{what} are missing from {items_path.parent}; expected them written first by "
-                            f"`{profile_command(folder, dataset, settings.generator, encoder)}` "
+                            f"`{profile_command(folder, dataset, settings.generator, encoder, settings.checked)}` "
                             "(or let the run write them: llm_generate True, no --no-generate)")
         logger.warning("generating %s; resumable: an interrupted run continues where it stopped", what)
 
@@ -490,12 +494,14 @@ def profile_feature_file(folder: Path, dataset: str, kind: str, generator: str =
     return FeatureFile(folder, dataset, kind, f"{slug(generator)}_{slug(encoder)}")
 
 
-def profile_command(folder: Path, dataset: str, generator: str, encoder: str) -> str:
-    """The command line that writes the profile feature files of ``generator`` and ``encoder``."""
+def profile_command(folder: Path, dataset: str, generator: str, encoder: str, checked: bool = True) -> str:
+    """The command line that writes the profile feature files of ``generator`` and ``encoder``
+    (checked generation unless ``checked`` is False)."""
     from recbole_llm.data.datasets import data_root
 
     where = "" if folder.parent.resolve() == data_root() else f" --data-path {folder.parent}"
-    return f"recbole-llm profile -d {dataset} --generator {generator} --encoder {encoder}{where}"
+    plain = "" if checked else " --no-checked"
+    return f"recbole-llm profile -d {dataset} --generator {generator} --encoder {encoder}{plain}{where}"
 
 
 def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) -> dict[str, FeatureFile]:
@@ -517,7 +523,7 @@ def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) ->
         logger.info("using the profile vectors %s and %s as they are", *(ff.path.name for ff in files.values()))
         return files
     item_ff, user_ff = build_profiles(
-        dataset, ProfileSettings(generator, checked=bool(config_dict.get("profile_checks"))), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
+        dataset, ProfileSettings(generator, checked=bool(config_dict.get("profile_checks", True))), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
         config_dict=config_dict, generate=bool(config_dict.get("llm_generate", True)))
     return {"item_profile": item_ff, "user_profile": user_ff}
 

@@ -163,8 +163,8 @@ class _RLMRec(GeneralRecommender):
         generator, encoder = config.get("profile_generator") or "smollm2", config.get("llm_encoder") or "minilm"
         if (generator, encoder) != ("smollm2", "minilm"):
             parts.append(f"{Path(str(generator)).name}+{Path(str(encoder)).name}")  # model folders: their names
-        if config.get("profile_checks"):
-            parts.append("checked profiles")
+        if not config.get("profile_checks"):  # records from before the key ran on unchecked profiles
+            parts.append("unchecked profiles")
         if config.get("shuffle_profiles"):
             parts.append("shuffled profiles")
         return f"RLMRec-{cls.variant}({', '.join(parts)})"
@@ -197,7 +197,8 @@ class _RLMRec(GeneralRecommender):
         from recbole_llm.llm.profiles import profile_command
 
         generator, encoder = config["profile_generator"] or "smollm2", config["llm_encoder"] or "minilm"
-        fix = f"re-create it with `{profile_command(Path(config['data_path']), config['dataset'], generator, encoder)}`"
+        command = profile_command(Path(config["data_path"]), config["dataset"], generator, encoder, bool(config["profile_checks"]))
+        fix = f"re-create it with `{command}`"
         users, items = (preloaded_matrix(dataset, config, kind, fix) for kind in ("user_profile", "item_profile"))
         if users.shape[1] != items.shape[1]:
             raise UserError(f"user profiles are {users.shape[1]}-d but item profiles {items.shape[1]}-d; "
