@@ -77,6 +77,14 @@ def test_bad_grid_specs_name_the_problem(tmp_path: Path, change: str, message: s
     assert "grid.yaml" in str(err.value)
 
 
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.joinpath("benchmarks", "grids").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_committed_grid_loads(path: Path) -> None:
+    """The grids the README and docs tell people to run are valid: models known, rows distinct."""
+    grid = load_grid(path)
+    assert grid.models and grid.datasets
+
+
 @pytest.fixture(scope="module")
 def ray_session(session_home: Path):
     import ray
