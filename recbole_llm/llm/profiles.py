@@ -139,9 +139,11 @@ class ProfileGenerator:
         return f"{system}\n\n{user}\n\nAnswer:"
 
     def generate(self, system: str, inputs: Sequence[str], max_new_tokens: int, checked: bool = False,
-                 sample_seed: int | None = None) -> list[str]:
+                 sample_seed: int | None = None, sampling: dict[str, Any] | None = None,
+                 num_return_sequences: int = 1) -> list[str]:
         """Greedy answers; ``checked``: with repetition penalties; ``sample_seed``: sampled instead
-        (a retry), from a private stream seeded by it."""
+        (``sampling``'s settings, by default a retry's), from a private stream seeded by it.
+        ``num_return_sequences`` answers per input, an input's answers side by side."""
         import torch
 
         prompts = [self._prompt(system, text) for text in inputs]
@@ -155,7 +157,8 @@ class ProfileGenerator:
 
             options["logits_processor"] = LogitsProcessorList([AnswerRepetitionPenalty(batch["input_ids"].shape[1])])
         if sample_seed is not None:
-            options.update(RETRY_SAMPLING)
+            options.update(sampling or RETRY_SAMPLING)
+        options["num_return_sequences"] = num_return_sequences
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             if sample_seed is not None:
                 torch.manual_seed(sample_seed)
