@@ -369,3 +369,19 @@ def test_llmcf_and_its_backbone_run_under_the_ctr_protocol(built, tiny_lm: Path,
     assert records["LLMCF"]["label"] == "LLM-CF(DeepFM, greedy CoT, CoT 6 tokens, CoT on 24 rows, tiny-llama CoT)"
     written = (root / DATASET / f"{DATASET}.cot_tiny_llama.jsonl").read_text().splitlines()
     assert len({json.loads(line)["key"] for line in written}) == len(written)  # nothing written twice
+
+
+def test_mismatched_widths_are_refused_before_any_cot_is_written(tmp_path: Path, session_home: Path) -> None:
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    root = tmp_path / "data"
+    write_ctr_fixture(root)
+    model_class, config_dict = prepare("LLMCF", DATASET, data_path=root,
+                                       overrides={**SMALL, "in_context_dim": 16, "llm_generate": False})
+    with recbole_argv():
+        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    with pytest.raises(UserError, match="embedding_size 32 and in_context_dim 16 differ"):
+        model_class(config, train._dataset)
+    assert not list((root / DATASET).glob("*.cot_*"))

@@ -120,9 +120,15 @@ def sample_rows(n_rows: int, share: float, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=count, replace=False))
 
 
-# Seconds per CoT of the packaged SmolLM2-135M on one core of the 2-core build machine (128 new
-# tokens greedy at batch 8: ~2 s; beam sampling 3 x 256 tokens: ~6x that). Other machines differ.
-SECONDS_PER_COT = {"greedy": 2.0, "beam_sample": 12.0}
+# Seconds per CoT of 256 new tokens, the packaged SmolLM2-135M on one core of the 2-core build machine
+# (benchmarks/llmcf_cot_speed.py, 16 ml-100k rows at batch 8: greedy 128 tokens 3.2 s, 256 tokens
+# 5.6 s; beam sampling 16.1 s with its scoring); greedy time scales with the tokens asked for.
+SECONDS_PER_COT = {"greedy": 5.6, "beam_sample": 16.1}
+
+
+def expected_seconds(n: int, settings: CotSettings) -> float:
+    scale = settings.max_new_tokens / 256 if settings.decoding == "greedy" else 1.0
+    return n * SECONDS_PER_COT.get(settings.decoding, SECONDS_PER_COT["beam_sample"]) * scale
 
 
 def read_cots(path: Path, fingerprint: str) -> dict[str, str]:

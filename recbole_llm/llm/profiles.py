@@ -371,7 +371,8 @@ def expected_seconds(n_items: int, n_users: int, settings: ProfileSettings) -> f
     return scale * (n_items * rate["item"] + n_users * rate["user"])
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'7 min' or '2 h 05 min'."""
     minutes = max(1, round(seconds / 60))
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
@@ -435,7 +436,7 @@ def build_profiles(
                                     _user_inputs(histories, texts, item_profiles, settings, ratings), user_system)
         users_left = len(set(histories) - set(read_profiles(users_path, user_fp)))
     if items_left or users_left:
-        estimate = _duration(expected_seconds(items_left, users_left, settings))
+        estimate = duration(expected_seconds(items_left, users_left, settings))
         cost = (f"about {estimate} on a 2-core CPU" if settings.generator == "smollm2"
                 else f"SmolLM2-135M would take about {estimate} on a 2-core CPU")
         what = f"{items_left} item and {users_left} user profiles of {dataset} with {settings.generator} ({cost})"

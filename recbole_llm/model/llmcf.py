@@ -211,6 +211,8 @@ class LLMCF(LLMCFDeepFM):
         from recbole_llm.data.features import preloaded_matrix
 
         d, dim = int(config["embedding_size"]), int(config["in_context_dim"])
+        if d != dim:  # checked before any CoT is written
+            raise UserError(f"embedding_size {d} and in_context_dim {dim} differ; expected one width (official: 32)")
         text = preloaded_matrix(dataset, config, "item")
         self.register_buffer("item_text", torch.from_numpy(text), persistent=False)
         pool = build_pool(config, dataset, text)
@@ -235,8 +237,6 @@ class LLMCF(LLMCFDeepFM):
                                          nn.Linear(int(config["text_mlp_hidden"]), cot_dim))
         self.w_first_order = nn.Linear(dim, 1, bias=False)
         self.reconstruction_weight = float(config["cot_reconstruction_weight"])
-        if d != dim:
-            raise UserError(f"embedding_size {d} and in_context_dim {dim} differ; expected one width (official: 32)")
         self._examples: dict[int, torch.Tensor] = {}  # row key -> its pool rows, found once
 
     def feature_token(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor,
@@ -389,7 +389,8 @@ def generate_or_explain(folder: Path, config: Any, settings: Any, prompts: dict[
     import hashlib
     import logging
 
-    from recbole_llm.llm.cot import SECONDS_PER_COT, cot_files, read_cots, write_cots
+    from recbole_llm.llm.cot import cot_files, expected_seconds, read_cots, write_cots
+    from recbole_llm.llm.profiles import duration
 
     logger = logging.getLogger("recbole_llm")
     texts_path, _ = cot_files(folder, config["dataset"], settings.generator, str(config["llm_encoder"]))
@@ -398,9 +399,8 @@ def generate_or_explain(folder: Path, config: Any, settings: Any, prompts: dict[
     done = read_cots(texts_path, fingerprint)
     left = [key for key in keyed if key not in done]
     if left:
-        minutes = max(1, round(len(left) * SECONDS_PER_COT.get(settings.decoding, 12.0) / 60))
         what = (f"{len(left)} of {len(keyed)} chains of thought for {config['dataset']} with {settings.generator} "
-                f"({settings.decoding}, about {minutes} min on one CPU core with SmolLM2-135M)")
+                f"({settings.decoding}, about {duration(expected_seconds(len(left), settings))} on one CPU core with SmolLM2-135M)")
         if not config["llm_generate"]:
             raise UserError(f"{what} are missing from {texts_path}; expected them written first (run with "
                             "llm_generate True, or lower cot_rows / cot_decoding=greedy for a labelled cheaper variant)")
