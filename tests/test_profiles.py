@@ -202,3 +202,13 @@ def test_answer_ngram_ban_completes_no_answer_trigram_twice_and_ignores_the_prom
     assert not torch.isinf(out[1]).any()  # last two tokens (4 5) never started a trigram
     out = AnswerRepetitionPenalty(len(prompt), penalty=1.0, ngram=3)(torch.tensor([prompt + [4, 4, 4]]), torch.zeros(1, 8))
     assert torch.isinf(out[0]).nonzero().flatten().tolist() == [4]  # (4 4 4) again is banned
+
+
+def test_checked_and_unchecked_profile_vectors_live_in_their_own_files(tmp_path: Path) -> None:
+    """Runs of both kinds (a grid may hold both) never rewrite each other's vectors."""
+    from recbole_llm.llm.profiles import profile_feature_file
+
+    checked = profile_feature_file(tmp_path, "ml-100k", "item_profile")
+    unchecked = profile_feature_file(tmp_path, "ml-100k", "item_profile", checked=False)
+    assert checked.path.name == "ml-100k.item_profile_smollm2_minilm"  # the README's name for one's own file
+    assert unchecked.path.name == "ml-100k.item_profile_smollm2_unchecked_minilm"

@@ -464,7 +464,7 @@ def build_profiles(
     files = []
     for kind, profiles, fp, path in (("item_profile", item_profiles, item_fp, items_path),
                                      ("user_profile", user_profiles, user_fp, users_path)):
-        ff = profile_feature_file(folder, dataset, kind, settings.generator, encoder)
+        ff = profile_feature_file(folder, dataset, kind, settings.generator, encoder, settings.checked)
         meta = {"generator": settings.generator, "profiles_fingerprint": fp}
         if settings.checked:  # what the checks rejected and what still fails them
             meta["quality"] = quality_summary(path, fp)
@@ -490,12 +490,14 @@ def _user_fingerprint(settings: ProfileSettings, item_fp: str, split_digest: str
 
 
 def profile_feature_file(folder: Path, dataset: str, kind: str, generator: str = "smollm2",
-                         encoder: str = "minilm") -> FeatureFile:
+                         encoder: str = "minilm", checked: bool = True) -> FeatureFile:
     """The feature file of ``kind`` (item_profile or user_profile): profiles written by
-    ``generator``, encoded by ``encoder`` (slug ``<generator>_<encoder>``)."""
+    ``generator``, encoded by ``encoder`` (slug ``<generator>_<encoder>``; unchecked profiles
+    ``<generator>_unchecked_<encoder>``, so runs of both kinds never rewrite each other's file)."""
     from recbole_llm.llm.encoders import slug
 
-    return FeatureFile(folder, dataset, kind, f"{slug(generator)}_{slug(encoder)}")
+    plain = "" if checked else "_unchecked"
+    return FeatureFile(folder, dataset, kind, f"{slug(generator)}{plain}_{slug(encoder)}")
 
 
 def profile_command(folder: Path, dataset: str, generator: str, encoder: str, checked: bool = True) -> str:
@@ -516,7 +518,8 @@ def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) ->
     filtering; the model checks that (``RLMRec`` models, on their aligned matrices)."""
     generator = str(config_dict.get("profile_generator") or "smollm2")
     encoder = str(config_dict.get("llm_encoder") or "minilm")
-    files = {kind: profile_feature_file(folder, dataset, kind, generator, encoder)
+    checked = bool(config_dict.get("profile_checks", True))
+    files = {kind: profile_feature_file(folder, dataset, kind, generator, encoder, checked)
              for kind in ("item_profile", "user_profile")}
     texts_present = any(path.is_file() or (PACKAGED_PROFILES / path.name).is_file()
                         for path in profile_files(folder, dataset, generator))
@@ -527,7 +530,7 @@ def profiles_for_run(folder: Path, dataset: str, config_dict: dict[str, Any]) ->
         logger.info("using the profile vectors %s and %s as they are", *(ff.path.name for ff in files.values()))
         return files
     item_ff, user_ff = build_profiles(
-        dataset, ProfileSettings(generator, checked=bool(config_dict.get("profile_checks", True))), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
+        dataset, ProfileSettings(generator, checked=checked), encoder, data_path=folder.parent, device=config_dict.get("llm_device"),
         config_dict=config_dict, generate=bool(config_dict.get("llm_generate", True)))
     return {"item_profile": item_ff, "user_profile": user_ff}
 
