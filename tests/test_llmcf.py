@@ -169,9 +169,12 @@ def test_the_four_part_score_and_its_coherence_from_their_definitions() -> None:
     guidelines = np.stack([e[0], e[1]])
     vec = (e[0] + e[2]) / math.sqrt(2)
     text = "one two three four"  # no repeated word: coherence 1
-    expected = 0.25 * (1.0 + np.mean([1 / math.sqrt(2), 0.0]) + 1 / math.sqrt(2) + 0.0)
-    assert cot.cot_score(vec, text, guidelines, e[2], e[3]) == pytest.approx(expected)
-    assert cot.cot_score(vec, "short", guidelines, e[2], e[3]) == 0.0
+    decision = (e[0] + e[3]) / math.sqrt(2)
+    expected = 0.25 * (1.0 + np.mean([1 / math.sqrt(2), 0.0]) + 1 / math.sqrt(2) + 0.5)
+    assert cot.cot_score(vec, text, guidelines, e[2], decision) == pytest.approx(expected)
+    assert cot.cot_score(vec, "123456789", guidelines, e[2], decision) == 0.0  # under 10 characters
+    ten = "0123456789"  # one word: coherence 1
+    assert cot.cot_score(vec, ten, guidelines, e[2], decision) == pytest.approx(expected)
 
 
 class _Writer:
@@ -213,6 +216,12 @@ def test_cots_resume_and_beam_sampling_keeps_the_scorers_pick(tmp_path: Path) ->
 
 def test_labels_name_every_departure() -> None:
     assert LLMCF.run_label({}) == "LLM-CF(DeepFM)"
+    assert LLMCF.run_label({"cot_generator": "smollm2", "llm_encoder": "minilm", "cot_rows": 0.1,
+                            "cot_decoding": "beam_sample", "cot_max_new_tokens": 256,
+                            "cot_reconstruction_weight": 1.0}) == "LLM-CF(DeepFM)"
+    assert LLMCF.run_label({"cot_generator": "/m/Llama-2-7b/", "llm_encoder": "/m/bge-base/"}) == \
+        "LLM-CF(DeepFM, Llama-2-7b CoT, bge-base vectors)"
+    assert LLMCF.run_label({"cot_rows": 1}) == "LLM-CF(DeepFM, CoT on 1 rows)"
     assert LLMCF.run_label({"cot_decoding": "greedy", "cot_max_new_tokens": 128, "cot_rows": 600}) == \
         "LLM-CF(DeepFM, greedy CoT, CoT 128 tokens, CoT on 600 rows)"
     assert LLMCF.run_label({"cot_rows": 0.05, "cot_reconstruction_weight": 0.0}) == \
