@@ -28,6 +28,25 @@ def _isolated(session_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)
 
 
+def split_for(model: str, dataset_name: str, root: Path, overrides: dict) -> tuple:
+    """What `run` builds before training, without training: (model class, RecBole Config, dataset,
+    (train, valid, test) loaders), split by ``split_seed`` and the global seed then set to ``seed``."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_llm.runner import prepare, recbole_argv
+
+    model_class, config_dict = prepare(model, dataset_name, data_path=root, overrides=overrides)
+    with recbole_argv():
+        config = Config(model=model_class, dataset=dataset_name, config_dict=config_dict)
+    init_seed(config["split_seed"], True)
+    dataset = create_dataset(config)
+    loaders = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    return model_class, config, dataset, loaders
+
+
 # A tiny dataset in the Amazon 2014 atomic format (header as RecBole's Amazon_Beauty files):
 # 40 users x 30 items, every user with 6 interactions and every item with 8, so 5-core filtering
 # keeps everything and full ranking at k=20 is meaningful.

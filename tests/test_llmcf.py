@@ -16,8 +16,7 @@ import recbole_llm  # noqa: F401
 from recbole_llm.errors import UserError
 from recbole_llm.llm import cot
 from recbole_llm.model.llmcf import LLMCF, InContextTransformer, fm_interaction, masked_mean, retrieve_examples
-from recbole_llm.runner import prepare, recbole_argv
-from tests.conftest import write_ctr_fixture
+from tests.conftest import split_for, write_ctr_fixture
 
 DATASET = "tiny-ctr"
 
@@ -233,19 +232,9 @@ SMALL = {"cot_rows": 24, "cot_decoding": "greedy", "cot_max_new_tokens": 6, "tra
 
 @pytest.fixture(scope="module")
 def built(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory, session_home: Path):
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
     root = tmp_path_factory.mktemp("llmcf") / "data"
     write_ctr_fixture(root)
-    model_class, config_dict = prepare("LLMCF", DATASET, data_path=root, overrides={**SMALL, "cot_generator": str(tiny_lm)})
-    with recbole_argv():
-        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
-    init_seed(config["split_seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
+    model_class, config, _, (train, _, test) = split_for("LLMCF", DATASET, root, {**SMALL, "cot_generator": str(tiny_lm)})
     return {"model": model_class(config, train._dataset).eval(), "train": train, "test": test, "config": config,
             "root": root}
 
@@ -381,16 +370,10 @@ def test_llmcf_and_its_backbone_run_under_the_ctr_protocol(built, tiny_lm: Path,
 
 
 def test_mismatched_widths_are_refused_before_any_cot_is_written(tmp_path: Path, session_home: Path) -> None:
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-
     root = tmp_path / "data"
     write_ctr_fixture(root)
-    model_class, config_dict = prepare("LLMCF", DATASET, data_path=root,
-                                       overrides={**SMALL, "in_context_dim": 16, "llm_generate": False})
-    with recbole_argv():
-        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
-    train, _, _ = data_preparation(config, create_dataset(config))
+    model_class, config, _, (train, _, _) = split_for("LLMCF", DATASET, root,
+                                                     {**SMALL, "in_context_dim": 16, "llm_generate": False})
     with pytest.raises(UserError, match="embedding_size 32 and in_context_dim 16 differ"):
         model_class(config, train._dataset)
     assert not list((root / DATASET).glob("*.cot_*"))

@@ -20,7 +20,8 @@ from recbole_llm.data.user_history import (
 )
 from recbole_llm.errors import UserError
 from recbole_llm.model.llmesr import LLMESR, pca_reduce, similar_users
-from recbole_llm.runner import prepare, recbole_argv, run
+from recbole_llm.runner import prepare, run
+from tests.conftest import split_for
 
 DATASET = "amazon-beauty"
 LLM_DIM = 24
@@ -52,19 +53,8 @@ def vector_root(amazon_root: Path) -> Path:
 
 
 def build(root: Path, **overrides):
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    model_class, config_dict = prepare("LLMESR", DATASET, data_path=root, overrides={**SMALL, **OWN, **overrides})
-    with recbole_argv():
-        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
-    init_seed(config["split_seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    model = model_class(config, train.dataset)
-    return config, dataset, (train, valid, test), model
+    model_class, config, dataset, loaders = split_for("LLMESR", DATASET, root, {**SMALL, **OWN, **overrides})
+    return config, dataset, loaders, model_class(config, loaders[0].dataset)
 
 
 def inter_histories(root: Path) -> dict[str, list[str]]:

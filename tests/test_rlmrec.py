@@ -13,7 +13,8 @@ from recbole_llm.data.features import dataset_ids, write_feature_file
 from recbole_llm.errors import UserError
 from recbole_llm.llm.profiles import profile_feature_file
 from recbole_llm.model.rlmrec import RLMRecCon, RLMRecGen
-from recbole_llm.runner import prepare, recbole_argv, run
+from recbole_llm.runner import run
+from tests.conftest import split_for
 
 DATASET = "amazon-beauty"
 PROFILE_DIM = 24
@@ -41,17 +42,7 @@ def profiled_root(amazon_root: Path) -> Path:
 
 
 def build(root: Path, model: str, small: bool = True, **overrides):
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    model_class, config_dict = prepare(model, DATASET, data_path=root, overrides={**(SMALL if small else {}), **overrides})
-    with recbole_argv():
-        config = Config(model=model_class, dataset=DATASET, config_dict=config_dict)
-    init_seed(config["split_seed"], True)
-    dataset = create_dataset(config)
-    train, _, _ = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
+    model_class, config, dataset, (train, _, _) = split_for(model, DATASET, root, {**(SMALL if small else {}), **overrides})
     net = model_class(config, train._dataset)
     net.train()
     return config, dataset, train, net
