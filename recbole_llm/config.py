@@ -204,5 +204,10 @@ def build_config_dict(
         # RecBole refuses its default negative sampling with a cross-entropy loss over all items
         # (SASRec, BERT4Rec ...) and expects the user to switch it off; do it for them.
         config["train_neg_sample_args"] = None
+    if protocol == "ctr" and config.get("threshold") and "train_neg_sample_args" not in config:
+        # Labelled impressions are the training data: RecBole would add a sampled "non-click" (a
+        # random item, label 0) beside every row for its sequential CTR models (DIN ...), half of
+        # the training set from another task. Context-aware models already train without them.
+        config["train_neg_sample_args"] = None
     config["data_path"] = str(Path(data_root).resolve())
     return config

@@ -198,3 +198,20 @@ def test_context_and_sequential_ctr_models_are_trained_and_tested_on_the_same_im
         assert sum(map(len, parts[model])) == 99_287 - 943
     assert [len(p) for p in parts["DeepFM"]] == [len(p) for p in parts["DIN"]]
     assert parts["DeepFM"] == parts["DIN"]
+
+
+@pytest.mark.parametrize("model", ["DIN", "LLMCFDeepFM"])
+def test_labelled_impressions_are_the_whole_training_set(tmp_path: Path, model: str) -> None:
+    """Under the ctr protocol with labels from ratings, a sequential CTR model trains on the labelled
+    rows alone: no sampled random item beside each row (RecBole's default for DIN-style models)."""
+    from tests.conftest import split_for, write_ctr_fixture
+
+    root = tmp_path / "data"
+    write_ctr_fixture(root)
+    _, config, _, (train, _, _) = split_for(model, "tiny-ctr", root, {})
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    rows = [b for b in train]
+    assert sum(len(b) for b in rows) == len(train._dataset)
+    # a user who asks for sampled negatives still gets them
+    _, config, _, (train, _, _) = split_for(model, "tiny-ctr", root, {"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}})
+    assert sum(len(b) for b in train) == 2 * len(train._dataset)

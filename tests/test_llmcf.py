@@ -377,3 +377,25 @@ def test_mismatched_widths_are_refused_before_any_cot_is_written(tmp_path: Path,
     with pytest.raises(UserError, match="embedding_size 32 and in_context_dim 16 differ"):
         model_class(config, train._dataset)
     assert not list((root / DATASET).glob("*.cot_*"))
+
+
+def test_weight_init_official_is_pytorchs_default_and_xavier_a_labelled_variant(tmp_path: Path, session_home: Path) -> None:
+    root = tmp_path / "data"
+    write_ctr_fixture(root)
+    stds = {}
+    for init in ("official", "xavier"):
+        model_class, config, _, (train, _, _) = split_for("LLMCFDeepFM", DATASET, root, {"weight_init": init})
+        model = model_class(config, train._dataset)
+        stds[init] = float(model.user_emb.weight[1:].std())
+        stds[init + " bias"] = float(model.dnn_out.bias.abs().max())
+    n, d = 41, 32
+    assert stds["official"] == pytest.approx(1.0, rel=0.1)  # nn.Embedding's N(0, 1)
+    assert stds["xavier"] == pytest.approx(math.sqrt(2 / (n + d)), rel=0.15)
+    assert stds["xavier bias"] == 0.0 and stds["official bias"] > 0
+    assert LLMCF.run_label({"weight_init": "xavier"}) == "LLM-CF(DeepFM, xavier init)"
+    from recbole_llm.model.llmcf import LLMCFDeepFM
+
+    assert LLMCFDeepFM.run_label({"weight_init": "official"}) == "DeepFM(LLM-CF code)"
+    model_class, config, _, (train, _, _) = split_for("LLMCFDeepFM", DATASET, root, {"weight_init": "kaiming"})
+    with pytest.raises(UserError, match="weight_init='kaiming': expected official or xavier"):
+        model_class(config, train._dataset)

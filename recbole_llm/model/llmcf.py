@@ -112,7 +112,7 @@ class LLMCFDeepFM(SequentialRecommender):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        return "DeepFM(LLM-CF code)"
+        return "DeepFM(LLM-CF code, xavier init)" if _xavier(config) else "DeepFM(LLM-CF code)"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -136,6 +136,19 @@ class LLMCFDeepFM(SequentialRecommender):
         self.dnn = MLPLayers([self.n_fields * d + extra, *hidden], config["dropout_prob"], "relu")
         self.dnn_out = nn.Linear(hidden[-1], 1)
         self.loss = nn.BCEWithLogitsLoss()
+        self.initialise(config)
+
+    def initialise(self, config: Any) -> None:
+        """``weight_init: official`` keeps PyTorch's defaults, as the official code (embeddings N(0, 1));
+        ``xavier``: RecBole's DeepFM's (xavier-normal embeddings and linear weights, zero biases)."""
+        if str(config["weight_init"]) not in ("official", "xavier"):
+            raise UserError(f"weight_init={config['weight_init']!r}: expected official or xavier")
+        if _xavier(config):
+            for module in self.modules():
+                if isinstance(module, (nn.Embedding, nn.Linear)):
+                    nn.init.xavier_normal_(module.weight)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _item_fields(self, config: Any, dataset: Any) -> list[str]:
         feat = dataset.item_feat
@@ -204,6 +217,8 @@ class LLMCF(LLMCFDeepFM):
             parts.append(f"{Path(str(config['llm_encoder'])).name} vectors")
         if float(config.get("cot_reconstruction_weight", 1.0)) != 1.0:
             parts.append(f"reconstruction {config['cot_reconstruction_weight']}")
+        if _xavier(config):
+            parts.append("xavier init")
         return f"LLM-CF({', '.join(parts)})"
 
     def __init__(self, config, dataset):
@@ -238,6 +253,7 @@ class LLMCF(LLMCFDeepFM):
         self.w_first_order = nn.Linear(dim, 1, bias=False)
         self.reconstruction_weight = float(config["cot_reconstruction_weight"])
         self._examples: dict[int, torch.Tensor] = {}  # row key -> its pool rows, found once
+        self.initialise(config)  # again, now that the in-context parts exist
 
     def feature_token(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor,
                       fields: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -309,6 +325,10 @@ class LLMCF(LLMCFDeepFM):
         if self.reconstruction_weight == 0:
             return bce
         return bce + self.reconstruction_weight * self.reconstruction_loss(hidden, cot_vectors)
+
+
+def _xavier(config: Any) -> bool:
+    return str(config.get("weight_init") if isinstance(config, dict) else config["weight_init"]) == "xavier"
 
 
 def example_order(keys: torch.Tensor, k: int) -> torch.Tensor:
