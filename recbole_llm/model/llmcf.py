@@ -88,7 +88,8 @@ class InContextTransformer(nn.Module):
         config = LlamaConfig(vocab_size=1, hidden_size=dim, intermediate_size=ffn, num_hidden_layers=layers,
                              num_attention_heads=heads, num_key_value_heads=heads, rms_norm_eps=1e-5,
                              rope_theta=10000.0, max_position_embeddings=max(2 * max_tokens, 128),
-                             attention_dropout=0.0, attention_bias=False, mlp_bias=False)
+                             attention_dropout=0.0, attention_bias=False, mlp_bias=False,
+                             bos_token_id=None, eos_token_id=None, pad_token_id=None)  # no vocabulary
         config._attn_implementation = "eager"
         self.decoder = LlamaModel(config)
         self.decoder.embed_tokens = None  # tokens come in as vectors
