@@ -15,7 +15,8 @@ import torch
 import recbole_llm  # noqa: F401
 from recbole_llm.errors import UserError
 from recbole_llm.llm import cot
-from recbole_llm.model.llmcf import LLMCF, InContextTransformer, fm_interaction, masked_mean, retrieve_examples
+from recbole_llm.model.llmcf import (LLMCF, InContextTransformer, first_positions, fm_interaction, masked_mean,
+                                    retrieve_examples, row_positions)
 from tests.conftest import split_for, write_ctr_fixture
 
 DATASET = "tiny-ctr"
@@ -399,3 +400,12 @@ def test_weight_init_official_is_pytorchs_default_and_xavier_a_labelled_variant(
     model_class, config, _, (train, _, _) = split_for("LLMCFDeepFM", DATASET, root, {"weight_init": "kaiming"})
     with pytest.raises(UserError, match="weight_init='kaiming': expected official or xavier"):
         model_class(config, train._dataset)
+
+
+def test_positions_rank_rows_within_users_and_a_repeated_pair_keeps_its_first() -> None:
+    users = torch.tensor([3, 3, 3, 5, 7, 7])
+    assert row_positions(users).tolist() == [0, 1, 2, 0, 0, 1]
+    keys = torch.tensor([30, 12, 30, 9, 12, 4])  # key 30 twice (positions 4 and 1), 12 twice (2 and 0)
+    positions = torch.tensor([4, 2, 1, 0, 0, 3])
+    found_keys, found_positions = first_positions(keys, positions)
+    assert found_keys.tolist() == [4, 9, 12, 30] and found_positions.tolist() == [3, 0, 0, 1]

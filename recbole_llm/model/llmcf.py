@@ -339,6 +339,24 @@ def example_order(keys: torch.Tensor, k: int) -> torch.Tensor:
     return ((keys[:, None] * 2654435761 + salt * 40503) % 2147483647).argsort(1)
 
 
+def row_positions(users: torch.Tensor) -> torch.Tensor:
+    """Each row's rank among its user's rows, for rows in (user, time) order."""
+    starts = torch.ones(len(users), dtype=torch.bool)
+    starts[1:] = users[1:] != users[:-1]
+    first = torch.nonzero(starts).squeeze(1)
+    return torch.arange(len(users)) - first[torch.cumsum(starts.long(), 0) - 1]
+
+
+def first_positions(keys: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct row keys, sorted, each with the earliest position it has (a user who met an item
+    twice: the leakage rule then bars the most rows)."""
+    order = torch.argsort(keys * (len(keys) + 1) + positions)  # by key, then position
+    sorted_keys = keys[order]
+    first = torch.ones(len(keys), dtype=torch.bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return sorted_keys[first], positions[order][first]
+
+
 def build_pool(config: Any, dataset: Any, item_text: np.ndarray) -> dict[str, torch.Tensor]:
     """The CoT-annotated training rows (users, items, histories, labels, positions, CoT vectors) and
     every training row's (user, item) key with its position, for the leakage rule."""
@@ -352,18 +370,9 @@ def build_pool(config: Any, dataset: Any, item_text: np.ndarray) -> dict[str, to
     histories, lengths = inter[seq_field].long(), inter[len_field].long()
     labels = inter[config["LABEL_FIELD"]].long()
     n = len(users)
-    # Rows are in (user, time) order: a row's position is its rank among its user's rows.
-    positions = torch.zeros(n, dtype=torch.long)
-    starts = torch.ones(n, dtype=torch.bool)
-    starts[1:] = users[1:] != users[:-1]
-    group = torch.cumsum(starts.long(), 0) - 1
-    first = torch.nonzero(starts).squeeze(1)
-    positions = torch.arange(n) - first[group]
+    positions = row_positions(users)
     keys = users * dataset.item_num + items
-    order = torch.argsort(keys * (n + 1) + positions)  # by key, then position: the first of a repeated pair
-    sorted_keys = keys[order]
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    train_keys, train_positions = first_positions(keys, positions)
 
     rows = sample_rows(n, float(config["cot_rows"]), seed=int(config["cot_seed"]))
     folder = Path(config["data_path"])  # RecBole's data_path: the dataset's own folder
@@ -389,7 +398,7 @@ def build_pool(config: Any, dataset: Any, item_text: np.ndarray) -> dict[str, to
     index = torch.from_numpy(rows).long()
     return {"user": users[index], "item": items[index], "history": histories[index], "label": labels[index],
             "position": positions[index], "cot": torch.from_numpy(np.ascontiguousarray(vectors)),
-            "train_keys": sorted_keys[keep], "train_positions": positions[order][keep]}
+            "train_keys": train_keys, "train_positions": train_positions}
 
 
 class _Lazy:
