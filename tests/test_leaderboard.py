@@ -67,9 +67,12 @@ def test_a_variant_is_never_shown_under_the_papers_name(tmp_path: Path) -> None:
     assert sorted(row.label for board in boards for row in board.rows) == [
         "AlphaRec(minilm)", "AlphaRec(minilm, hidden 0.28125x, full text)",
         "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)", "RLMRec-Gen(SimGCL, recon_weight 0.01, unchecked profiles)"]
-    # A pruned search trial records its overrides only, read over the model's defaults (its YAML).
+    # A pruned search trial records its overrides only: an old stub ran under the old defaults
+    # (RecBole's backbone, unchecked profiles); a new one says its overrides sit on the model's YAML.
     pruned = {"model": "RLMRecCon", "label": "RLMRec-Con(LightGCN)", "dataset": "ml-100k", "status": "pruned",
               "overrides": {"backbone": "LightGCN"}, "bench": {"phase": "search", "grid": "g"}}
+    assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)"
+    pruned["overrides_over_defaults"] = True
     assert _label(pruned) == "RLMRec-Con(LightGCN)"
     pruned["overrides"].update(profile_checks=False, backbone_code="RecBole")
     assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)"

@@ -164,11 +164,13 @@ def _label(record: dict[str, Any]) -> str:
 
     entry = plugin_entry(str(record.get("model")))
     run_label = getattr(entry.cls, "run_label", None) if entry else None
-    # A finished run records its whole config; a pruned search trial only its overrides, read on
-    # top of the model's defaults (its YAML), as the trial ran them.
+    # A finished run records its whole config; a pruned search trial only its overrides. Stubs
+    # that say so are read over the model's defaults (its YAML, as the trial ran them); older
+    # stubs ran under older defaults, so their overrides are read alone.
     config = record.get("config")
     if not isinstance(config, dict) and isinstance(record.get("overrides"), dict):
-        config = {**_model_defaults(entry), **record["overrides"]}
+        defaults = _model_defaults(entry) if record.get("overrides_over_defaults") else {}
+        config = {**defaults, **record["overrides"]}
     if run_label is not None and isinstance(config, dict):
         name, parts = _label_parts(label)
         missing = [part for part in _label_parts(run_label(config))[1] if part not in parts]

@@ -103,7 +103,7 @@ def _recorder(output: Path, progress: Any) -> Any:
 def _stub_record(spec: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:
     """The record of a trial that produced no run record (pruned or failed)."""
     return {"model": spec["model"], "dataset": spec["dataset"], "label": spec["name"], "seed": spec["seed"],
-            "overrides": spec["overrides"], "status": status,
+            "overrides": spec["overrides"], "overrides_over_defaults": True, "status": status,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
