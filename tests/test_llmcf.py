@@ -149,6 +149,9 @@ def test_cot_prompt_states_the_true_decision_and_the_items_in_order() -> None:
     assert positive.index("[Title: A1.]") < positive.index("[Title: A2.]")
     assert cot.decision_text(1) in positive and cot.decision_text(0) in negative
     assert cot.decision_text(1) != cot.decision_text(0) and "[none]" in negative
+    # the decision as the prompt states it (the CoT is written to explain it)
+    assert "Decision: the user chose the target item and rated it highly." in positive
+    assert "Decision: the user did not rate the target item highly." in negative
 
 
 def test_cot_rows_are_a_seeded_share_or_count_of_the_training_rows() -> None:
@@ -188,6 +191,7 @@ class _Writer:
     def generate(self, system, inputs, max_new_tokens, **options):
         if self.stop_after is not None and len(self.prompts) >= self.stop_after:
             raise KeyboardInterrupt
+        assert system == cot.COT_SYSTEM_PROMPT
         self.calls.append(options)
         self.prompts.extend(inputs)
         n = options.get("num_return_sequences", 1)
@@ -202,13 +206,19 @@ def test_cots_resume_and_beam_sampling_keeps_the_scorers_pick(tmp_path: Path) ->
     with pytest.raises(KeyboardInterrupt):
         cot.write_cots(path, prompts, greedy, "fp", lambda: writer, None, progress=False)
     writer.stop_after = None
-    out = cot.write_cots(path, prompts, greedy, "fp", lambda: writer, None, progress=False)
+    out = cot.write_cots(path, prompts, greedy, "fp", lambda: writer, lambda p, a: 1 / 0, progress=False)
     assert writer.prompts == [f"prompt {i}" for i in range(5)]  # nothing written twice
-    assert out == {k: f"answer 0 of {p}" for k, p in prompts.items()} and writer.calls[0] == {}
+    assert out == {k: f"answer 0 of {p}" for k, p in prompts.items()} and writer.calls[0] == {}  # no scorer asked
+    assert all("alternatives" not in json.loads(line) for line in path.read_text().splitlines())
     beams = cot.CotSettings(decoding="beam_sample", batch_size=5)
-    picked = cot.write_cots(tmp_path / "b.jsonl", prompts, beams, "fp2", lambda: writer, lambda p, a: 2, progress=False)
+
+    def third(prompt: str, answers: list[str]) -> int:
+        assert answers == [f"answer {i} of {prompt}" for i in range(3)]  # the prompt's own three answers
+        return 2
+
+    picked = cot.write_cots(tmp_path / "b.jsonl", prompts, beams, "fp2", lambda: writer, third, progress=False)
     assert picked == {k: f"answer 2 of {p}" for k, p in prompts.items()}
-    assert writer.calls[-1]["sampling"] == cot.BEAM_SAMPLING and writer.calls[-1]["num_return_sequences"] == 3
+    assert writer.calls[-1] == {"sampling": cot.BEAM_SAMPLING, "num_return_sequences": 3, "sample_seed": 0}
     line = json.loads((tmp_path / "b.jsonl").read_text().splitlines()[0])
     assert line["alternatives"] == ["answer 0 of prompt 0", "answer 1 of prompt 0"]
     assert cot.read_cots(path, "other fingerprint") == {}
