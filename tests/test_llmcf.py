@@ -160,9 +160,13 @@ def test_cot_rows_are_a_seeded_share_or_count_of_the_training_rows() -> None:
     assert rows.tolist() == cot.sample_rows(1000, 0.1).tolist()
     assert rows.tolist() != cot.sample_rows(1000, 0.1, seed=1).tolist()
     assert len(cot.sample_rows(1000, 37)) == 37
-    for bad in (0.001, 2000):
+    assert cot.sample_rows(10, 1.0).tolist() == list(range(10))  # a share of 1: every row
+    assert cot.sample_rows(10, 10).tolist() == list(range(10)) and len(cot.sample_rows(10, 4)) == 4
+    for bad in (0.001, 3, 2000):
         with pytest.raises(UserError, match="cot_rows"):
             cot.sample_rows(1000, bad)
+    with pytest.raises(UserError, match="cot_rows=11: gives 11 of 10 training rows"):
+        cot.sample_rows(10, 11)
 
 
 def test_the_four_part_score_and_its_coherence_from_their_definitions() -> None:
@@ -231,7 +235,8 @@ def test_labels_name_every_departure() -> None:
                             "cot_reconstruction_weight": 1.0}) == "LLM-CF(DeepFM)"
     assert LLMCF.run_label({"cot_generator": "/m/Llama-2-7b/", "llm_encoder": "/m/bge-base/"}) == \
         "LLM-CF(DeepFM, Llama-2-7b CoT, bge-base vectors)"
-    assert LLMCF.run_label({"cot_rows": 1}) == "LLM-CF(DeepFM, CoT on 1 rows)"
+    assert LLMCF.run_label({"cot_rows": 1}) == "LLM-CF(DeepFM, CoT on every row)"
+    assert LLMCF.run_label({"cot_rows": 2}) == "LLM-CF(DeepFM, CoT on 2 rows)"
     assert LLMCF.run_label({"cot_decoding": "greedy", "cot_max_new_tokens": 128, "cot_rows": 600}) == \
         "LLM-CF(DeepFM, greedy CoT, CoT 128 tokens, CoT on 600 rows)"
     assert LLMCF.run_label({"cot_rows": 0.05, "cot_reconstruction_weight": 0.0}) == \

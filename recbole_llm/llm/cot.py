@@ -111,9 +111,10 @@ def cot_files(folder: Path, dataset: str, generator: str, encoder: str) -> tuple
 
 
 def sample_rows(n_rows: int, share: float, seed: int = 0) -> np.ndarray:
-    """The training rows that get a CoT: ``share`` < 1 a fraction, >= 1 a count; sorted row indices
-    of a private seeded draw (the run's seed never moves it: every seed reads one pool)."""
-    count = int(round(share * n_rows)) if share < 1 else int(share)
+    """The training rows that get a CoT: ``share`` <= 1 a fraction (1: every row), > 1 a count;
+    sorted row indices of a private seeded draw (the run's seed never moves it: every seed reads
+    one pool)."""
+    count = int(round(share * n_rows)) if share <= 1 else int(share)
     if count < 4 or count > n_rows:
         raise UserError(f"cot_rows={share}: gives {count} of {n_rows} training rows; expected at least 4 "
                         "(2 positive and 2 negative examples) and at most every row")

@@ -211,7 +211,8 @@ class LLMCF(LLMCFDeepFM):
             parts.append(f"CoT {config['cot_max_new_tokens']} tokens")
         if float(config.get("cot_rows") or 0.1) != 0.1:
             rows = float(config["cot_rows"])
-            parts.append(f"CoT on {int(rows)} rows" if rows >= 1 else f"CoT on {rows:g} of rows")
+            parts.append(f"CoT on {int(rows)} rows" if rows > 1 else "CoT on every row" if rows == 1
+                         else f"CoT on {rows:g} of rows")
         if config.get("cot_generator") not in (None, "smollm2"):
             parts.append(f"{Path(str(config['cot_generator'])).name} CoT")
         if config.get("llm_encoder") not in (None, "minilm"):
