@@ -424,3 +424,6 @@ def test_positions_rank_rows_within_users_and_a_repeated_pair_keeps_its_first() 
     positions = torch.tensor([4, 2, 1, 0, 0, 3])
     found_keys, found_positions = first_positions(keys, positions)
     assert found_keys.tolist() == [4, 9, 12, 30] and found_positions.tolist() == [3, 0, 0, 1]
+    # one user's every row: positions reach n - 1, and key 5's last row must still sort after key 6's
+    found_keys, found_positions = first_positions(torch.tensor([6, 5, 5]), torch.tensor([0, 1, 2]))
+    assert found_keys.tolist() == [5, 6] and found_positions.tolist() == [1, 0]
