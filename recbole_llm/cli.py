@@ -230,6 +230,7 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE", help="results file (default results/runs.jsonl)")
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")
     p.add_argument("--dry-run", action="store_true", help="print the search trials and stop")
+    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows of the grid (a row's label, or its model)")
     p = sub.add_parser("leaderboard", help="tables and plots from a results file",
                        description="Write leaderboard.md and leaderboard.html from the run records in RESULTS.",
                        epilog=EPILOG_LEADERBOARD, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,11 +241,13 @@ def _add_bench_parsers(sub: Any) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from recbole_llm.bench.grid import load_grid
+    from recbole_llm.bench.grid import load_grid, only_rows
     from recbole_llm.bench.tuner import plan, run_grid
     from recbole_llm.records import DEFAULT_RESULTS
 
     grid = load_grid(args.grid)
+    if args.only:
+        grid = only_rows(grid, args.only)
     if args.dry_run:
         rows = [[dataset, entry.name, len(trials) or "-", t.describe() if trials else "(nothing to tune)"]
                 for dataset, entry, trials in plan(grid) for t in (trials or [None])]

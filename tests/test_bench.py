@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import recbole_llm  # noqa: F401
-from recbole_llm.bench.grid import load_grid, sample_space
+from recbole_llm.bench.grid import load_grid, only_rows, sample_space
 from recbole_llm.bench.tuner import run_grid
 from recbole_llm.cli import main
 from recbole_llm.errors import UserError
@@ -83,6 +83,14 @@ def test_every_committed_grid_loads(path: Path) -> None:
     """The grids the README and docs tell people to run are valid: models known, rows distinct."""
     grid = load_grid(path)
     assert grid.models and grid.datasets
+
+
+def test_only_keeps_the_named_rows_in_grid_order(tmp_path: Path) -> None:
+    grid = load_grid(Path(__file__).resolve().parent.parent / "benchmarks" / "grids" / "ml-100k-ctr.yaml")
+    kept = only_rows(grid, ["LLMCFDeepFM", "DeepFM"])
+    assert [e.name for e in kept.models] == ["DeepFM", "LLMCFDeepFM"] and kept.final_seeds == grid.final_seeds
+    with pytest.raises(UserError, match=r"--only DeepFMM: no such row in ml-100k-ctr.yaml; expected one of: DeepFM, DCNV2"):
+        only_rows(grid, ["DeepFMM"])
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,12 @@ crossed with the draws, as ``tune.grid_search`` is with ``num_samples``; duplica
 """
 from __future__ import annotations
 
+
 import hashlib
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,15 @@ def _model_entry(where: str, raw: Any) -> ModelEntry:
     if both:
         raise UserError(f"{where}: {', '.join(both)} both fixed and searched; expected each key in one of them")
     return ModelEntry(str(raw["model"]), raw.get("label"), dict(fixed), dict(space))
+
+
+def only_rows(grid: Grid, names: list[str]) -> Grid:
+    """The grid with the rows named (a row's label, or its model where it has none), in grid order."""
+    known = [entry.name for entry in grid.models]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(f"--only {', '.join(unknown)}: no such row in {grid.path.name}; expected one of: {', '.join(known)}")
+    return replace(grid, models=[entry for entry in grid.models if entry.name in names])
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
