@@ -15,8 +15,8 @@ import torch
 import recbole_llm  # noqa: F401
 from recbole_llm.errors import UserError
 from recbole_llm.llm import cot
-from recbole_llm.model.llmcf import (LLMCF, InContextTransformer, first_positions, fm_interaction, masked_mean,
-                                    retrieve_examples, row_positions)
+from recbole_llm.model.llmcf import (LLMCF, InContextTransformer, example_order, first_positions, fm_interaction,
+                                    masked_mean, retrieve_examples, row_positions)
 from tests.conftest import split_for, write_ctr_fixture
 
 DATASET = "tiny-ctr"
@@ -427,3 +427,15 @@ def test_positions_rank_rows_within_users_and_a_repeated_pair_keeps_its_first() 
     # one user's every row: positions reach n - 1, and key 5's last row must still sort after key 6's
     found_keys, found_positions = first_positions(torch.tensor([6, 5, 5]), torch.tensor([0, 1, 2]))
     assert found_keys.tolist() == [5, 6] and found_positions.tolist() == [1, 0]
+
+
+def test_each_rows_examples_are_shuffled_by_a_fixed_order_of_its_own() -> None:
+    """A permutation per row, the same every time, and different across rows (so the label of the
+    k-th example is not fixed by its position: retrieval returns two positives first)."""
+    keys = torch.arange(1000, 1200) * 977
+    order = example_order(keys, 4)
+    assert all(sorted(row) == [0, 1, 2, 3] for row in order.tolist())
+    assert torch.equal(order, example_order(keys, 4))
+    assert len({tuple(row) for row in order.tolist()}) >= 12  # of the 24 orders of 4
+    first = torch.bincount(order[:, 0], minlength=4)
+    assert int(first.min()) >= 25  # every example comes first in about a quarter of the rows

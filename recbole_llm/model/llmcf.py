@@ -335,9 +335,12 @@ def _xavier(config: Any) -> bool:
 
 def example_order(keys: torch.Tensor, k: int) -> torch.Tensor:
     """[B, k] a fixed pseudo-random order of each row's k examples (the official code shuffles
-    them, unseeded), so the labels' positions carry nothing."""
-    salt = torch.arange(1, k + 1, device=keys.device)
-    return ((keys[:, None] * 2654435761 + salt * 40503) % 2147483647).argsort(1)
+    them, unseeded), so the labels' positions carry nothing: a hash of (row key, example), mixed as
+    splitmix/murmur finalisers do (int64 products wrap, deterministically)."""
+    x = keys[:, None] * 0x9E3779B1 + torch.arange(1, k + 1, device=keys.device) * 0x85EBCA77
+    x = (x ^ (x >> 15)) * 0x2C1B3C6D
+    x = (x ^ (x >> 12)) * 0x297A2D39
+    return (x ^ (x >> 15)).argsort(1)
 
 
 def row_positions(users: torch.Tensor) -> torch.Tensor:
