@@ -146,7 +146,7 @@ def test_in_context_decoder_is_a_causal_llama_stack_with_rmsnorm_rope_and_swiglu
 def test_cot_prompt_states_the_true_decision_and_the_items_in_order() -> None:
     positive = cot.cot_prompt("Title: B.", ["Title: A1.", "Title: A2."], 1)
     negative = cot.cot_prompt("Title: B.", [], 0)
-    assert positive.index("[Title: A1.]") < positive.index("[Title: A2.]")
+    assert "The user's earlier items: [Title: A1.][Title: A2.]." in positive  # oldest first, as listed
     assert cot.decision_text(1) in positive and cot.decision_text(0) in negative
     assert cot.decision_text(1) != cot.decision_text(0) and "[none]" in negative
     # the decision as the prompt states it (the CoT is written to explain it)
