@@ -45,7 +45,7 @@ def test_every_registered_model_is_covered() -> None:
     """A model added to recbole-llm must join MODELS, so that RecBole's doors are tried on it."""
     from recbole_llm.registry import list_models
 
-    covered = {name.split("(")[0] for name in MODELS} | {"BAHE"}  # BAHE: its own test below (ctr protocol)
+    covered = {name.split("(")[0] for name in MODELS} | set(CTR_MODELS)  # the ctr protocol's test below
     assert covered == {e.name for e in list_models() if e.source == "recbole-llm"}
 
 
@@ -101,21 +101,30 @@ def test_run_recbole_then_load_data_and_model(name: str, fixture_root: Path, tmp
     assert _untimed(again) == _untimed(result["test_result"])
 
 
-def test_a_ctr_model_through_run_recbole_then_load_data_and_model(tiny_lm: Path, tmp_path: Path) -> None:
-    """BAHE (the ctr protocol, its behaviour table built on the way) through RecBole's own doors; the
-    reloaded checkpoint scores the test split as the trained model did, and as `recbole-llm run`."""
+CTR_MODELS = {
+    "BAHE": lambda lm: {"llm_encoder": str(lm), "bahe_split_layer": 2},  # its behaviour table built on the way
+    "LLMCFDeepFM": lambda lm: {},
+    "LLMCF": lambda lm: {"cot_generator": str(lm), "cot_rows": 24, "cot_decoding": "greedy",  # its CoTs written on the way
+                         "cot_max_new_tokens": 6},
+}
+
+
+@pytest.mark.parametrize("model", sorted(CTR_MODELS))
+def test_a_ctr_model_through_run_recbole_then_load_data_and_model(model: str, tiny_lm: Path, tmp_path: Path) -> None:
+    """A ctr-protocol model through RecBole's own doors; the reloaded checkpoint scores the test split
+    as the trained model did, and as `recbole-llm run`."""
     from recbole.quick_start import load_data_and_model, run_recbole
     from recbole.utils import get_trainer
 
     write_ctr_fixture(tmp_path / "data")
-    settings = {"llm_encoder": str(tiny_lm), "bahe_split_layer": 2, "epochs": 2}
-    result = run_recbole(model="BAHE", dataset="tiny-ctr",
+    settings = {**CTR_MODELS[model](tiny_lm), "epochs": 2}
+    result = run_recbole(model=model, dataset="tiny-ctr",
                          config_dict={**_recbole_config(tmp_path / "data", tmp_path), **settings})
     assert set(result["test_result"]) == {"auc", "logloss"}
-    config, net, _, _, _, test_data = load_data_and_model(str(next((tmp_path / "saved").glob("BAHE-*.pth"))))
+    config, net, _, _, _, test_data = load_data_and_model(str(next((tmp_path / "saved").glob(f"{model}-*.pth"))))
     again = get_trainer(config["MODEL_TYPE"], config["model"])(config, net).evaluate(test_data, load_best_model=False)
     assert _metrics(again) == _metrics(result["test_result"])
-    record = run("BAHE", "tiny-ctr", overrides=settings, data_path=tmp_path / "data", output=None, verbose=False)
+    record = run(model, "tiny-ctr", overrides=settings, data_path=tmp_path / "data", output=None, verbose=False)
     assert_same_metrics(result["test_result"], {k: v for k, v in record["test"].items() if k != "gauc"})
 
 
