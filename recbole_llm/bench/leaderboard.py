@@ -11,6 +11,7 @@ tables and plotly charts.
 """
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -148,11 +149,17 @@ def _label_parts(label: str) -> tuple[str, list[str]]:
 
 
 def _model_defaults(entry: Any) -> dict[str, Any]:
+    if entry is None or entry.config_file is None:
+        return {}
+    return dict(_yaml_file(str(entry.config_file)))
+
+
+@functools.lru_cache(maxsize=None)
+def _yaml_file(path: str) -> dict[str, Any]:
+    """A model YAML, read once per process (a results file holds many pruned stubs of one model)."""
     import yaml
 
-    if entry is None or entry.config_file is None or not Path(entry.config_file).is_file():
-        return {}
-    return yaml.safe_load(Path(entry.config_file).read_text()) or {}
+    return (yaml.safe_load(Path(path).read_text()) or {}) if Path(path).is_file() else {}
 
 
 def _label(record: dict[str, Any]) -> str:

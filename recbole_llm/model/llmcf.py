@@ -405,18 +405,6 @@ def build_pool(config: Any, dataset: Any, item_text: np.ndarray) -> dict[str, to
             "train_keys": train_keys, "train_positions": train_positions}
 
 
-class _Lazy:
-    """An encoder loaded on first use."""
-
-    def __init__(self, load: Any) -> None:
-        self._load, self._encoder = load, None
-
-    def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
-        if self._encoder is None:
-            self._encoder = self._load()
-        return self._encoder.encode(texts, progress=progress)
-
-
 def generate_or_explain(folder: Path, config: Any, settings: Any, prompts: dict[str, str]) -> dict[str, str]:
     """The CoTs of ``prompts``: written when missing (announced with the expected time), or, with
     ``llm_generate`` False, a UserError naming what is missing."""
@@ -462,10 +450,10 @@ def _best_of(config: Any) -> Any:
     from recbole_llm.llm.cot import GUIDELINES, cot_score
     from recbole_llm.llm.encoders import load_encoder
 
-    encoder = _Lazy(lambda: load_encoder(str(config["llm_encoder"]), config["llm_device"]))
 
     def unit(texts: list[str]) -> np.ndarray:
-        v = encoder.encode(texts, progress=False).astype(np.float32)
+        # load_encoder caches the model: loaded on the first pick, reused by every later one
+        v = load_encoder(str(config["llm_encoder"]), config["llm_device"]).encode(texts, progress=False).astype(np.float32)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
     guidelines: list[np.ndarray] = []
