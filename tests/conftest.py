@@ -89,12 +89,21 @@ protocols:
     metrics: [AUC, LogLoss]
     valid_metric: AUC
     MAX_ITEM_LIST_LENGTH: 5
+  sequential:
+    load_col:
+      inter: [user_id, item_id, timestamp]
+    eval_args: {split: {LS: valid_and_test}, order: TO, group_by: user, mode: full}
+    metrics: [Hit, NDCG]
+    topk: [5, 10]
+    valid_metric: NDCG@10
+    MAX_ITEM_LIST_LENGTH: 5
 """
 
 
 def write_ctr_fixture(root: Path, name: str = "tiny-ctr") -> Path:
     """The tiny Amazon-format dataset with a YAML of its own giving it a ctr protocol (rating >= 3 a
-    click; a 5-impression history for DIN-style models)."""
+    click; a 5-impression history for DIN-style models) and a sequential one (leave-one-out, 5 items:
+    LLM-CF(SASRec) reads the ranking pool of the same dataset)."""
     folder = write_amazon_fixture(root, name)
     (folder / f"{name}.yaml").write_text(CTR_YAML)
     return folder

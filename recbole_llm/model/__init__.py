@@ -3,6 +3,7 @@ from recbole_llm.model.alpharec import AlphaRec
 from recbole_llm.model.bahe import BAHE
 from recbole_llm.model.lightgcn_infonce import LightGCNInfoNCE
 from recbole_llm.model.llmcf import LLMCF, LLMCFDeepFM
+from recbole_llm.model.llmcf_retrieval import LLMCFRetrieval, LLMCFSASRec
 from recbole_llm.model.llmesr import LLMESR
 from recbole_llm.model.molar import Molar
 from recbole_llm.model.pad import PAD
@@ -11,4 +12,4 @@ from recbole_llm.model.rlmrec_backbones import RLMRecLightGCN, RLMRecSGL, RLMRec
 from recbole_llm.model.simgcl import SimGCL
 from recbole_llm.model.tiger import TIGER
 
-__all__ = ["AlphaRec", "BAHE", "LightGCNInfoNCE", "LLMCF", "LLMCFDeepFM", "LLMESR", "Molar", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]
+__all__ = ["AlphaRec", "BAHE", "LightGCNInfoNCE", "LLMCF", "LLMCFDeepFM", "LLMCFRetrieval", "LLMCFSASRec", "LLMESR", "Molar", "PAD", "RLMRecCon", "RLMRecGen", "RLMRecLightGCN", "RLMRecSGL", "RLMRecSimGCL", "SimGCL", "TIGER"]

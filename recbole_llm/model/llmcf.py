@@ -52,14 +52,17 @@ def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
     return 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1)
 
 
-def retrieve_examples(query_hist: torch.Tensor, query_item: torch.Tensor, query_user: torch.Tensor,
-                      query_pos: torch.Tensor, pool_hist: torch.Tensor, pool_item: torch.Tensor,
+def retrieve_examples(query_hist: torch.Tensor, query_item: torch.Tensor | None, query_user: torch.Tensor,
+                      query_pos: torch.Tensor, pool_hist: torch.Tensor, pool_item: torch.Tensor | None,
                       pool_user: torch.Tensor, pool_pos: torch.Tensor, pool_label: torch.Tensor,
                       per_label: int = EXAMPLES_PER_LABEL) -> torch.Tensor:
     """[B, 2 * per_label] pool rows per query: the best ``per_label`` of each label by
-    0.5 <hist_q, hist_c> + 0.5 <item_q, item_c>, leaving out rows of the query's user at the same or
-    a later position. Where a label has too few rows the other fills in (best first)."""
-    score = 0.5 * query_hist @ pool_hist.T + 0.5 * query_item @ pool_item.T
+    0.5 <hist_q, hist_c> + 0.5 <item_q, item_c> (the ranking script), or by <hist_q, hist_c> alone
+    when no items are given (the retrieval script), leaving out rows of the query's user at the same
+    or a later position. Where a label has too few rows the other fills in (best first)."""
+    score = query_hist @ pool_hist.T
+    if query_item is not None:
+        score = 0.5 * score + 0.5 * query_item @ pool_item.T
     barred = (query_user[:, None] == pool_user[None]) & (pool_pos[None] >= query_pos[:, None])
     score = score.masked_fill(barred, float("-inf"))
     picks = []
@@ -204,21 +207,7 @@ class LLMCF(LLMCFDeepFM):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        parts = ["DeepFM"]
-        if (config.get("cot_decoding") or "beam_sample") != "beam_sample":
-            parts.append(f"{config['cot_decoding']} CoT")
-        if int(config.get("cot_max_new_tokens") or 256) != 256:
-            parts.append(f"CoT {config['cot_max_new_tokens']} tokens")
-        if float(config.get("cot_rows") or 0.1) != 0.1:
-            rows = float(config["cot_rows"])
-            parts.append(f"CoT on {int(rows)} rows" if rows > 1 else "CoT on every row" if rows == 1
-                         else f"CoT on {rows:g} of rows")
-        if config.get("cot_generator") not in (None, "smollm2"):
-            parts.append(f"{Path(str(config['cot_generator'])).name} CoT")
-        if config.get("llm_encoder") not in (None, "minilm"):
-            parts.append(f"{Path(str(config['llm_encoder'])).name} vectors")
-        if float(config.get("cot_reconstruction_weight", 1.0)) != 1.0:
-            parts.append(f"reconstruction {config['cot_reconstruction_weight']}")
+        parts = ["DeepFM", *cot_label_parts(config, default_reconstruction=1.0)]
         if _xavier(config):
             parts.append("xavier init")
         return f"LLM-CF({', '.join(parts)})"
@@ -328,6 +317,26 @@ class LLMCF(LLMCFDeepFM):
             return bce
         return bce + self.reconstruction_weight * self.reconstruction_loss(hidden, cot_vectors)
 
+
+
+def cot_label_parts(config: dict, default_reconstruction: float) -> list[str]:
+    """The run label's words for each CoT and in-context setting that departs from the official."""
+    parts = []
+    if (config.get("cot_decoding") or "beam_sample") != "beam_sample":
+        parts.append(f"{config['cot_decoding']} CoT")
+    if int(config.get("cot_max_new_tokens") or 256) != 256:
+        parts.append(f"CoT {config['cot_max_new_tokens']} tokens")
+    if float(config.get("cot_rows") or 0.1) != 0.1:
+        rows = float(config["cot_rows"])
+        parts.append(f"CoT on {int(rows)} rows" if rows > 1 else "CoT on every row" if rows == 1
+                     else f"CoT on {rows:g} of rows")
+    if config.get("cot_generator") not in (None, "smollm2"):
+        parts.append(f"{Path(str(config['cot_generator'])).name} CoT")
+    if config.get("llm_encoder") not in (None, "minilm"):
+        parts.append(f"{Path(str(config['llm_encoder'])).name} vectors")
+    if float(config.get("cot_reconstruction_weight", default_reconstruction)) != default_reconstruction:
+        parts.append(f"reconstruction {config['cot_reconstruction_weight']}")
+    return parts
 
 def _xavier(config: Any) -> bool:
     return str(config.get("weight_init") if isinstance(config, dict) else config["weight_init"]) == "xavier"
