@@ -189,6 +189,49 @@ def test_user_vector_is_sasrec_plus_a_tenth_of_w_with_every_token_by_hand(built)
         torch.testing.assert_close(scores, vector @ model.item_emb.weight.T, rtol=1e-4, atol=1e-5)
 
 
+def test_training_rows_sit_at_their_rank_and_other_rows_after_them_all(built) -> None:
+    model, train = built["model"], built["train"]
+    inter = train._dataset.inter_feat
+    users, items = inter["user_id"], inter["item_id"]
+    rank: dict[int, int] = {}
+    expected = []
+    for u in users.tolist():
+        expected.append(rank.get(u, 0))
+        rank[u] = expected[-1] + 1
+    torch.testing.assert_close(model.query_position(users, items), torch.tensor(expected))
+    big = torch.iinfo(torch.long).max
+    top = int(torch.argmax(users * model.n_items + items))  # the largest key keeps its own rank too
+    assert model.query_position(users[top:top + 1], items[top:top + 1]).tolist() == [expected[top]]
+    # (user 1, item 0): item 0 is padding, in no training row; a test target neither
+    test = next(iter(built["test"]))
+    test = test[0] if isinstance(test, tuple) else test
+    assert model.query_position(torch.tensor([1]), torch.tensor([0])).tolist() == [big]
+    assert set(model.query_position(test["user_id"], test["item_id"]).tolist()) == {big}
+
+
+def test_predict_scores_the_given_item_with_the_user_vector(built) -> None:
+    model = built["model"]
+    batch = next(iter(built["test"]))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    with torch.no_grad():
+        vector = model(batch)
+        expected = (vector * model.item_emb.weight[batch["item_id"]]).sum(1)
+        torch.testing.assert_close(model.predict(batch), expected)
+
+
+def test_reconstruction_loss_from_its_formula(built) -> None:
+    model = built["model"]
+    torch.manual_seed(2)
+    hidden, cots = torch.randn(3, 13, 64), torch.randn(3, 4, 384)
+    total = 0.0
+    for b in range(3):
+        for k, position in enumerate([0, 3, 6, 9]):  # each example's feature token
+            r = model.reconstruct(hidden[b, position])
+            total += float(r @ cots[b, k] / (r.norm() * cots[b, k].norm()))
+    with torch.no_grad():
+        assert float(model.reconstruction_loss(hidden, cots)) == pytest.approx(1 - total / 12, rel=1e-5)
+
+
 def test_reconstruction_counts_only_when_weighted(built) -> None:
     model = built["model"]
     batch = next(iter(built["train"]))
@@ -200,13 +243,14 @@ def test_reconstruction_counts_only_when_weighted(built) -> None:
     target = batch["item_id"]
     expected = sampled_softmax_loss(user, model.item_emb(target), target, negatives, model.item_emb(negatives))
     torch.testing.assert_close(plain, expected)
-    model.reconstruction_weight = 0.5
-    try:
-        torch.manual_seed(1)
-        weighted = model.calculate_loss(batch)
-    finally:
-        model.reconstruction_weight = 0.0
-    torch.testing.assert_close(weighted, expected + 0.5 * model.reconstruction_loss(hidden, cots))
+    for weight in (0.5, 1.0):
+        model.reconstruction_weight = weight
+        try:
+            torch.manual_seed(1)
+            weighted = model.calculate_loss(batch)
+        finally:
+            model.reconstruction_weight = 0.0
+        torch.testing.assert_close(weighted, expected + weight * model.reconstruction_loss(hidden, cots))
 
 
 def test_initialisation_as_each_official_model(built, tmp_path: Path) -> None:

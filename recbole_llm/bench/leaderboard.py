@@ -235,8 +235,17 @@ def _protocol_note(records: list[dict[str, Any]]) -> str:
              (f"ranking: {mode}" if mode != "labeled" else "scored: each labelled impression") if mode else "",
              f"filters: {'; '.join(filters)}" if filters else "",
              f"model selection: best validation {records[0].get('valid_metric')} with early stopping "
-             f"(patience {config.get('stopping_step')})" if config else ""]
+             f"({_stops_after(config.get('stopping_step'))})" if config else ""]
     return "; ".join(p for p in parts if p)
+
+
+
+def _stops_after(stopping_step: Any) -> str:
+    """RecBole stops once stopping_step + 1 validations in a row bring no gain (its counter must pass
+    stopping_step), so a patience of n in the usual sense is stopping_step n - 1."""
+    if stopping_step is None:
+        return "stopping_step unknown"
+    return f"stops after {int(stopping_step) + 1} validations without a gain"
 
 
 def _budget_note(rows: list[Row], protocol: str) -> str:

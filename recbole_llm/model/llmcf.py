@@ -198,8 +198,48 @@ class LLMCFDeepFM(SequentialRecommender):
         return torch.sigmoid(self.forward(interaction))
 
 
+class InContextParts:
+    """What both uses share: a row's place in its user's training sequence, its in-context examples
+    and the CoT reconstruction term. Needs ``n_items``, ``reconstruct`` and the buffers ``item_text``, ``pool_history_vectors``,
+    ``pool_user``, ``pool_position``, ``pool_label``, ``pool_train_keys``, ``pool_train_positions``
+    (and ``pool_item_vectors`` when the target item counts in the similarity)."""
+
+    target_in_similarity = True  # the ranking script's 0.5 history + 0.5 item; the retrieval script's history alone
+    _examples: dict[int, torch.Tensor]
+
+    def query_position(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """A training row's position in its user's training sequence; rows not in training (validation,
+        test) come after every training row."""
+        keys = user * self.n_items + item
+        at = torch.searchsorted(self.pool_train_keys, keys).clamp(max=len(self.pool_train_keys) - 1)
+        found = self.pool_train_keys[at] == keys
+        return torch.where(found, self.pool_train_positions[at], torch.full_like(keys, torch.iinfo(torch.long).max))
+
+    def examples(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """[B, 4] pool rows of each row (keyed by its user and target), found on first sight and kept:
+        a row's examples never change."""
+        keys = (user * self.n_items + item).tolist()
+        todo = [i for i, key in enumerate(keys) if key not in self._examples]
+        if todo:
+            idx = torch.tensor(todo, device=user.device)
+            with_item = self.target_in_similarity
+            found = retrieve_examples(
+                masked_mean(self.item_text, history[idx]), self.item_text[item[idx]] if with_item else None, user[idx],
+                self.query_position(user[idx], item[idx]), self.pool_history_vectors,
+                self.pool_item_vectors if with_item else None, self.pool_user, self.pool_position, self.pool_label)
+            order = example_order(torch.tensor([keys[i] for i in todo], device=user.device), found.shape[1])
+            for i, row in zip(todo, torch.gather(found, 1, order)):
+                self._examples[keys[i]] = row
+        return torch.stack([self._examples[key] for key in keys])
+
+    def reconstruction_loss(self, hidden: torch.Tensor, cot_vectors: torch.Tensor) -> torch.Tensor:
+        """1 - mean cos(reconstruct(h at each example's feature token), its CoT vector)."""
+        at_features = hidden[:, 0:cot_vectors.shape[1] * TOKENS_PER_EXAMPLE:TOKENS_PER_EXAMPLE]
+        return 1 - torch.cosine_similarity(self.reconstruct(at_features), cot_vectors, dim=-1).mean()
+
+
 @register_model
-class LLMCF(LLMCFDeepFM):
+class LLMCF(LLMCFDeepFM, InContextParts):
     """LLM-CF(DeepFM): the backbone plus in-context chain-of-thought examples."""
 
     llm_features = ("item",)
@@ -257,28 +297,6 @@ class LLMCF(LLMCFDeepFM):
         ordered = fields[:2] + [item_text] + fields[2:3 + n] + [history_text] + fields[3 + n:]
         return self.feature_mlp(torch.cat(ordered, -1))
 
-    def examples(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """[B, 4] pool rows of each row, found on first sight and kept (a row's examples never change)."""
-        keys = (user * self.n_items + item).tolist()
-        todo = [i for i, key in enumerate(keys) if key not in self._examples]
-        if todo:
-            idx = torch.tensor(todo, device=user.device)
-            found = retrieve_examples(
-                masked_mean(self.item_text, history[idx]), self.item_text[item[idx]], user[idx], self.query_position(user[idx], item[idx]),
-                self.pool_history_vectors, self.pool_item_vectors, self.pool_user, self.pool_position, self.pool_label)
-            order = example_order(torch.tensor([keys[i] for i in todo], device=user.device), found.shape[1])
-            for i, row in zip(todo, torch.gather(found, 1, order)):
-                self._examples[keys[i]] = row
-        return torch.stack([self._examples[key] for key in keys])
-
-    def query_position(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """A training row's position in its user's training sequence; rows not in training (validation,
-        test) come after every training row."""
-        keys = user * self.n_items + item
-        at = torch.searchsorted(self.pool_train_keys, keys).clamp(max=len(self.pool_train_keys) - 1)
-        found = self.pool_train_keys[at] == keys
-        return torch.where(found, self.pool_train_positions[at], torch.full_like(keys, torch.iinfo(torch.long).max))
-
     def in_context(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor,
                    fields: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w [B, dim], hidden states [B, 13, dim], the examples' CoT vectors [B, 4, cot_dim])."""
@@ -304,11 +322,6 @@ class LLMCF(LLMCFDeepFM):
 
     def forward(self, interaction) -> torch.Tensor:
         return self._logit_and_hidden(interaction)[0]
-
-    def reconstruction_loss(self, hidden: torch.Tensor, cot_vectors: torch.Tensor) -> torch.Tensor:
-        """1 - mean cos(MLP(h at each example's feature token), its CoT vector)."""
-        at_features = hidden[:, 0:cot_vectors.shape[1] * TOKENS_PER_EXAMPLE:TOKENS_PER_EXAMPLE]
-        return 1 - torch.cosine_similarity(self.reconstruct(at_features), cot_vectors, dim=-1).mean()
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         logit, hidden, cot_vectors = self._logit_and_hidden(interaction)

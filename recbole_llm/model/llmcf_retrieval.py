@@ -33,8 +33,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_llm.errors import UserError
-from recbole_llm.model.llmcf import (EXAMPLES_PER_LABEL, TOKENS_PER_EXAMPLE, InContextTransformer, cot_label_parts,
-                                     example_order, first_positions, masked_mean, retrieve_examples, row_positions)
+from recbole_llm.model.llmcf import (EXAMPLES_PER_LABEL, TOKENS_PER_EXAMPLE, InContextParts, InContextTransformer,
+                                     cot_label_parts, first_positions, masked_mean, row_positions)
 from recbole_llm.registry import register_model
 
 logger = logging.getLogger("recbole_llm")
@@ -148,10 +148,11 @@ class LLMCFSASRec(SequentialRecommender):
 
 
 @register_model
-class LLMCFRetrieval(LLMCFSASRec):
+class LLMCFRetrieval(LLMCFSASRec, InContextParts):
     """LLM-CF(SASRec): the backbone plus in-context chain-of-thought examples."""
 
     llm_features = ("item",)
+    target_in_similarity = False  # the official retrieval script ranks by history alone
 
     @classmethod
     def run_label(cls, config: dict) -> str:
@@ -194,27 +195,6 @@ class LLMCFRetrieval(LLMCFSASRec):
                  self.item_emb(item), self.text_map(self.item_text[item])]
         return self.feature_map(torch.cat(parts, -1))
 
-    def query_position(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """A training row's position among its user's training rows; other rows come after them all."""
-        keys = user * self.n_items + item
-        at = torch.searchsorted(self.pool_train_keys, keys).clamp(max=len(self.pool_train_keys) - 1)
-        found = self.pool_train_keys[at] == keys
-        return torch.where(found, self.pool_train_positions[at], torch.full_like(keys, torch.iinfo(torch.long).max))
-
-    def examples(self, user: torch.Tensor, item: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[B, 4] pool rows of each row (keyed by its user and target), found on first sight and kept."""
-        keys = (user * self.n_items + item).tolist()
-        todo = [i for i, key in enumerate(keys) if key not in self._examples]
-        if todo:
-            idx = torch.tensor(todo, device=user.device)
-            found = retrieve_examples(
-                masked_mean(self.item_text, items[idx]), None, user[idx], self.query_position(user[idx], item[idx]),
-                self.pool_history_vectors, None, self.pool_user, self.pool_position, self.pool_label)
-            order = example_order(torch.tensor([keys[i] for i in todo], device=user.device), found.shape[1])
-            for i, row in zip(todo, torch.gather(found, 1, order)):
-                self._examples[keys[i]] = row
-        return torch.stack([self._examples[key] for key in keys])
-
     def in_context(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w [B, d], hidden states [B, 13, d], the examples' CoT vectors [B, 4, cot_dim])."""
         user, items, target = interaction[self.USER_ID], interaction[self.ITEM_SEQ], interaction[self.ITEM_ID]
@@ -235,11 +215,6 @@ class LLMCFRetrieval(LLMCFSASRec):
 
     def forward(self, interaction) -> torch.Tensor:
         return self._user_and_hidden(interaction)[0]
-
-    def reconstruction_loss(self, hidden: torch.Tensor, cot_vectors: torch.Tensor) -> torch.Tensor:
-        """1 - mean cos(linear(h at each example's feature token), its CoT vector)."""
-        at_features = hidden[:, 0:cot_vectors.shape[1] * TOKENS_PER_EXAMPLE:TOKENS_PER_EXAMPLE]
-        return 1 - torch.cosine_similarity(self.reconstruct(at_features), cot_vectors, dim=-1).mean()
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         user, hidden, cot_vectors = self._user_and_hidden(interaction)
