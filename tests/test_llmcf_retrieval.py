@@ -30,8 +30,9 @@ def built(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory, session_home:
 
 
 def _layer_norm(x, norm):
+    """The official LayerNorm, eps 1e-8 (not torch's 1e-5)."""
     mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+    return (x - mean) / torch.sqrt(var + 1e-8) * norm.weight + norm.bias
 
 
 def _sasrec_by_hand(model, items):
@@ -73,6 +74,9 @@ def test_sasrec_encoder_is_the_official_pre_norm_query_block(built) -> None:
         items[row, length:] = 0  # RecBole pads at the end
     with torch.no_grad():
         torch.testing.assert_close(model.sequence_vector(items), _sasrec_by_hand(model, items), rtol=1e-4, atol=1e-4)
+    # eps moves the output below the tolerance above: every LayerNorm is checked to be the official's
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3 and {m.eps for m in norms} == {1e-8}
 
 
 def test_sampled_softmax_from_its_formula_with_the_target_masked_out_of_the_negatives() -> None:
@@ -315,3 +319,22 @@ def test_both_run_under_the_sequential_protocol_and_share_the_ranking_cots(built
         "LLM-CF(SASRec, greedy CoT, CoT 6 tokens, CoT on 24 rows, tiny-llama CoT, history 5)"
     # the ranking model of the same settings found every CoT written: nothing was added
     assert (root / DATASET / f"{DATASET}.cot_tiny_llama.jsonl").read_text() == before
+
+
+def test_every_real_user_and_item_learns_and_padding_does_not(built) -> None:
+    """Padding (id 0) is the only row without a gradient: the first training rows (user 1's) reach
+    user 1's embedding through the row's own token."""
+    model = built["model"]
+    batch = built["train"]._dataset.inter_feat[:8]
+    model.zero_grad()
+    model.calculate_loss(batch).backward()
+    try:
+        users = set(batch["user_id"].tolist()) | set(model.pool_user[model.examples(
+            batch["user_id"], batch["item_id"], batch["item_id_list"]).reshape(-1)].tolist())
+        assert 1 in users
+        for u in users:
+            assert float(model.user_emb.weight.grad[u].abs().sum()) > 0
+        assert float(model.user_emb.weight.grad[0].abs().sum()) == 0
+        assert float(model.item_emb.weight.grad[0].abs().sum()) == 0
+    finally:
+        model.zero_grad()
