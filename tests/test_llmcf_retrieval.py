@@ -43,7 +43,7 @@ def _sasrec_by_hand(model, items):
     real = (items != 0).float().unsqueeze(-1)
     x = (model.item_emb.weight[items] * math.sqrt(d) + enc.positions.weight[:items.shape[1]]) * real
     length = items.shape[1]
-    for b in range(len(enc.attentions)):
+    for b in range(1):  # the official single block
         att = enc.attentions[b]
         heads, hd = att.num_heads, d // att.num_heads
         q_in = _layer_norm(x, enc.attention_norms[b])
@@ -77,6 +77,9 @@ def test_sasrec_encoder_is_the_official_pre_norm_query_block(built) -> None:
     # eps moves the output below the tolerance above: every LayerNorm is checked to be the official's
     norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert len(norms) == 3 and {m.eps for m in norms} == {1e-8}
+    # dropout acts only in training: each of its places carries LLM-CF(SASRec)'s 0.2
+    assert model.encoder.attentions[0].dropout == 0.2
+    assert [m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)] == [0.2] * 3
 
 
 def test_sampled_softmax_from_its_formula_with_the_target_masked_out_of_the_negatives() -> None:
@@ -273,6 +276,14 @@ def test_initialisation_as_each_official_model(built, tmp_path: Path) -> None:
     assert float(model.label_emb.weight.std()) > 0.3  # N(0, 1), not xavier's ~0.17
     conv = model.encoder.forwards[0].conv1.weight
     assert float(conv.abs().max()) <= 1 / math.sqrt(d) + 1e-6  # Conv1d's default bound, untouched
+    model_class, config, _, (train, _, _) = split_for("LLMCFSASRec", DATASET, root, {"num_negatives": 8,
+                                                                                    "weight_init": "xavier"})
+    xavier = model_class(config, train._dataset)
+    assert float(xavier.item_emb.weight.detach().std()) == pytest.approx(math.sqrt(2 / (n + d)), rel=0.15)
+    model_class, config, _, (train, _, _) = split_for("LLMCFSASRec", DATASET, root, {"num_negatives": 8,
+                                                                                    "weight_init": "kaiming"})
+    with pytest.raises(UserError, match="weight_init='kaiming': expected official or xavier"):
+        model_class(config, train._dataset)
     assert LLMCFSASRec.run_label({"MAX_ITEM_LIST_LENGTH": 20, "weight_init": "official"}) == "SASRec(LLM-CF code)"
     assert LLMCFSASRec.run_label({"MAX_ITEM_LIST_LENGTH": 50, "weight_init": "xavier"}) == \
         "SASRec(LLM-CF code, history 50, xavier init)"
@@ -287,6 +298,11 @@ def test_too_many_negatives_and_a_dataset_without_ranking_labels_are_one_clear_e
     model_class, config, _, (train, _, _) = split_for("LLMCFSASRec", DATASET, root, {})
     with pytest.raises(UserError, match=r"num_negatives 128 needs more items than tiny-ctr has \(30\)"):
         model_class(config, train._dataset)
+    config["num_negatives"] = 31  # one more than the 30 items: refused, not silently 30
+    with pytest.raises(UserError, match="num_negatives 31 needs more items"):
+        model_class(config, train._dataset)
+    config["num_negatives"] = 30
+    assert len(model_class(config, train._dataset).sample_negatives()) == 30
     other = tmp_path / "data"
     folder = write_ctr_fixture(other)
     yaml = (folder / f"{DATASET}.yaml").read_text()

@@ -45,7 +45,7 @@ def test_every_registered_model_is_covered() -> None:
     """A model added to recbole-llm must join MODELS, so that RecBole's doors are tried on it."""
     from recbole_llm.registry import list_models
 
-    covered = {name.split("(")[0] for name in MODELS} | set(CTR_MODELS)  # the ctr protocol's test below
+    covered = {name.split("(")[0] for name in MODELS} | set(CTR_MODELS) | set(LLMCF_SEQUENTIAL)  # the ctr-pool test below
     assert covered == {e.name for e in list_models() if e.source == "recbole-llm"}
 
 
