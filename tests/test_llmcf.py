@@ -363,7 +363,7 @@ def test_missing_cots_without_generation_is_one_clear_error(built, tiny_lm: Path
     config["llm_generate"], config["cot_seed"] = False, 99  # other rows: none written yet
     try:
         with pytest.raises(UserError, match=r"\d+ of 24 chains of thought for tiny-ctr .* are missing from .*tiny-ctr\.cot_tiny_llama\.jsonl"):
-            build_pool(config, built["train"]._dataset, built["model"].item_text.numpy())
+            build_pool(config, built["train"]._dataset)
     finally:
         config["llm_generate"], config["cot_seed"] = True, 0
 

@@ -354,3 +354,42 @@ def test_every_real_user_and_item_learns_and_padding_does_not(built) -> None:
         assert float(model.item_emb.weight.grad[0].abs().sum()) == 0
     finally:
         model.zero_grad()
+
+
+def test_cot_rows_off_the_training_rows_are_left_out_and_too_few_refused(built, monkeypatch) -> None:
+    """A CoT row whose (user, item) is no sequential training row (here: moved onto a user's test
+    target, or onto an item the sequential data does not have) is left out; the rest keep their
+    places; fewer than 4 usable rows is one clear error."""
+    from recbole_llm.model import llmcf_retrieval
+
+    config, dataset = built["config"], built["train"]._dataset
+    pool, ctr = llmcf_retrieval.ranking_pool(config)
+    test = next(iter(built["test"]))
+    test = test[0] if isinstance(test, tuple) else test
+    to_ctr = ctr.field2token_id
+    seq_token = dataset.id2token
+    moved = dict(pool)
+    moved["user"], moved["item"] = pool["user"].clone(), pool["item"].clone()
+    moved["user"][0] = to_ctr["user_id"][seq_token("user_id", int(test["user_id"][0]))]
+    moved["item"][0] = to_ctr["item_id"][seq_token("item_id", int(test["item_id"][0]))]
+    monkeypatch.setattr(llmcf_retrieval, "ranking_pool", lambda config: (moved, ctr))
+    placed = llmcf_retrieval.sequential_pool(config, dataset)
+    assert len(placed["user"]) == 23 and torch.equal(placed["label"], pool["label"][1:])
+    assert torch.equal(placed["cot"], pool["cot"][1:])
+    # an item token the sequential dataset lacks maps to no row either
+    lookup = dict(dataset.field2token_id["item_id"])
+    monkeypatch.setitem(dataset.field2token_id, "item_id", {k: v for k, v in lookup.items()
+                                                            if k != seq_token("item_id", int(pool["item"][1]))})
+    assert len(llmcf_retrieval.sequential_pool(config, dataset)["user"]) < 23
+    monkeypatch.setitem(dataset.field2token_id, "item_id", lookup)
+    # exactly 4 usable rows is enough, 3 is not
+    for usable, ok in ((4, True), (3, False)):
+        few = dict(pool)
+        few["user"] = pool["user"].clone()
+        few["user"][usable:] = 0  # padding user: no training row
+        monkeypatch.setattr(llmcf_retrieval, "ranking_pool", lambda config, few=few: (few, ctr))
+        if ok:
+            assert len(llmcf_retrieval.sequential_pool(config, dataset)["user"]) == usable
+        else:
+            with pytest.raises(UserError, match=r"only 3 CoT rows are sequential training rows of tiny-ctr; expected at least 4"):
+                llmcf_retrieval.sequential_pool(config, dataset)

@@ -261,7 +261,7 @@ class LLMCF(LLMCFDeepFM, InContextParts):
             raise UserError(f"embedding_size {d} and in_context_dim {dim} differ; expected one width (official: 32)")
         text = preloaded_matrix(dataset, config, "item")
         self.register_buffer("item_text", torch.from_numpy(text), persistent=False)
-        pool = build_pool(config, dataset, text)
+        pool = build_pool(config, dataset)
         for name, value in pool.items():
             self.register_buffer(f"pool_{name}", value, persistent=False)
         # The pool's side of the similarity, once: its histories' and items' LLM vectors.
@@ -383,7 +383,7 @@ def first_positions(keys: torch.Tensor, positions: torch.Tensor) -> tuple[torch.
     return sorted_keys[first], positions[order][first]
 
 
-def build_pool(config: Any, dataset: Any, item_text: np.ndarray) -> dict[str, torch.Tensor]:
+def build_pool(config: Any, dataset: Any) -> dict[str, torch.Tensor]:
     """The CoT-annotated training rows (users, items, histories, labels, positions, CoT vectors) and
     every training row's (user, item) key with its position, for the leakage rule."""
     from recbole_llm.data.text import item_texts, template_for

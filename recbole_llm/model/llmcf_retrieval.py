@@ -259,7 +259,6 @@ def ranking_pool(config: Any) -> tuple[dict[str, torch.Tensor], Any]:
     their chains of thought (the official retrieval code reads the ranking pool)."""
     from recbole.config import Config
 
-    from recbole_llm.data.features import preloaded_matrix
     from recbole_llm.hooks import recbole_llm_config
     from recbole_llm.model.llmcf import LLMCF, build_pool
     from recbole_llm.runner import load_split, recbole_argv
@@ -276,7 +275,7 @@ def ranking_pool(config: Any) -> tuple[dict[str, torch.Tensor], Any]:
             ctr_config = Config(model=LLMCF, dataset=dataset, config_dict=ctr_dict)
         _, train, _, _ = load_split(ctr_config, check_topk=False)
         ctr_train = train._dataset
-        pool = build_pool(ctr_config, ctr_train, preloaded_matrix(ctr_train, ctr_config, "item"))
+        pool = build_pool(ctr_config, ctr_train)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
