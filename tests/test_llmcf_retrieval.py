@@ -133,6 +133,12 @@ def test_pool_is_the_ranking_pool_placed_on_its_sequential_training_rows(built) 
     assert len(written) == 24
 
 
+def _first_batch(loader):
+    """The first batch's interaction (RecBole's evaluation loaders yield tuples)."""
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
 def _ratings(root: Path) -> dict:
     lines = (root / DATASET / f"{DATASET}.inter").read_text().splitlines()[1:]
     return {(u, i): float(r) for u, i, r, _ in (line.split("\t") for line in lines)}
@@ -166,8 +172,7 @@ def test_examples_by_history_alone_never_the_same_user_now_or_later(built) -> No
 
 def test_user_vector_is_sasrec_plus_a_tenth_of_w_with_every_token_by_hand(built) -> None:
     model = built["model"]
-    batch = next(iter(built["test"]))
-    batch = batch[0] if isinstance(batch, tuple) else batch
+    batch = _first_batch(built["test"])
     user, items, target = batch["user_id"], batch["item_id_list"], batch["item_id"]
     seen = {}
     hook = model.ict.register_forward_hook(lambda m, args, out: seen.update(tokens=args[0], out=out))
@@ -210,16 +215,14 @@ def test_training_rows_sit_at_their_rank_and_other_rows_after_them_all(built) ->
     top = int(torch.argmax(users * model.n_items + items))  # the largest key keeps its own rank too
     assert model.query_position(users[top:top + 1], items[top:top + 1]).tolist() == [expected[top]]
     # (user 1, item 0): item 0 is padding, in no training row; a test target neither
-    test = next(iter(built["test"]))
-    test = test[0] if isinstance(test, tuple) else test
+    test = _first_batch(built["test"])
     assert model.query_position(torch.tensor([1]), torch.tensor([0])).tolist() == [big]
     assert set(model.query_position(test["user_id"], test["item_id"]).tolist()) == {big}
 
 
 def test_predict_scores_the_given_item_with_the_user_vector(built) -> None:
     model = built["model"]
-    batch = next(iter(built["test"]))
-    batch = batch[0] if isinstance(batch, tuple) else batch
+    batch = _first_batch(built["test"])
     with torch.no_grad():
         vector = model(batch)
         expected = (vector * model.item_emb.weight[batch["item_id"]]).sum(1)
@@ -364,8 +367,7 @@ def test_cot_rows_off_the_training_rows_are_left_out_and_too_few_refused(built, 
 
     config, dataset = built["config"], built["train"]._dataset
     pool, ctr = llmcf_retrieval.ranking_pool(config)
-    test = next(iter(built["test"]))
-    test = test[0] if isinstance(test, tuple) else test
+    test = _first_batch(built["test"])
     to_ctr = ctr.field2token_id
     seq_token = dataset.id2token
     moved = dict(pool)

@@ -232,6 +232,24 @@ class InContextParts:
                 self._examples[keys[i]] = row
         return torch.stack([self._examples[key] for key in keys])
 
+    def attach_pool(self, text: np.ndarray, pool: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """Keep the item vectors and the pool as buffers, with the pool's side of the history
+        similarity computed once; (CoT width, item-vector width), refusing vectors of two encoders."""
+        self.register_buffer("item_text", torch.from_numpy(text), persistent=False)
+        for name, value in pool.items():
+            self.register_buffer(f"pool_{name}", value, persistent=False)
+        self.register_buffer("pool_history_vectors", masked_mean(self.item_text, self.pool_history), persistent=False)
+        cot_dim, text_dim = pool["cot"].shape[1], text.shape[1]
+        if cot_dim != text_dim:
+            raise UserError(f"CoT vectors are {cot_dim}-d but item vectors {text_dim}-d; expected one encoder (llm_encoder)")
+        return cot_dim, text_dim
+
+    def with_reconstruction(self, loss: torch.Tensor, hidden: torch.Tensor, cot_vectors: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the weighted reconstruction term (skipped at weight 0, the retrieval default)."""
+        if self.reconstruction_weight == 0:
+            return loss
+        return loss + self.reconstruction_weight * self.reconstruction_loss(hidden, cot_vectors)
+
     def reconstruction_loss(self, hidden: torch.Tensor, cot_vectors: torch.Tensor) -> torch.Tensor:
         """1 - mean cos(reconstruct(h at each example's feature token), its CoT vector)."""
         at_features = hidden[:, 0:cot_vectors.shape[1] * TOKENS_PER_EXAMPLE:TOKENS_PER_EXAMPLE]
@@ -259,17 +277,8 @@ class LLMCF(LLMCFDeepFM, InContextParts):
         d, dim = int(config["embedding_size"]), int(config["in_context_dim"])
         if d != dim:  # checked before any CoT is written
             raise UserError(f"embedding_size {d} and in_context_dim {dim} differ; expected one width (official: 32)")
-        text = preloaded_matrix(dataset, config, "item")
-        self.register_buffer("item_text", torch.from_numpy(text), persistent=False)
-        pool = build_pool(config, dataset)
-        for name, value in pool.items():
-            self.register_buffer(f"pool_{name}", value, persistent=False)
-        # The pool's side of the similarity, once: its histories' and items' LLM vectors.
-        self.register_buffer("pool_history_vectors", masked_mean(self.item_text, self.pool_history), persistent=False)
+        cot_dim, text_dim = self.attach_pool(preloaded_matrix(dataset, config, "item"), build_pool(config, dataset))
         self.register_buffer("pool_item_vectors", self.item_text[self.pool_item], persistent=False)
-        cot_dim, text_dim = pool["cot"].shape[1], text.shape[1]
-        if cot_dim != text_dim:
-            raise UserError(f"CoT vectors are {cot_dim}-d but item vectors {text_dim}-d; expected one encoder (llm_encoder)")
         # One MLP maps every LLM vector (CoT, item text, history text) to the token width (official).
         self.text_mlp = nn.Sequential(nn.Linear(text_dim, int(config["text_mlp_hidden"])), nn.ReLU(),
                                       nn.Linear(int(config["text_mlp_hidden"]), d))
@@ -325,10 +334,7 @@ class LLMCF(LLMCFDeepFM, InContextParts):
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         logit, hidden, cot_vectors = self._logit_and_hidden(interaction)
-        bce = self.loss(logit, interaction[self.LABEL].float())
-        if self.reconstruction_weight == 0:
-            return bce
-        return bce + self.reconstruction_weight * self.reconstruction_loss(hidden, cot_vectors)
+        return self.with_reconstruction(self.loss(logit, interaction[self.LABEL].float()), hidden, cot_vectors)
 
 
 

@@ -134,11 +134,14 @@ class LLMCFSASRec(SequentialRecommender):
         """``num_negatives`` distinct items, uniform over 1 .. n_items - 1 (the official per-batch draw)."""
         return torch.randperm(self.n_items - 1, device=self.item_emb.weight.device)[:self.num_negatives] + 1
 
-    def calculate_loss(self, interaction) -> torch.Tensor:
-        user = self.forward(interaction)
+    def sampled_loss(self, user: torch.Tensor, interaction) -> torch.Tensor:
+        """The sampled softmax of the user vectors against their targets and one fresh negative draw."""
         target = interaction[self.POS_ITEM_ID]
         negatives = self.sample_negatives()
         return sampled_softmax_loss(user, self.item_emb(target), target, negatives, self.item_emb(negatives))
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        return self.sampled_loss(self.forward(interaction), interaction)
 
     def predict(self, interaction) -> torch.Tensor:
         return (self.forward(interaction) * self.item_emb(interaction[self.ITEM_ID])).sum(-1)
@@ -165,14 +168,7 @@ class LLMCFRetrieval(LLMCFSASRec, InContextParts):
 
         d = int(config["hidden_size"])
         self.user_emb = nn.Embedding(dataset.num(self.USER_ID), d, padding_idx=0)
-        text = preloaded_matrix(dataset, config, "item")
-        self.register_buffer("item_text", torch.from_numpy(text), persistent=False)
-        for name, value in sequential_pool(config, dataset).items():
-            self.register_buffer(f"pool_{name}", value, persistent=False)
-        self.register_buffer("pool_history_vectors", masked_mean(self.item_text, self.pool_history), persistent=False)
-        cot_dim, text_dim = self.pool_cot.shape[1], text.shape[1]
-        if cot_dim != text_dim:
-            raise UserError(f"CoT vectors are {cot_dim}-d but item vectors {text_dim}-d; expected one encoder (llm_encoder)")
+        cot_dim, text_dim = self.attach_pool(preloaded_matrix(dataset, config, "item"), sequential_pool(config, dataset))
         self.text_map = nn.Linear(text_dim, d)  # CoT, item text and history text (official cot_mapping [768, 64])
         self.feature_map = nn.Linear(5 * d, d)  # official ICL_history_mlp [320, 64]
         self.label_emb = nn.Embedding(2, d)
@@ -218,12 +214,7 @@ class LLMCFRetrieval(LLMCFSASRec, InContextParts):
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         user, hidden, cot_vectors = self._user_and_hidden(interaction)
-        target = interaction[self.POS_ITEM_ID]
-        negatives = self.sample_negatives()
-        loss = sampled_softmax_loss(user, self.item_emb(target), target, negatives, self.item_emb(negatives))
-        if self.reconstruction_weight == 0:
-            return loss
-        return loss + self.reconstruction_weight * self.reconstruction_loss(hidden, cot_vectors)
+        return self.with_reconstruction(self.sampled_loss(user, interaction), hidden, cot_vectors)
 
 
 def _backbone_parts(config: dict) -> list[str]:
