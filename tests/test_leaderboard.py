@@ -160,6 +160,41 @@ def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     assert "Model diagnostics" in (tmp_path / "leaderboard.html").read_text()
 
 
+def test_popularity_bins_get_one_table_of_the_main_metric_in_bin_order(tmp_path: Path) -> None:
+    """Per-bin metrics (longtail_item_bins) are not diagnostics: one table of the main metric, a
+    column per bin in numeric order (bin 10 after bin 9), rows without bins left out."""
+    records = [_record("SASRec", seed, 0.3, False) for seed in (1, 2)] + [_record("Pop", 1, 0.2, False)]
+    for record, shift in zip(records[:2], (0.0, 0.02)):
+        for b in range(1, 11):
+            record["test"][f"ndcg@20_bin{b}_item"] = round(0.5 - b / 25 + shift, 4)
+            record["test"][f"hit@5_bin{b}_item"] = 0.9
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    [board], _, _ = leaderboard(path, tmp_path)
+    assert board.bins == [f"ndcg@20_bin{b}_item" for b in range(1, 11)]
+    assert board.diagnostics == [] and board.extra_metrics == []
+    md = (tmp_path / "leaderboard.md").read_text()
+    table = md[md.index("Items by popularity"):]
+    header = table.splitlines()[2]
+    assert re.findall(r"bin \d+", header) == [f"bin {b}" for b in range(1, 11)]
+    # SASRec's bin 1: mean of 0.46 and 0.48 over its two seeds; bin 10: of 0.10 and 0.12.
+    assert re.search(r"\| SASRec +\| \*\*0\.4700 ± 0\.0141\*\* +\|", table)
+    assert "0.1100 ± 0.0141" in table and "| Pop" not in table
+
+
+def test_tuning_line_names_only_the_grids_of_its_own_table(tmp_path: Path) -> None:
+    general = [_record("LightGCN", seed, 0.3, False) for seed in (1, 2)]
+    ctr = [_record("DeepFM", seed, 0.3, False, protocol="ctr") for seed in (1, 2)]
+    trials = [_record("LightGCN", 1, 0.29, False, bench={"phase": "search", "grid": "general-grid"}),
+              _record("DeepFM", 1, 0.29, False, protocol="ctr", bench={"phase": "search", "grid": "ctr-grid"})]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in general + ctr + trials))
+    boards, _, _ = leaderboard(path, tmp_path)
+    tuning = {board.protocol: board.notes["tuning"] for board in boards}
+    assert tuning["general"].startswith("grid general-grid:") and "LightGCN 1 trial;" in tuning["general"]
+    assert tuning["ctr"].startswith("grid ctr-grid:") and "DeepFM 1 trial;" in tuning["ctr"]
+
+
 def test_leaderboard_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _results(tmp_path)
     assert main(["leaderboard", str(path), "-o", str(tmp_path / "board")]) == 0

@@ -40,6 +40,7 @@ RUN_KEYS = frozenset({
 # A RecBole metric, optionally of a long-tail / cold-start group: ndcg@10, recall@20_tail_item. Any
 # other number in a record's test result is a model's own diagnostic (tiger_decode_users_per_s ...).
 METRIC_KEY = re.compile(r"^[a-z]+@\d+(_[a-z_]+)?$")
+BIN_KEY = re.compile(r"^([a-z]+@\d+)_bin(\d+)_item$")  # a metric per item-popularity bin (longtail_item_bins)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Board:
     main_metric: str
     extra_metrics: list[str] = field(default_factory=list)  # long-tail / cold-start groups, if any
     diagnostics: list[str] = field(default_factory=list)    # models' own numbers, e.g. TIGER's decoding
+    bins: list[str] = field(default_factory=list)            # one metric per popularity bin, bin 1 first
     notes: dict[str, str] = field(default_factory=dict)
     evaluation: str = ""  # how it was ranked and grouped when not the protocol's default, e.g. "uni100 ranking"
 
@@ -273,9 +275,10 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
 def _tuning_note(all_records: list[dict[str, Any]], dataset: str, rows: list[Row]) -> str:
     trials: dict[str, int] = defaultdict(int)
     grids = set()
+    labels = {row.label for row in rows}
     for record in all_records:
         bench = record.get("bench") or {}
-        if record.get("dataset") == dataset and bench.get("phase") == "search":
+        if record.get("dataset") == dataset and bench.get("phase") == "search" and _label(record) in labels:
             trials[_label(record)] += 1
             grids.add(bench.get("grid"))
     if not trials:
@@ -330,6 +333,20 @@ def _groups_note(records: list[dict[str, Any]]) -> str:
             f"interactions are head (here at least {groups['user_threshold']} and {groups['item_threshold']})")
 
 
+def _bin_columns(keys: set[str], main: str) -> list[str]:
+    """The popularity-bin keys of one metric, bin 1 (most popular) first: the main metric's when
+    the records have it per bin, else the first metric (by name) that they have per bin."""
+    per_metric: dict[str, dict[int, str]] = defaultdict(dict)
+    for key in keys:
+        match = BIN_KEY.match(key)
+        if match:
+            per_metric[match.group(1)][int(match.group(2))] = key
+    if not per_metric:
+        return []
+    chosen = per_metric.get(main) or per_metric[min(per_metric)]
+    return [chosen[b] for b in sorted(chosen)]
+
+
 def build_boards(records: list[dict[str, Any]]) -> list[Board]:
     """The tables, one per (dataset, protocol, evaluation), rows sorted by the main metric (best
     first): numbers ranked or grouped differently never share a table."""
@@ -352,16 +369,18 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         extra = sorted(m for m, match in metric_keys.items() if match and match.group(1)
                        and ("cold" in match.group(1) or m[:match.start(1)] in metrics))
         diagnostics = sorted({k for row in rows for r in row.records for k, v in r["test"].items()
-                              if not metric_keys[k] and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                              if not metric_keys[k] and not BIN_KEY.match(k)
+                              and isinstance(v, (int, float)) and not isinstance(v, bool)})
         valid_metric = str(rows[0].records[0].get("valid_metric") or metrics[-1]).lower()
         main = valid_metric if valid_metric in present else metrics[-1]
+        bins = _bin_columns(present, main)
         rows.sort(key=lambda r: -orientation(main) * r.mean(main) if r.mean(main) is not None else math.inf)
         ok_records = [r for row in rows for r in row.records]
         hardware, versions = _environment_note(ok_records)
         protocol_note = "; ".join(n for n in (_protocol_note(ok_records), _groups_note(ok_records)) if n)
         notes = {"protocol": protocol_note, "budget": _budget_note(rows, protocol),
                  "tuning": _tuning_note(records, dataset, rows), "hardware": hardware, "versions": versions}
-        boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, notes, evaluation))
+        boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, bins, notes, evaluation))
     return boards
 
 
@@ -410,6 +429,13 @@ def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[st
         tables.append((f"Groups ({board.title})", ["model", *board.extra_metrics],
                        [[row.label, *(_cell(board, row, m, bold) for m in board.extra_metrics)]
                         for row in board.rows]))
+    if board.bins:
+        metric = BIN_KEY.match(board.bins[0]).group(1)
+        binned = [row for row in board.rows if any(row.values(k) for k in board.bins)]
+        tables.append((f"Items by popularity ({board.title}): test {metric} of the rows whose target falls in "
+                       "each bin; bin 1 holds the most popular items, bins of equal training-interaction mass",
+                       ["model", *(f"bin {BIN_KEY.match(k).group(2)}" for k in board.bins)],
+                       [[row.label, *(_cell(board, row, k, bold) for k in board.bins)] for row in binned]))
     if board.diagnostics:
         mine = [row for row in board.rows if any(row.values(k) for k in board.diagnostics)]
         tables.append((f"Model diagnostics ({board.title}; test split, mean over seeds)",
