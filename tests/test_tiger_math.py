@@ -228,3 +228,40 @@ def test_quantize_reports_the_rqvae_loss_at_its_first_and_last_epoch(monkeypatch
                                   rqvae_latent_dim=4, normalize=False)
     _, report = quantize(np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32), settings)
     assert report["rqvae_loss_first_last"] == [1.23457, 0.12346]
+
+
+def test_codebook_usage_is_the_fraction_of_codes_in_use_to_four_places() -> None:
+    from recbole_llm.model.quantizers import codebook_usage
+
+    codes = np.array([[0, 5, 1], [0, 6, 1], [2, 7, 1]])
+    # level 1: codes {0, 2} of 3; level 2: {5, 6, 7} of 9; level 3: {1} of 7 (1/7 = 0.142857...)
+    assert codebook_usage(codes, (3, 9, 7)) == [0.6667, 0.3333, 0.1429]
+
+
+@pytest.mark.parametrize(("n_items", "size"), [(16, 4), (17, 8), (1682, 64), (4096, 64), (4097, 128), (12_000, 128),
+                                               (10**6, 256)])
+def test_default_codebook_size_is_the_smallest_power_of_two_whose_square_covers_the_items(n_items: int, size: int) -> None:
+    from recbole_llm.data.semantic_ids import default_codebook_size
+
+    assert default_codebook_size(n_items) == size
+
+
+def test_quantize_normalises_each_vector_alone_and_reads_any_float_type() -> None:
+    """normalize=True divides each row by its own L2 norm: rows scaled by different factors give
+    the codes and the error of the unit rows (a norm over the whole matrix would not); float64
+    input gives what its float32 copy gives."""
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(24, 5))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    scaled = unit * rng.uniform(0.5, 20.0, size=(24, 1))
+    for method, extra in (("rqkmeans", {}), ("rqvae", {"rqvae_hidden_dims": (8,), "rqvae_latent_dim": 4,
+                                                        "rqvae_epochs": 3, "rqvae_batch_size": 8})):
+        settings = SemanticIdSettings(method=method, levels=2, codebook_sizes=(3, 3), normalize=True, **extra)
+        codes_unit, report_unit = quantize(unit.astype(np.float32), settings)
+        codes_scaled, report_scaled = quantize(scaled, settings)           # float64
+        np.testing.assert_array_equal(codes_scaled, codes_unit)
+        assert report_scaled["reconstruction_mse"] == pytest.approx(report_unit["reconstruction_mse"], rel=1e-4)
+        if method == "rqkmeans":                                             # centroids of unit rows
+            assert report_unit["reconstruction_mse"] < 1.0
