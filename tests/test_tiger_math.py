@@ -265,3 +265,20 @@ def test_quantize_normalises_each_vector_alone_and_reads_any_float_type() -> Non
         assert report_scaled["reconstruction_mse"] == pytest.approx(report_unit["reconstruction_mse"], rel=1e-4)
         if method == "rqkmeans":                                             # centroids of unit rows
             assert report_unit["reconstruction_mse"] < 1.0
+
+
+def test_quantize_runs_residual_kmeans_with_the_settings_iterations_and_seed() -> None:
+    """quantize's rqkmeans codes are those of ResidualKMeans built with the settings' levels, sizes,
+    iterations and seed (on the L2-normalised vectors); another iteration count or seed changes them."""
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+
+    vectors = np.random.default_rng(3).normal(size=(40, 6)).astype(np.float32)
+    unit = torch.nn.functional.normalize(torch.from_numpy(vectors), dim=1)
+
+    def direct(iters: int, seed: int) -> np.ndarray:
+        return ResidualKMeans(levels=2, codebook_size=(4, 4), iters=iters, seed=seed).fit(unit).codes(unit).numpy()
+
+    settings = SemanticIdSettings(method="rqkmeans", levels=2, codebook_sizes=(4, 4), kmeans_iters=1, seed=7)
+    codes, _ = quantize(vectors, settings)
+    np.testing.assert_array_equal(codes[:, :2], direct(1, 7))
+    assert not np.array_equal(direct(1, 7), direct(30, 7)) and not np.array_equal(direct(1, 7), direct(1, 2020))
