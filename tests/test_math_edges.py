@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from recbole_llm.model.alpharec import mean_of_items
-from recbole_llm.model.layers import TrainPositives, normalized_adjacency
+from recbole_llm.model.layers import TrainPositives, info_nce_by_id, normalized_adjacency
 
 
 def test_mean_of_items_with_one_two_and_no_training_items() -> None:
@@ -51,3 +51,45 @@ def test_negatives_reach_the_first_item_in_first_draws_and_redraws() -> None:
     assert (counts - 0.2).abs().max() < 0.03
     redrawn = positives.sample_negatives(torch.ones(4000, dtype=torch.long), 1, generator).view(-1)
     assert set(redrawn.tolist()) == {1, 2} and abs((redrawn == 1).double().mean().item() - 0.5) < 0.03
+
+
+def _info_nce_row_by_row(anchors: np.ndarray, positives: np.ndarray, ids: list[int], tau: float,
+                         candidates: np.ndarray | None) -> float:
+    """InfoNCE from its definition over every batch row, repetitions included:
+    mean_i -log exp(cos(a_i, p_i)/tau) / sum_c exp(cos(a_i, c)/tau), c = the candidates or the
+    batch's positives (each repetition a candidate of its own)."""
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v)
+
+    pool = [positives[j] for j in ids] if candidates is None else list(candidates)
+    total = 0.0
+    for i in ids:
+        a = unit(anchors[i])
+        denominator = sum(np.exp(a @ unit(c) / tau) for c in pool)
+        total += -np.log(np.exp(a @ unit(positives[i]) / tau) / denominator)
+    return total / len(ids)
+
+
+def test_info_nce_by_id_is_the_batch_infonce_with_its_repetitions() -> None:
+    """Computed once per distinct id, the loss and its gradient are those of every batch row,
+    repeated rows and (in-batch) repeated candidates counted as often as they occur."""
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    positives = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    others = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    ids = [3, 1, 3, 3, 0, 5, 1]                      # ids 3 and 1 repeat; 2 and 4 absent
+    tau = 0.3
+    for candidates in (None, others):
+        expected = _info_nce_row_by_row(anchors.numpy(), positives.numpy(), ids, tau,
+                                        None if candidates is None else candidates.numpy())
+        got = info_nce_by_id(anchors, positives, torch.tensor(ids), tau, candidates)
+        assert abs(float(got) - expected) < 1e-10
+    # Gradient: the same as the plain row-by-row loss written in torch over the repeated rows.
+    a1, p1 = anchors.clone().requires_grad_(), positives.clone().requires_grad_()
+    a2, p2 = anchors.clone().requires_grad_(), positives.clone().requires_grad_()
+    index = torch.tensor(ids)
+    info_nce_by_id(a1, p1, index, tau).backward()
+    a, p = torch.nn.functional.normalize(a2[index], dim=-1), torch.nn.functional.normalize(p2[index], dim=-1)
+    (-(torch.log_softmax(a @ p.T / tau, dim=1).diagonal()).mean()).backward()
+    torch.testing.assert_close(a1.grad, a2.grad)
+    torch.testing.assert_close(p1.grad, p2.grad)

@@ -219,3 +219,26 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.T
     a = F.normalize(anchors, dim=-1) / tau  # scale the [B, d] side, not the [B, M] scores
     p, c = F.normalize(positives, dim=-1), F.normalize(candidates, dim=-1)
     return (torch.logsumexp(a @ c.T, dim=1) - (a * p).sum(-1)).mean()
+
+
+def info_nce_by_id(anchors: torch.Tensor, positives: torch.Tensor, ids: torch.Tensor, tau: float,
+                   candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`info_nce` over the batch rows ``anchors[ids]`` / ``positives[ids]`` (tables indexed by
+    id; a batch repeats ids), computed once per distinct id: with ``candidates`` (e.g. all nodes)
+    as the candidates, without them in-batch (the batch's positives, repetitions included).
+
+    Same value and gradient as ``info_nce(anchors[ids], positives[ids], candidates or
+    positives[ids], tau)``: rows of one id are identical terms, so each distinct row is weighted
+    by its count n_j, and a repeated in-batch candidate j adds n_j e^{s_j} to the sum, i.e. log n_j
+    to its score inside the logsumexp. A batch of 4,096 ml-100k interactions holds about 1,000
+    distinct items, so the [B, B] scores shrink about 16-fold.
+    """
+    distinct, counts = torch.unique(ids, return_counts=True)
+    counts = counts.to(anchors.dtype)
+    a = F.normalize(anchors[distinct], dim=-1) / tau
+    p = F.normalize(positives[distinct], dim=-1)
+    if candidates is None:
+        scores = a @ p.T + counts.log()
+    else:
+        scores = a @ F.normalize(candidates, dim=-1).T
+    return (counts * (torch.logsumexp(scores, dim=1) - (a * p).sum(-1))).sum() / len(ids)

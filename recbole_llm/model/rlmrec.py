@@ -43,7 +43,7 @@ from torch import nn
 
 import recbole_llm.llm.profiles  # noqa: F401  (registers the user_profile / item_profile feature builders)
 from recbole_llm.errors import UserError
-from recbole_llm.model.layers import MLPProjector, info_nce
+from recbole_llm.model.layers import MLPProjector, info_nce, info_nce_by_id
 from recbole_llm.model.rlmrec_backbones import RLMRecLightGCN, RLMRecSGL, RLMRecSimGCL
 from recbole_llm.model.simgcl import SimGCL
 from recbole_llm.registry import register_model
@@ -279,12 +279,14 @@ class RLMRecCon(_RLMRec):
                        pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """Sum of the three InfoNCE terms (batch users, positive items, negative items)."""
         user_prf = self.mapper(self.user_profiles[1:])  # all real users: the users' negatives
-        # Each distinct batch item is mapped once (a batch repeats popular items many times).
-        items, where = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
-        pos_prf, neg_prf = self.mapper(self.item_profiles[items])[where].split([len(pos_items), len(neg_items)])
-        return (info_nce(user_all[users], user_prf[users - 1], user_prf, self.align_tau)
-                + info_nce(item_all[pos_items], pos_prf, pos_prf, self.align_tau)
-                + info_nce(item_all[neg_items], neg_prf, neg_prf, self.align_tau))
+        # Each distinct batch item is mapped once (a batch repeats popular items many times), into a
+        # table of the batch's items that ``local`` indexes; the terms are computed per distinct id.
+        items, local = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
+        item_prf, item_cf = self.mapper(self.item_profiles[items]), item_all[items]
+        local_pos, local_neg = local.split([len(pos_items), len(neg_items)])
+        return (info_nce_by_id(user_all[1:], user_prf, users - 1, self.align_tau, user_prf)
+                + info_nce_by_id(item_cf, item_prf, local_pos, self.align_tau)
+                + info_nce_by_id(item_cf, item_prf, local_neg, self.align_tau))
 
     def calculate_loss(self, interaction):
         loss, (user_all, item_all) = self._backbone_loss(interaction)

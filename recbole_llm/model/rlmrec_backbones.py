@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from recbole.model.general_recommender.lightgcn import LightGCN
 
 from recbole_llm.errors import UserError
-from recbole_llm.model.layers import info_nce
+from recbole_llm.model.layers import info_nce_by_id
 from recbole_llm.registry import register_model
 
 
@@ -117,9 +117,9 @@ class RLMRecSGL(_RLMRecGraphCF):
             return bpr, self.regulariser()
         user_1, item_1 = self.forward(drop_edges(self.norm_adj_matrix, self.keep_rate))
         user_2, item_2 = self.forward(drop_edges(self.norm_adj_matrix, self.keep_rate))
-        cl = (info_nce(user_1[users], user_2[users], user_2[1:], self.cl_tau)  # row 0: RecBole's padding
-              + info_nce(item_1[pos], item_2[pos], item_2[1:], self.cl_tau)
-              + info_nce(item_1[neg], item_2[neg], item_2[1:], self.cl_tau))
+        cl = (info_nce_by_id(user_1, user_2, users, self.cl_tau, user_2[1:])  # row 0: RecBole's padding
+              + info_nce_by_id(item_1, item_2, pos, self.cl_tau, item_2[1:])
+              + info_nce_by_id(item_1, item_2, neg, self.cl_tau, item_2[1:]))
         return bpr, self.regulariser(), self.cl_weight * cl
 
 
@@ -143,6 +143,6 @@ class RLMRecSimGCL(_RLMRecGraphCF):
             return bpr, self.regulariser()
         user_1, item_1 = self.forward(perturbed=True)
         user_2, item_2 = self.forward(perturbed=True)
-        cl = (info_nce(user_1[users], user_2[users], user_2[1:], self.cl_tau)  # row 0: RecBole's padding
-              + info_nce(item_1[pos], item_2[pos], item_2[1:], self.cl_tau))
+        cl = (info_nce_by_id(user_1, user_2, users, self.cl_tau, user_2[1:])  # row 0: RecBole's padding
+              + info_nce_by_id(item_1, item_2, pos, self.cl_tau, item_2[1:]))
         return bpr, self.regulariser(), self.cl_weight * cl
