@@ -282,3 +282,42 @@ def test_quantize_runs_residual_kmeans_with_the_settings_iterations_and_seed() -
     codes, _ = quantize(vectors, settings)
     np.testing.assert_array_equal(codes[:, :2], direct(1, 7))
     assert not np.array_equal(direct(1, 7), direct(30, 7)) and not np.array_equal(direct(1, 7), direct(1, 2020))
+
+
+def test_quantize_reports_rounded_errors_its_time_and_the_collision_code_size() -> None:
+    """Three points on a line, one level of one code: the centroid is the middle point, the
+    squared errors 1, 0, 1 (mean 2/3, reported to 6 places); all three share the code, so the
+    collision code takes 3 values."""
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+
+    points = np.array([[0, 0], [0, 1], [0, 2]], dtype=np.float32)
+    settings = SemanticIdSettings(method="rqkmeans", levels=1, codebook_sizes=(1,), normalize=False)
+    codes, report = quantize(points, settings)
+    assert report["reconstruction_mse"] == 0.666667 and report["random_codes_reconstruction_mse"] == 0.666667
+    assert sorted(codes[:, -1].tolist()) == [0, 1, 2] and report["collision_code_size"] == 3
+    seconds = report["quantize_seconds"]
+    assert isinstance(seconds, float) and 0 <= seconds < 60 and round(seconds, 2) == seconds
+
+
+def test_quantize_hands_the_rqvae_its_beta_and_weight_decay(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
+
+    seen = {}
+    real_init = RQVAE.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen["beta"] = self.beta
+
+    def fit(self, x, epochs, batch_size, lr, seed, optimizer, weight_decay):
+        seen["fit"] = (epochs, batch_size, lr, seed, optimizer, weight_decay)
+        return [1.0]
+
+    monkeypatch.setattr(RQVAE, "__init__", init)
+    monkeypatch.setattr(RQVAE, "fit", fit)
+    settings = SemanticIdSettings(method="rqvae", levels=2, codebook_sizes=(4, 4), rqvae_hidden_dims=(8,),
+                                  rqvae_latent_dim=4, rqvae_beta=0.7, rqvae_epochs=9, rqvae_batch_size=5,
+                                  rqvae_learning_rate=0.02, seed=11, rqvae_optimizer="adagrad",
+                                  rqvae_weight_decay=0.003)
+    quantize(np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32), settings)
+    assert seen == {"beta": 0.7, "fit": (9, 5, 0.02, 11, "adagrad", 0.003)}
