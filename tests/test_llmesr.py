@@ -352,6 +352,9 @@ def test_training_variants_are_named() -> None:
     assert LLMESR.run_label({**reference, "train_on": "prefixes", "loss_type": "BPR"}) == "LLM-ESR(BPR on prefixes)"
     assert LLMESR.run_label({**reference, "train_on": "prefixes"}) == "LLM-ESR(CE on prefixes)"  # RecBole's default
     assert LLMESR.run_label({**reference, "MAX_ITEM_LIST_LENGTH": 20}) == "LLM-ESR(history 20)"
+    # An encoder folder is named by its last path part, a trailing slash or not.
+    assert LLMESR.run_label({**reference, "llm_encoder": "/models/bge-small/"}) == "LLM-ESR(bge-small)"
+    assert LLMESR.run_label({**reference, "llm_encoder": "smollm2"}) == "LLM-ESR(smollm2)"
     old = {k: v for k, v in reference.items() if k != "train_on"}  # records from before train_on
     assert LLMESR.run_label({**old, "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
 

@@ -285,13 +285,14 @@ def test_quantize_runs_residual_kmeans_with_the_settings_iterations_and_seed() -
 
 
 def test_quantize_reports_rounded_errors_its_time_and_the_collision_code_size() -> None:
-    """Three points on a line, one level of one code: the centroid is the middle point, the
+    """Three points on a line, levels of one code: the centroid is the middle point, the
     squared errors 1, 0, 1 (mean 2/3, reported to 6 places); all three share the code, so the
     collision code takes 3 values."""
     from recbole_llm.data.semantic_ids import SemanticIdSettings, quantize
 
     points = np.array([[0, 0], [0, 1], [0, 2]], dtype=np.float32)
-    settings = SemanticIdSettings(method="rqkmeans", levels=1, codebook_sizes=(1,), normalize=False)
+    # a second level of one code: the residuals (0, -1), (0, 0), (0, 1) have the centroid 0
+    settings = SemanticIdSettings(method="rqkmeans", levels=2, codebook_sizes=(1, 1), normalize=False)
     codes, report = quantize(points, settings)
     assert report["reconstruction_mse"] == 0.666667 and report["random_codes_reconstruction_mse"] == 0.666667
     assert sorted(codes[:, -1].tolist()) == [0, 1, 2] and report["collision_code_size"] == 3
