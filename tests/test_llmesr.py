@@ -355,6 +355,11 @@ def test_training_variants_are_named() -> None:
     # An encoder folder is named by its last path part, a trailing slash or not.
     assert LLMESR.run_label({**reference, "llm_encoder": "/models/bge-small/"}) == "LLM-ESR(bge-small)"
     assert LLMESR.run_label({**reference, "llm_encoder": "smollm2"}) == "LLM-ESR(smollm2)"
+    # Settings left unset are the reference's; each ablation is named.
+    unset = {k: v for k, v in reference.items() if k not in ("view", "cross_attention", "llm_encoder")}
+    assert LLMESR.run_label(unset) == "LLM-ESR"
+    assert LLMESR.run_label({**reference, "cross_attention": False}) == "LLM-ESR(no cross-attention)"
+    assert LLMESR.run_label({**reference, "view": "collaborative"}) == "LLM-ESR(collaborative view only)"
     old = {k: v for k, v in reference.items() if k != "train_on"}  # records from before train_on
     assert LLMESR.run_label({**old, "loss_type": "CE"}) == "LLM-ESR(CE on prefixes)"
 
