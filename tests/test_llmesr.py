@@ -211,6 +211,36 @@ def test_alpha_zero_skips_distillation(vector_root: Path) -> None:
         "LLM-ESR(semantic view only, no distillation)"
 
 
+def test_bpr_on_prefixes_scores_the_positive_against_the_sampled_negative(vector_root: Path) -> None:
+    """loss_type BPR on prefixes: -mean log sigmoid(<h, e_pos> - <h, e_neg>) over the batch rows, one
+    negative per row drawn by the model (never a training item of the row's user), no CE over all
+    items. (RecBole hands negatives only to pairwise models; this variant once read them and failed.)"""
+    _, _, (train, _, _), model = build(vector_root, alpha=0.0, train_on="prefixes", loss_type="BPR")
+    model.eval()
+    batch = next(iter(train))
+    drawn = []
+    real_sample = model.sample_negatives
+
+    def sample(users: torch.Tensor, shape: tuple) -> torch.Tensor:
+        drawn.append(real_sample(users, shape))
+        return drawn[-1]
+
+    model.sample_negatives = sample
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        [negatives] = drawn
+        assert negatives.shape == batch["item_id"].shape
+        for user, negative in zip(batch["user_id"].tolist(), negatives.tolist()):
+            assert 1 <= negative < model.n_items
+            assert negative not in model.train_seq[user, :model.train_len[user]].tolist()
+        h = model.forward(batch["item_id_list"], batch["item_length"])
+        items = model.item_representations()
+        margin = (h * items[batch["item_id"]]).sum(-1) - (h * items[negatives]).sum(-1)
+        torch.testing.assert_close(loss, -torch.nn.functional.logsigmoid(margin).mean(), rtol=1e-5, atol=1e-6)
+    assert LLMESR.run_label({"train_on": "prefixes", "loss_type": "BPR", "alpha": 0.0}) == \
+        "LLM-ESR(BPR on prefixes, no distillation)"
+
+
 def test_bad_feature_files_are_one_clear_error(amazon_root: Path, capsys: pytest.CaptureFixture) -> None:
     from recbole_llm.cli import main
 

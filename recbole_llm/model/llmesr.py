@@ -350,7 +350,9 @@ class LLMESR(SequentialRecommender):
         pos_items = interaction[self.POS_ITEM_ID]
         items = self.item_representations(semantic_items)
         if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
+            # One negative per row drawn here, as for the sequences: RecBole only samples them for
+            # pairwise models, and this model's input type is pointwise.
+            neg_items = self.sample_negatives(interaction[self.USER_ID], pos_items.shape)
             pos_score = (seq_output * items[pos_items]).sum(-1)
             neg_score = (seq_output * items[neg_items]).sum(-1)
             loss = self.loss_fct(pos_score, neg_score)
