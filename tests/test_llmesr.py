@@ -180,6 +180,61 @@ def test_both_views_contribute(vector_root: Path) -> None:
         assert single.item_representations().shape[1] == SMALL["hidden_size"]
 
 
+def _attention_by_hand(query: torch.Tensor, key: torch.Tensor, module: torch.nn.MultiheadAttention,
+                       padding: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Multi-head attention from its definition (no biases, as the model's): per head
+    softmax(q k^T / sqrt(d_head)) v over the keys that are no padding (and, causal, no later position),
+    heads concatenated and mapped by the output weight."""
+    d = query.shape[-1]
+    heads = module.num_heads
+    w_q, w_k, w_v = module.in_proj_weight.split(d)
+    out = torch.zeros_like(query)
+    length = query.shape[1]
+    for b in range(query.shape[0]):
+        q, k, v = query[b] @ w_q.T, key[b] @ w_k.T, key[b] @ w_v.T
+        head_outputs = []
+        for h in range(heads):
+            part = slice(h * d // heads, (h + 1) * d // heads)
+            scores = q[:, part] @ k[:, part].T / (d // heads) ** 0.5
+            for i in range(length):
+                for j in range(length):
+                    if padding[b, j] or (causal and j > i):
+                        scores[i, j] = float("-inf")
+            head_outputs.append(torch.softmax(scores, dim=1) @ v[:, part])
+        out[b] = torch.cat(head_outputs, dim=1) @ module.out_proj.weight.T
+    return out
+
+
+def test_cross_attention_by_hand_with_its_roles_and_masks(vector_root: Path) -> None:
+    """Each view's input is LayerNorm(item embedding + position embedding); then the collaborative
+    input is the semantic view (query) attending over the collaborative one (keys, values), and the
+    semantic input the other way round; padding keys are never attended, and trained at every
+    position (user_sequences) no later key either."""
+    _, _, (train, _, _), model = build(vector_root, train_on="prefixes", cross_attention_heads=2)
+    model.eval()
+    batch = next(iter(train))
+    item_seq = batch["item_id_list"][:6]
+    assert (item_seq == 0).any()                                  # padded histories
+    padding = item_seq == 0
+    positions = model.position_embedding.weight[:item_seq.shape[1]].unsqueeze(0)
+
+    def layer_norm(x: torch.Tensor) -> torch.Tensor:
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mean) / torch.sqrt(var + model.LayerNorm.eps) * model.LayerNorm.weight + model.LayerNorm.bias
+
+    with torch.no_grad():
+        semantic_items = model._semantic_items()
+        co = layer_norm(model.item_embedding.weight[item_seq] + positions)
+        se = layer_norm(semantic_items[item_seq] + positions)
+        for train_on, causal in (("prefixes", False), ("user_sequences", True)):
+            model.train_on = train_on
+            got_co, got_se = model._inputs(item_seq, semantic_items)
+            torch.testing.assert_close(got_co, _attention_by_hand(se, co, model.semantic_to_collaborative, padding, causal),
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got_se, _attention_by_hand(co, se, model.collaborative_to_semantic, padding, causal),
+                                       rtol=1e-4, atol=1e-5)
+
+
 def test_checkpoint_reload_gives_identical_scores(vector_root: Path) -> None:
     from recbole.utils import get_trainer
 
