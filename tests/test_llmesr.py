@@ -153,6 +153,22 @@ def test_pca_initialisation(vector_root: Path) -> None:
     assert torch.equal(model.item_llm[1:], torch.from_numpy(llm))  # aligned to RecBole ids
     with pytest.raises(UserError, match="hidden_size <= 24"):
         pca_reduce(llm, 25)
+    assert pca_reduce(llm, 24).shape == (len(llm), 24)  # as many components as the vectors' width
+
+
+def test_pca_fixes_each_components_sign_by_its_largest_loading() -> None:
+    """The projections equal centred @ v for the principal directions v (by SVD) with each v's sign
+    chosen so that its largest-magnitude loading is positive (which makes the result deterministic)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 6)) * np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.2])
+    centred = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    directions = vt[:3].T
+    for column in range(3):
+        v = directions[:, column]
+        if v[np.abs(v).argmax()] < 0:
+            directions[:, column] = -v
+    np.testing.assert_allclose(pca_reduce(x, 3), centred @ directions, rtol=1e-4, atol=1e-4)
 
 
 def test_both_views_contribute(vector_root: Path) -> None:
