@@ -128,6 +128,38 @@ def test_teachers_exclude_the_user_and_use_training_sequences(vector_root: Path)
     torch.testing.assert_close(model.calculate_loss(batch), expected_loss)
 
 
+def test_retrieval_buffers_stay_out_of_checkpoints_and_sim_user_num_is_checked(vector_root: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training sequences, negatives' keys and similar users are rebuilt from the dataset and the
+    feature files, never saved; LayerNorms start at weight 1, bias 0 (RecBole SASRec's init); one
+    similar user is allowed, none is not, nor as many as there are users with training data; a user
+    with a single training item is a user with training data."""
+    write_vectors(vector_root)
+    _, dataset, _, model = build(vector_root, sim_user_num=1)
+    assert model.similar.shape[1] == 1
+    assert not {"train_seq", "train_len", "train_keys", "similar"} & set(model.state_dict())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in norms)
+    with pytest.raises(UserError, match="sim_user_num=0"):
+        build(vector_root, sim_user_num=0)
+    users = dataset.user_num - 1                                  # every real user has training data
+    with pytest.raises(UserError, match=f"sim_user_num={users} but only {users} users"):
+        build(vector_root, sim_user_num=users)
+    # One user reduced to a single training item still retrieves (and is retrievable).
+    import recbole_llm.model.llmesr as llmesr_module
+
+    real = llmesr_module.training_sequences
+
+    def one_item_for_user_1(ds):
+        sequences = real(ds)
+        sequences[1] = sequences[1][:1]
+        return sequences
+
+    monkeypatch.setattr(llmesr_module, "training_sequences", one_item_for_user_1)
+    _, _, _, single = build(vector_root, sim_user_num=3)
+    assert int(single.train_len[1]) == 1 and (single.similar[1] > 0).all()
+
+
 def test_similar_users_skip_users_without_training_data() -> None:
     vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.05]])
     candidates = torch.tensor([False, True, True, False, True])
