@@ -137,7 +137,7 @@ def test_retrieval_buffers_stay_out_of_checkpoints_and_sim_user_num_is_checked(v
     write_vectors(vector_root)
     _, dataset, _, model = build(vector_root, sim_user_num=1)
     assert model.similar.shape[1] == 1
-    assert not {"train_seq", "train_len", "train_keys", "similar"} & set(model.state_dict())
+    assert not {"train_seq", "train_len", "train_keys", "similar", "item_llm"} & set(model.state_dict())
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in norms)
     with pytest.raises(UserError, match="sim_user_num=0"):
@@ -158,6 +158,31 @@ def test_retrieval_buffers_stay_out_of_checkpoints_and_sim_user_num_is_checked(v
     monkeypatch.setattr(llmesr_module, "training_sequences", one_item_for_user_1)
     _, _, _, single = build(vector_root, sim_user_num=3)
     assert int(single.train_len[1]) == 1 and (single.similar[1] > 0).all()
+
+
+def test_backbone_and_cross_attention_are_built_from_the_settings(vector_root: Path) -> None:
+    """The shared encoder takes every architecture setting; the cross-attention has no biases (the
+    hand-written attention above assumes none); the padding item is 0 and gets no gradient; unset train_on
+    and view mean prefixes and both views; an unknown view is refused by name."""
+    write_vectors(vector_root)
+    settings = {"n_layers": 3, "n_heads": 2, "inner_size": 12, "hidden_dropout_prob": 0.3, "attn_dropout_prob": 0.2,
+                "hidden_act": "relu", "layer_norm_eps": 1e-7, "cross_attention_heads": 4}
+    _, _, (train, _, _), model = build(vector_root, **settings)
+    layers = model.trm_encoder.layer
+    assert len(layers) == 3
+    attention, feed_forward = layers[0].multi_head_attention, layers[0].feed_forward
+    assert attention.num_attention_heads == 2 and attention.attn_dropout.p == 0.2 and attention.out_dropout.p == 0.3
+    assert feed_forward.dense_1.out_features == 12 and feed_forward.intermediate_act_fn is torch.nn.functional.relu
+    assert attention.LayerNorm.eps == 1e-7 and model.LayerNorm.eps == 1e-7 and model.dropout.p == 0.3
+    for cross in (model.semantic_to_collaborative, model.collaborative_to_semantic):
+        assert cross.num_heads == 4 and cross.in_proj_bias is None and cross.out_proj.bias is None
+    assert model.item_embedding.padding_idx == 0                 # RecBole pads histories with item 0
+    model.calculate_loss(next(iter(train))).backward()
+    assert not model.item_embedding.weight.grad[0].any() and model.item_embedding.weight.grad[1:].any()
+    _, _, _, unset = build(vector_root, train_on=None, view=None)
+    assert unset.train_on == "prefixes" and unset.view == "both"
+    with pytest.raises(UserError, match="view='other': expected one of both, collaborative, semantic"):
+        build(vector_root, view="other")
 
 
 def test_similar_users_skip_users_without_training_data() -> None:
