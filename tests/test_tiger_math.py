@@ -186,6 +186,9 @@ def test_records_from_before_the_reference_defaults_keep_their_own_label() -> No
            **{key: None for key in T5_PAPER}, "learner": "adamw", "learning_rate": 0.001,
            "tiger_lr_schedule": "constant", "epochs": 30, "train_batch_size": 256}
     assert TIGER.run_label(old) == "TIGER(rqkmeans, scaled codebooks, scaled T5, adamw 0.001 constant, max 30 epochs)"
+    # Records older still carry no method: they ran residual k-means, the default of the time.
+    unset = {k: v for k, v in old.items() if k != "semantic_id_method"}
+    assert TIGER.run_label(unset) == TIGER.run_label(old)
 
 
 def test_residual_kmeans_is_seeded_and_takes_as_many_codes_as_points() -> None:
