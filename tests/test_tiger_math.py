@@ -189,6 +189,9 @@ def test_records_from_before_the_reference_defaults_keep_their_own_label() -> No
     # Records older still carry no method: they ran residual k-means, the default of the time.
     unset = {k: v for k, v in old.items() if k != "semantic_id_method"}
     assert TIGER.run_label(unset) == TIGER.run_label(old)
+    # Unset encoder and learner are MiniLM and Adam; a learner without a rate is named alone.
+    bare = {k: v for k, v in old.items() if k not in ("llm_encoder", "learner", "learning_rate")}
+    assert TIGER.run_label(bare) == "TIGER(rqkmeans, scaled codebooks, scaled T5, adam constant, max 30 epochs)"
 
 
 def test_residual_kmeans_is_seeded_and_takes_as_many_codes_as_points() -> None:
