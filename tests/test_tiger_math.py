@@ -328,3 +328,44 @@ def test_quantize_hands_the_rqvae_its_beta_and_weight_decay(monkeypatch: pytest.
                                   rqvae_weight_decay=0.003)
     quantize(np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32), settings)
     assert seen == {"beta": 0.7, "fit": (9, 5, 0.02, 11, "adagrad", 0.003)}
+
+
+def test_rqvae_fit_is_seeded_by_its_own_generator_and_initialises_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit's shuffles and k-means start come from its seed alone (the global RNG does not change
+    the result), the codebooks are k-means-initialised by the first fit only, and each epoch takes
+    ceil(items / batch) optimizer steps with the given weight decay."""
+    import recbole_llm.model.quantizers as quantizers
+
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(16, 6)).astype(np.float32))
+
+    def fresh() -> RQVAE:
+        torch.manual_seed(0)
+        return RQVAE(6, levels=2, codebook_size=4, hidden_dims=(8,), latent_dim=3)
+
+    runs = []
+    for global_seed in (1, 2):
+        model = fresh()
+        torch.manual_seed(global_seed)
+        runs.append((model.fit(x, epochs=2, batch_size=8, lr=0.01, seed=5), model.codes(x)))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+
+    model = fresh()
+    before = [p.detach().clone() for p in model.parameters()]
+    model.fit(x, epochs=0, batch_size=8, seed=5)                    # initialisation only
+    initialised = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(before, initialised))
+    model.fit(x, epochs=0, batch_size=8, seed=6)                    # no second initialisation
+    assert all(torch.equal(a, b.detach()) for a, b in zip(initialised, model.parameters()))
+
+    made, steps = [], []
+    real = quantizers.make_optimizer
+
+    def counting(name, parameters, lr, weight_decay=0.0):
+        optimizer = real(name, parameters, lr, weight_decay)
+        made.append(weight_decay)
+        optimizer.register_step_post_hook(lambda *_: steps.append(1))
+        return optimizer
+
+    monkeypatch.setattr(quantizers, "make_optimizer", counting)
+    fresh().fit(x, epochs=3, batch_size=10, lr=0.01, seed=5, weight_decay=0.02)
+    assert made == [0.02] and len(steps) == 3 * 2                     # ceil(16 / 10) = 2 steps an epoch
