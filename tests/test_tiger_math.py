@@ -139,7 +139,7 @@ def test_optimizers_by_name() -> None:
     adagrad = make_optimizer("adagrad", params, 0.4)
     assert isinstance(adagrad, torch.optim.Adagrad) and adagrad.defaults["initial_accumulator_value"] == 0.1
     assert adagrad.defaults["weight_decay"] == 0.0  # no decay unless asked
-    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+    with pytest.raises(ValueError, match="optimizer 'sgd': expected one of adamw, adam, adagrad"):
         make_optimizer("sgd", params, 0.1)
 
 
@@ -369,3 +369,44 @@ def test_rqvae_fit_is_seeded_by_its_own_generator_and_initialises_once(monkeypat
     monkeypatch.setattr(quantizers, "make_optimizer", counting)
     fresh().fit(x, epochs=3, batch_size=10, lr=0.01, seed=5, weight_decay=0.02)
     assert made == [0.02] and len(steps) == 3 * 2                     # ceil(16 / 10) = 2 steps an epoch
+
+
+def test_kmeans_plus_plus_draws_each_seed_by_squared_distance_to_the_nearest_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-means++: after the first seed, each next one is drawn with weights equal to every point's
+    squared distance to its nearest seed so far (small coordinates, so the weights sum below 1);
+    with fewer distinct points than k, every point is equally likely."""
+    import recbole_llm.model.quantizers as quantizers
+
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.3], [0.4, 0.4], [0.2, 0.1]])
+    drawn = []
+    real = torch.multinomial
+
+    def spy(weights, n, generator=None):
+        drawn.append(weights.clone())
+        return real(weights, n, generator=generator)
+
+    monkeypatch.setattr(quantizers.torch, "multinomial", spy)
+    centroids, _ = kmeans(x, 3, 0, torch.Generator().manual_seed(0))
+    seeds = [centroids[0]]
+    for weights, chosen in zip(drawn, centroids[1:]):
+        nearest = torch.stack([((x - s) ** 2).sum(1) for s in seeds]).min(0).values
+        torch.testing.assert_close(weights, nearest)
+        seeds.append(chosen)
+    assert len(drawn) == 2 and float(drawn[0].sum()) < 1
+    drawn.clear()
+    kmeans(torch.ones(4, 2), 3, 0, torch.Generator().manual_seed(0))  # one distinct point, 3 codes
+    assert all(torch.equal(w, torch.ones(4)) for w in drawn) and len(drawn) == 2
+
+
+def test_rqvae_fit_reports_each_epochs_mean_loss_over_the_items() -> None:
+    """The loss is a mean of per-item terms, so an epoch's reported loss (batch losses weighted by
+    their sizes over the items) at a zero learning rate is the loss of all items at once, whatever
+    the batches."""
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(16, 6)).astype(np.float32))
+    torch.manual_seed(0)
+    model = RQVAE(6, levels=2, codebook_size=4, hidden_dims=(8,), latent_dim=3)
+    model.fit(x, epochs=0, batch_size=8, seed=5)                    # k-means initialisation
+    with torch.no_grad():
+        expected = float(model(x)[2].total)
+    history = model.fit(x, epochs=2, batch_size=5, lr=0.0, seed=5, weight_decay=0.0)
+    assert history == pytest.approx([expected, expected], rel=1e-5)
