@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import recbole_llm  # noqa: F401
 from recbole_llm.errors import UserError
 from recbole_llm.evaluation.longtail import GROUPS, group_metrics, long_tail_groups, pareto_head
@@ -79,6 +80,27 @@ def test_pareto_head_takes_the_top_share_with_ties() -> None:
     assert mask.sum() == 3 and threshold == 5
     with pytest.raises(UserError, match="longtail_head_ratio"):
         pareto_head(np.array([1, 2]), 1.0)
+    with pytest.raises(UserError, match="longtail_head_ratio"):
+        pareto_head(np.array([1, 2]), 0.0)
+    # A share under one id still makes one head id; one id is its own head; no ids, no head.
+    mask, threshold = pareto_head(np.arange(1, 11), 0.05)
+    assert mask.tolist() == [False] * 9 + [True] and threshold == 10
+    mask, threshold = pareto_head(np.array([7]), 0.5)
+    assert mask.tolist() == [True] and threshold == 7
+    mask, threshold = pareto_head(np.array([], dtype=int), 0.2)
+    assert mask.size == 0 and threshold == 0
+
+
+def test_threshold_groups_describe_their_rules() -> None:
+    from recbole_llm.evaluation.longtail import LongTailGroups
+
+    groups = LongTailGroups(head_ratio=0.2, user_head=torch.zeros(3, dtype=torch.bool),
+                            item_head=torch.tensor([False, True, False]), user_threshold=12, item_threshold=30,
+                            definition="threshold")
+    described = groups.describe()
+    assert described["user_threshold"] == 12 and "at least 12 items" in described["user_rule"]
+    assert described["item_threshold"] == 30 and described["item_popularity"] == "all interactions"
+    assert described["head_ratio"] is None
 
 
 def test_groups_partition_users_and_items_from_training_data_only(skewed_root: Path) -> None:
