@@ -102,6 +102,17 @@ def test_threshold_groups_describe_their_rules() -> None:
     assert described["item_threshold"] == 30 and described["item_popularity"] == "all interactions"
     assert described["head_ratio"] is None
 
+    # Pareto groups count their users, read popularity from training data, and list the bins.
+    pareto = LongTailGroups(head_ratio=0.2, user_head=torch.tensor([False, True, False, False]),
+                            item_head=torch.tensor([False, True, False, False]), user_threshold=5, item_threshold=9,
+                            item_bins=torch.tensor([0, 1, 2, 2]))
+    described = pareto.describe()
+    assert (described["head_users"], described["tail_users"]) == (1, 2)          # user 0 is padding
+    assert described["item_popularity"] == "training interactions" and described["head_ratio"] == 0.2
+    assert described["item_bins"] == {"bin1_item": 1, "bin2_item": 2}
+    assert described["item_bin_rule"].startswith("training interactions, most popular first")
+    assert "item_bins" not in LongTailGroups(0.2, pareto.user_head, pareto.item_head, 5, 9).describe()
+
 
 def test_groups_partition_users_and_items_from_training_data_only(skewed_root: Path) -> None:
     config, data, train, _, _ = split(skewed_root)
