@@ -9,7 +9,7 @@ import pytest
 import torch
 import recbole_llm  # noqa: F401
 from recbole_llm.errors import UserError
-from recbole_llm.evaluation.longtail import GROUPS, group_metrics, long_tail_groups, pareto_head
+from recbole_llm.evaluation.longtail import GROUPS, frequency_bins, group_metrics, long_tail_groups, pareto_head
 from recbole_llm.registry import get_model_class
 from recbole_llm.runner import load_split, prepare, recbole_argv, run
 
@@ -101,6 +101,7 @@ def test_threshold_groups_describe_their_rules() -> None:
     assert described["user_threshold"] == 12 and "at least 12 items" in described["user_rule"]
     assert described["item_threshold"] == 30 and described["item_popularity"] == "all interactions"
     assert described["head_ratio"] is None
+    assert (described["head_items"], described["tail_items"]) == (1, 1)                # item 0 is padding
 
     # Pareto groups count their users, read popularity from training data, and list the bins.
     pareto = LongTailGroups(head_ratio=0.2, user_head=torch.tensor([False, True, False, False]),
@@ -363,3 +364,25 @@ def test_masked_history_hides_every_earlier_item_of_the_user(skewed_root: Path) 
     with pytest.raises(UserError, match="eval_mask_history needs full ranking"):
         split(skewed_root, eval_mask_history=True,
               eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni100"})
+
+
+def test_frequency_bins_by_interaction_mass_before_each_item() -> None:
+    """Items by count, most popular first, go to bin 1 + floor(n_bins x (interactions of the items
+    before them) / all interactions), at most n_bins; the padding item (id 0) is bin 0 and its count
+    is ignored."""
+    # counts 5, 3, 2 (total 10): mass before 0, 5, 8 -> 2 bins: 1, 2, 2; 10 bins: 1, 6, 9
+    assert frequency_bins(np.array([7, 5, 3, 2]), 2).tolist() == [0, 1, 2, 2]
+    assert frequency_bins(np.array([7, 5, 3, 2]), 10).tolist() == [0, 1, 6, 9]
+    # one interaction in all: the unseen item comes after all of it, in the last bin
+    assert frequency_bins(np.array([0, 1, 0]), 4).tolist() == [0, 1, 4]
+
+
+def test_head_rows_never_count_the_padding_user() -> None:
+    from recbole_llm.evaluation.longtail import LongTailGroups
+
+    users = torch.tensor([0, 1, 2])
+    threshold = LongTailGroups(0.2, torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), 3, 5,
+                               definition="threshold")
+    assert threshold.head_rows(users, torch.tensor([9, 9, 2])).tolist() == [False, True, False]
+    pareto = LongTailGroups(0.2, torch.tensor([True, True, False]), torch.zeros(3, dtype=torch.bool), 3, 5)
+    assert pareto.head_rows(users, None).tolist() == [False, True, False]
