@@ -386,3 +386,36 @@ def test_head_rows_never_count_the_padding_user() -> None:
     assert threshold.head_rows(users, torch.tensor([9, 9, 2])).tolist() == [False, True, False]
     pareto = LongTailGroups(0.2, torch.tensor([True, True, False]), torch.zeros(3, dtype=torch.bool), 3, 5)
     assert pareto.head_rows(users, None).tolist() == [False, True, False]
+
+
+class _Interactions:
+    """What the group builders read of a RecBole dataset: its interaction matrix and sizes."""
+
+    def __init__(self, rows: list[tuple[int, int]], user_num: int, item_num: int) -> None:
+        import scipy.sparse as sp
+
+        users, items = zip(*rows)
+        self.matrix = sp.csr_matrix((np.ones(len(rows)), (users, items)), shape=(user_num, item_num))
+        self.user_num, self.item_num = user_num, item_num
+
+    def inter_matrix(self, form: str = "csr"):
+        return self.matrix
+
+
+def test_threshold_items_are_head_from_the_threshold_on_and_settings_are_checked() -> None:
+    """LLM-ESR's threshold rule: an item with at least item_threshold interactions (whole dataset)
+    is a head item, never the padding item; thresholds of 1 are allowed, 0 is not; a positive
+    number of popularity bins, 1 included, is allowed."""
+    # item 1: 3 interactions, item 2: 2, item 3: 1 (users 1-3; id 0 is padding)
+    data = _Interactions([(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 3)], user_num=4, item_num=4)
+    groups = long_tail_groups(data, definition="threshold", user_threshold=1, item_threshold=2, full_dataset=data)
+    assert groups.item_head.tolist() == [False, True, True, False]
+    everything = long_tail_groups(data, definition="threshold", user_threshold=1, item_threshold=1, full_dataset=data)
+    assert everything.item_head.tolist() == [False, True, True, True]
+    with pytest.raises(UserError, match="longtail_groups=threshold needs longtail_item_threshold=0 to be positive"):
+        long_tail_groups(data, definition="threshold", user_threshold=1, item_threshold=0, full_dataset=data)
+    with pytest.raises(UserError, match="longtail_user_threshold=0 and longtail_item_threshold=0 to be"):
+        long_tail_groups(data, definition="threshold", user_threshold=0, item_threshold=0, full_dataset=data)
+    assert long_tail_groups(data, item_bins=1).item_bins.tolist() == [0, 1, 1, 1]
+    with pytest.raises(UserError, match="longtail_item_bins=-2"):
+        long_tail_groups(data, item_bins=-2)
