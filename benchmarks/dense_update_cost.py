@@ -15,15 +15,26 @@ at the table sizes of the Book-Crossing samples in ``results/scaling/book-crossi
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-# (users, items, training interactions) of the Book-Crossing samples at 10 / 30 / 100 % of its users
-SAMPLES = {"10%": (718, 1_743, 12_681), "30%": (3_423, 8_285, 76_973), "100%": (15_798, 38_093, 470_303)}
+SCALING = Path(__file__).resolve().parents[1] / "results" / "scaling" / "book-crossing.jsonl"
+
+
+def scaling_samples(path: Path = SCALING) -> dict[str, tuple[int, int, int]]:
+    """(users, items, training interactions) of each Book-Crossing sample that benchmarks/scaling.py
+    measured, read from its committed records."""
+    samples = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        samples[f"{record['fraction']:.0%}"] = (record["users"], record["items"], record["train_interactions"])
+    return dict(sorted(samples.items(), key=lambda kv: kv[1][2]))
 
 
 def time_steps(users: int, items: int, batch: int, dim: int, steps: int, seed: int = 0) -> tuple[float, float]:
@@ -64,7 +75,7 @@ def main() -> None:
     print("| sample | users + items | batch work, ms / step | table work, ms / step | table share | "
           "steps / epoch | table work, s / epoch |")
     print("|---|---|---|---|---|---|---|")
-    for name, (users, items, train) in SAMPLES.items():
+    for name, (users, items, train) in scaling_samples().items():
         batch_s, table_s = time_steps(users + 1, items + 1, args.batch, args.dim, args.steps)  # + padding rows
         steps = -(-train // args.batch)
         print(f"| {name} | {users + items:,} | {batch_s * 1e3:.2f} | {table_s * 1e3:.2f} | "
