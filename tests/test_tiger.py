@@ -384,7 +384,7 @@ def test_defaults_are_the_papers_and_sizes_left_unset_scale_with_the_catalogue(t
     import yaml
 
     from recbole_llm.data.semantic_ids import SemanticIdSettings, default_codebook_size
-    from recbole_llm.model.tiger import T5_PAPER, T5_SMALL, t5_sizes
+    from recbole_llm.model.tiger import SMALL_CATALOGUE, T5_PAPER, T5_SMALL, t5_sizes
     from recbole_llm.paths import PROPERTIES_DIR
 
     defaults = yaml.safe_load((PROPERTIES_DIR / "model" / "TIGER.yaml").read_text())
@@ -401,6 +401,16 @@ def test_defaults_are_the_papers_and_sizes_left_unset_scale_with_the_catalogue(t
     assert t5_sizes({"t5_d_model": 96}, 1683)["t5_d_model"] == 96
     with pytest.raises(UserError, match="t5_num_heads=0"):
         t5_sizes({"t5_num_heads": 0}, 1683)
+    with pytest.raises(UserError, match="t5_num_heads=True: expected a positive integer"):
+        t5_sizes({"t5_num_heads": True}, 1683)
+    # The paper's sizes from SMALL_CATALOGUE items on.
+    assert t5_sizes({}, SMALL_CATALOGUE - 1)["t5_d_model"] == T5_SMALL["t5_d_model"]
+    assert t5_sizes({}, SMALL_CATALOGUE)["t5_d_model"] == T5_PAPER["t5_d_model"]
+    # Only the method's own knobs name its semantic-ID file.
+    rqvae, rqkmeans = SemanticIdSettings(method="rqvae").relevant(), SemanticIdSettings(method="rqkmeans").relevant()
+    assert "rqvae_beta" in rqvae and not any(k.startswith("kmeans_") for k in rqvae)
+    assert "kmeans_iters" in rqkmeans and not any(k.startswith("rqvae_") for k in rqkmeans)
+    assert rqvae["codebook_sizes"] == [256, 256, 256]
 
 
 def test_training_loss_is_the_mean_of_each_history_alone(data_root: Path) -> None:
@@ -427,10 +437,72 @@ def test_full_ranking_scores_rank_the_beams_and_nothing_else(data_root: Path, mo
     *_, model = _build(data_root)
     model.beam_size = 4
     inf = float("inf")
-    # Beam 1 ends on no item (an unconstrained tuple off the trie), beam 2 was never filled.
-    beams = (torch.tensor([[3, 0, 5, 7]]), torch.tensor([[-1.0, -2.0, -inf, -3.0]]))
-    monkeypatch.setattr(model, "recommend", lambda interaction: beams)
-    scores = model.full_sort_predict(None)
-    expected = torch.full((1, model.n_items), -inf)
-    expected[0, 3], expected[0, 7] = 4.0, 1.0  # beam_size - rank
-    torch.testing.assert_close(scores, expected)
+    # Beam 1 ends on no item (an unconstrained tuple off the trie), beam 2 was never filled. The
+    # second case puts the unfilled beam first, so nothing written later hides a score on the
+    # padding column; the first has item 1 beside them, so nothing written later hides its score.
+    cases = [((torch.tensor([[1, 0, 5, 7]]), torch.tensor([[-1.0, -2.0, -inf, -3.0]])), {1: 4.0, 7: 1.0}),
+             ((torch.tensor([[5, 0, 3, 7]]), torch.tensor([[-inf, -2.0, -1.0, -3.0]])), {3: 2.0, 7: 1.0})]
+    for beams, rank_scores in cases:  # beam_size - rank
+        monkeypatch.setattr(model, "recommend", lambda interaction, beams=beams: beams)
+        expected = torch.full((1, model.n_items), -inf)
+        for item, score in rank_scores.items():
+            expected[0, item] = score
+        torch.testing.assert_close(model.full_sort_predict(None), expected)
+
+
+def test_encoder_reads_the_user_token_and_every_code_cut_to_the_longest_history(data_root: Path) -> None:
+    from recbole.data.interaction import Interaction
+
+    *_, train, _, _, model = _build(data_root)
+    batch = next(iter(train))
+    lengths = batch[model.ITEM_SEQ_LEN]
+    assert int(lengths.max()) < batch[model.ITEM_SEQ].shape[1]  # the batch carries a padding tail
+    ids, mask = model.encoder_inputs(batch)
+    per_item = model.item_tokens.shape[1]
+    assert ids.shape == mask.shape == (len(lengths), 1 + per_item * int(lengths.max()))
+    assert mask.sum(1).tolist() == (1 + per_item * lengths).tolist()
+    row = 0
+    user_token = int(batch[model.USER_ID][row]) % model.user_buckets + model.user_offset
+    items = batch[model.ITEM_SEQ][row, :lengths[row]]
+    assert ids[row, :int(mask[row].sum())].tolist() == [user_token] + model.item_tokens[items].flatten().tolist()
+    # Nothing read yet (only the user's token): one column.
+    empty = Interaction({model.ITEM_SEQ: torch.zeros_like(batch[model.ITEM_SEQ][:2]), model.USER_ID: batch[model.USER_ID][:2]})
+    assert model.encoder_inputs(empty)[0].shape == (2, 1)
+
+
+def test_unset_schedule_and_warm_up_mean_a_constant_rate_and_one_epoch(data_root: Path) -> None:
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, *_, model = _build(data_root, tiger_lr_schedule=None)
+    assert TIGERTrainer(config, model).lr_schedule == "constant"
+    config, _, train, valid, _, model = _build(data_root, epochs=2, learning_rate=0.004, train_batch_size=16,
+                                               tiger_lr_schedule="inverse_sqrt", tiger_warmup_steps=None)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    warmup, steps = len(train), 2 * len(train)  # W = one epoch of batches
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * (warmup / steps) ** 0.5)
+    config, *_, model = _build(data_root, tiger_warmup_steps=1)
+    assert TIGERTrainer(config, model).warmup_steps == 1  # the shortest warm-up is allowed
+    for bad in (0, -3, 2.5):
+        config, *_, model = _build(data_root, tiger_warmup_steps=bad)
+        with pytest.raises(UserError, match=f"tiger_warmup_steps={bad!r}: expected a positive number of steps"):
+            TIGERTrainer(config, model)
+
+
+def test_adafactor_takes_recboles_optimizer_arguments(data_root: Path) -> None:
+    """RecBole's ``_build_optimizer(params=, learner=, learning_rate=, weight_decay=)`` keywords win
+    over the configuration, for Adafactor as for RecBole's own optimizers."""
+    from transformers.optimization import Adafactor
+
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    weight = torch.nn.Parameter(torch.zeros(3))
+    config, *_, model = _build(data_root, learner="adafactor", learning_rate=0.01)
+    trainer = TIGERTrainer(config, model)
+    optimizer = trainer._build_optimizer(params=[weight], learning_rate=0.5, weight_decay=0.1)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, Adafactor) and group["params"][0] is weight and len(group["params"]) == 1
+    assert group["lr"] == 0.5 and group["weight_decay"] == 0.1
+    assert isinstance(trainer._build_optimizer(params=[weight], learner="sgd", learning_rate=0.5), torch.optim.SGD)
+    config, *_, model = _build(data_root)  # AdamW configured, Adafactor asked
+    assert isinstance(TIGERTrainer(config, model)._build_optimizer(learner="adafactor"), Adafactor)
