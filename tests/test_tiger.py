@@ -489,6 +489,41 @@ def test_unset_schedule_and_warm_up_mean_a_constant_rate_and_one_epoch(data_root
             TIGERTrainer(config, model)
 
 
+def test_step_budget_and_warm_up_at_their_edges(data_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One batch an epoch: a budget of 3 steps is 3 epochs and an unset warm-up is one step; a
+    warm-up longer than the run keeps the given rate; 1 step is a budget, True and 2.5 are not."""
+    import inspect
+
+    from recbole.trainer import Trainer
+
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, _, train, _, _, model = _build(data_root, train_batch_size=100_000, tiger_train_steps=3, learning_rate=0.004,
+                                           tiger_lr_schedule="inverse_sqrt", tiger_warmup_steps=None)
+    assert len(train) == 1
+    trainer = TIGERTrainer(config, model)
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        trainer.fit(train, None, saved=False, show_progress=False)
+    assert trainer.epochs == 3 and "TIGER: at most 3 steps = 3 epochs of 1 batches" in caplog.text
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * (1 / 3) ** 0.5)
+    config, _, train, _, _, model = _build(data_root, epochs=1, train_batch_size=16, learning_rate=0.004,
+                                           tiger_lr_schedule="inverse_sqrt", tiger_warmup_steps=10_000)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, None, saved=False, show_progress=False)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.004  # still warming up: the rate as given
+    config, _, train, _, _, model = _build(data_root, tiger_train_steps=1)
+    trainer = TIGERTrainer(config, model)
+    trainer.fit(train, None, saved=False, show_progress=False)
+    assert trainer.epochs == 1
+    for bad in (True, 2.5):  # (refused by `--set` already; a YAML read by RecBole's own entry points is not)
+        config["tiger_train_steps"] = bad
+        with pytest.raises(UserError, match=f"tiger_train_steps={bad!r}: expected a positive number"):
+            TIGERTrainer(config, model).fit(train, None, saved=False, show_progress=False)
+    # A drop-in for RecBole's trainer: fit's defaults are RecBole's.
+    ours, recboles = (inspect.signature(f).parameters for f in (TIGERTrainer.fit, Trainer.fit))
+    assert {k: v.default for k, v in ours.items()} == {k: v.default for k, v in recboles.items()}
+
+
 def test_adafactor_takes_recboles_optimizer_arguments(data_root: Path) -> None:
     """RecBole's ``_build_optimizer(params=, learner=, learning_rate=, weight_decay=)`` keywords win
     over the configuration, for Adafactor as for RecBole's own optimizers."""
