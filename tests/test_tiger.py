@@ -343,6 +343,47 @@ def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> N
     assert (items == cold).any(1).all()
 
 
+def test_unseen_target_counts_add_up_over_evaluation_batches(data_root: Path) -> None:
+    """The cold item's 5 test targets, spread over several evaluation batches, counted once each;
+    their recall@K recomputed here from the model's full-ranking scores."""
+    from recbole_llm.model.tiger import TIGERTrainer
+
+    config, dataset, _, _, test, model = _build(data_root, tiger_cold_start=True, tiger_beam_size=31, eval_batch_size=2)
+    model.eval()
+    trainer = TIGERTrainer(config, model)
+    batches = list(test)
+    assert len(batches) > 3  # two users a batch: the cold targets fall in several
+    result = trainer.evaluate(test, load_best_model=False)
+    cold = dataset.token2id("item_id", COLD_ITEM)
+    hits, targets = {k: 0 for k in config["topk"]}, 0
+    for interaction, history, _, positive_i in batches:
+        scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+        if history is not None:  # the sequential protocol ranks the history too, unless asked not to
+            scores[history] = -float("inf")
+        for row in (positive_i == cold).nonzero().flatten().tolist():
+            targets += 1
+            rank = int((scores[row] > scores[row, cold]).sum())
+            for k in hits:
+                hits[k] += rank < k
+    assert result["tiger_unseen_targets"] == targets == 5
+    assert any(hits.values())  # the cold item is reachable, so recall is not trivially zero
+    for k, hit in hits.items():
+        assert result[f"tiger_unseen_recall@{k}"] == round(hit / targets, 4)
+    model.recommend(batches[0][0])
+    assert model.decode_stats["users"] > 0
+    model.reset_decode_stats()
+    assert model.decode_stats == {"users": 0, "seconds": 0.0, "beams": 0, "invalid_beams": 0}
+
+
+def test_semantic_ids_are_rebuilt_when_the_items_or_their_vectors_change() -> None:
+    from recbole_llm.data.semantic_ids import _inputs_hash
+
+    ids, vectors = ["a", "b"], np.arange(6, dtype=np.float32).reshape(2, 3)
+    same = _inputs_hash(list(ids), vectors.copy())
+    assert same == _inputs_hash(ids, vectors)
+    assert _inputs_hash(ids, vectors + 1e-3) != same and _inputs_hash(["a", "c"], vectors) != same
+
+
 def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     record = run("TIGER", "amazon-beauty", data_path=data_root, epochs=1, output=tmp_path / "runs.jsonl",
                  verbose=False, overrides={**TINY, "semantic_id_method": "rqvae",
