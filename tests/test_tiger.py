@@ -343,6 +343,22 @@ def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> N
     assert (items == cold).any(1).all()
 
 
+def test_model_settings_reach_the_t5_and_checkpoints_hold_only_learned_weights(data_root: Path) -> None:
+    """No user buckets: no user token in the vocabulary or the input; the decoder's depth as set;
+    the code tables and tries are rebuilt from the dataset, never saved in a checkpoint."""
+    *_, train, _, _, model = _build(data_root, tiger_user_buckets=None, t5_num_decoder_layers=2)
+    assert model.user_buckets == 0 and model.t5.config.vocab_size == model.user_offset
+    batch = next(iter(train))
+    ids, mask = model.encoder_inputs(batch)
+    row_items = model.item_tokens[batch[model.ITEM_SEQ][0, :batch[model.ITEM_SEQ_LEN][0]]].flatten()
+    assert ids[0, :int(mask[0].sum())].tolist() == row_items.tolist()  # the codes alone
+    assert (model.t5.config.num_layers, model.t5.config.num_decoder_layers) == (1, 2)
+    assert len(model.t5.decoder.block) == 2 and len(model.t5.encoder.block) == 1
+    derived = ("item_tokens", "train_item_mask", "trie_")
+    assert not [k for k in model.state_dict() if k.startswith(derived)]
+    assert {name for name, _ in model.named_buffers()} >= {"item_tokens", "train_item_mask", "trie_0"}
+
+
 def test_unseen_target_counts_add_up_over_evaluation_batches(data_root: Path) -> None:
     """The cold item's 5 test targets, spread over several evaluation batches, counted once each;
     their recall@K recomputed here from the model's full-ranking scores."""
