@@ -346,8 +346,15 @@ def test_cold_start_items_stay_in_the_trie_only_when_asked(data_root: Path) -> N
 def test_model_settings_reach_the_t5_and_checkpoints_hold_only_learned_weights(data_root: Path) -> None:
     """No user buckets: no user token in the vocabulary or the input; the decoder's depth as set;
     the code tables and tries are rebuilt from the dataset, never saved in a checkpoint."""
-    *_, train, _, _, model = _build(data_root, tiger_user_buckets=None, t5_num_decoder_layers=2)
+    *_, train, _, _, model = _build(data_root, tiger_user_buckets=None, t5_num_decoder_layers=2, t5_dropout=0.25)
     assert model.user_buckets == 0 and model.t5.config.vocab_size == model.user_offset
+    # The sizes set (TINY_T5) are the network's, read off its layers.
+    assert model.t5.shared.weight.shape == (model.user_offset, 32)
+    attention, feed_forward = model.t5.encoder.block[0].layer[0].SelfAttention, model.t5.encoder.block[0].layer[1]
+    assert (attention.n_heads, attention.key_value_proj_dim) == (2, 8)
+    assert feed_forward.DenseReluDense.wi.out_features == 64 and model.t5.config.feed_forward_proj == "relu"
+    assert feed_forward.dropout.p == 0.25
+    assert (model.t5.config.pad_token_id, model.t5.config.eos_token_id, model.t5.config.decoder_start_token_id) == (0, 1, 0)
     batch = next(iter(train))
     ids, mask = model.encoder_inputs(batch)
     row_items = model.item_tokens[batch[model.ITEM_SEQ][0, :batch[model.ITEM_SEQ_LEN][0]]].flatten()
