@@ -366,6 +366,25 @@ def test_model_settings_reach_the_t5_and_checkpoints_hold_only_learned_weights(d
     assert {name for name, _ in model.named_buffers()} >= {"item_tokens", "train_item_mask", "trie_0"}
 
 
+def test_the_model_says_what_it_built(data_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One line on the ids, vocabulary, trie and T5; a warning only for the paper's T5 on a CPU."""
+    from recbole_llm.data.semantic_ids import describe
+
+    paper_warning = "TIGER at the paper's size trains at about 25 s per step of 256 histories on one CPU thread"
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        config, *_, model = _build(data_root)
+    sizes = "d_model 32, d_ff 64, d_kv 8, num_heads 2, num_layers 1, num_decoder_layers 1"
+    assert (f"TIGER: {model.n_levels} tokens per item (levels of {model.level_sizes} codes), vocabulary "
+            f"{model.t5.config.vocab_size}, trie of 30 items (items seen in training), T5 {sizes}") in caplog.text
+    assert f"semantic IDs: {describe(semantic_id_meta(config))}" in caplog.text
+    assert paper_warning not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        _build(data_root, tiger_cold_start=True, t5_d_model=128, t5_d_ff=1024, t5_d_kv=64, t5_num_heads=6, t5_num_layers=4)
+    assert "trie of 31 items (every item), T5 d_model 128, d_ff 1024, d_kv 64, num_heads 6" in caplog.text
+    assert [r.levelname for r in caplog.records if paper_warning in r.getMessage()] == ["WARNING"]
+
+
 def test_unseen_target_counts_add_up_over_evaluation_batches(data_root: Path) -> None:
     """The cold item's 5 test targets, spread over several evaluation batches, counted once each;
     their recall@K recomputed here from the model's full-ranking scores."""
