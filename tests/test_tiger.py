@@ -424,6 +424,15 @@ def test_semantic_ids_are_rebuilt_when_the_items_or_their_vectors_change() -> No
     same = _inputs_hash(list(ids), vectors.copy())
     assert same == _inputs_hash(ids, vectors)
     assert _inputs_hash(ids, vectors + 1e-3) != same and _inputs_hash(["a", "c"], vectors) != same
+    # ... and the file's name follows the settings and the inputs, so no two of them share codes.
+    from recbole_llm.data.semantic_ids import SemanticIdSettings, semantic_id_file
+
+    item_ff = FeatureFile(Path("/data"), "ds", "item", "minilm")
+    named = {semantic_id_file(item_ff, settings, inputs).encoder
+             for settings in (SemanticIdSettings(), SemanticIdSettings(codebook_sizes=(64, 64, 64)))
+             for inputs in (same, "another")}
+    assert len(named) == 4 and all(name.startswith("minilm_rqvae_") for name in named)
+    assert semantic_id_file(item_ff, SemanticIdSettings(), same) == semantic_id_file(item_ff, SemanticIdSettings(), same)
 
 
 def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
