@@ -143,6 +143,42 @@ def test_missing_item_vectors_are_refused(tmp_path: Path) -> None:
         prepare("TIGER", "amazon-beauty", data_path=root)
 
 
+def test_semantic_ids_need_a_vector_for_every_item_the_vectors_were_made_for(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called directly (as a library), ensure_semantic_ids refuses a vector file that misses items;
+    items rarer than the floor the vectors were encoded with (their metadata) are not required."""
+    import recbole_llm.data.semantic_ids as semantic_ids
+
+    folder = write_amazon_fixture(tmp_path / "data")
+    with open(folder / "amazon-beauty.item", "a") as f:  # an item without any interaction
+        f.write("B0099\tUnsold\tBeauty\t1\t'Beauty'\t9.99\tBrand1\n")
+    item_ff = FeatureFile(folder, "amazon-beauty", "item", "minilm")
+
+    def vectors_for(ids: list[str], floor: int | None = None) -> None:
+        lines = ["item_minilm_id:token\titem_minilm_emb:float_seq"] + [f"{i}\t0.1 0.2 0.3" for i in ids]
+        item_ff.path.write_text("\n".join(lines) + "\n")
+        item_ff.meta_path.unlink(missing_ok=True)
+        if floor is not None:
+            item_ff.meta_path.write_text(json.dumps({"min_item_interactions": floor}))
+
+    def reached_quantize(*args, **kwargs):
+        raise RuntimeError("every item has its vector")
+
+    monkeypatch.setattr(semantic_ids, "quantize", reached_quantize)
+    sold = [f"B{i:04d}" for i in range(30)]
+    for ids, floor, missing in ((sold[:3] + sold[4:], None, r"no vector for 2 items of the dataset \(e\.g\. B0003, B0099\)"),
+                                (sold[:1], 1, "no vector for 29 items"), (sold, None, "no vector for 1 items")):
+        vectors_for(ids, floor)
+        with pytest.raises(UserError, match=f"amazon-beauty.item_minilm has {missing}"):
+            semantic_ids.ensure_semantic_ids(item_ff, {})
+    vectors_for(sold, floor=1)  # the unsold item was never encoded
+    with pytest.raises(RuntimeError, match="every item has its vector"):
+        semantic_ids.ensure_semantic_ids(item_ff, {})
+    vectors_for([])
+    with pytest.raises(UserError, match="amazon-beauty.item_minilm holds no item vectors"):
+        semantic_ids.ensure_semantic_ids(item_ff, {})
+
+
 def test_trie_follows_the_codes() -> None:
     codes = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0]])
     items = np.array([7, 8, 9])
