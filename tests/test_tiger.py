@@ -179,6 +179,35 @@ def test_semantic_ids_need_a_vector_for_every_item_the_vectors_were_made_for(tmp
         semantic_ids.ensure_semantic_ids(item_ff, {})
 
 
+def test_semantic_ids_are_reused_only_for_the_same_vectors_and_settings(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_amazon_fixture(tmp_path / "data")
+    item_ff = FeatureFile(folder, "amazon-beauty", "item", "minilm")
+    rng = np.random.default_rng(0)
+
+    def write_vectors(vectors: np.ndarray) -> None:
+        lines = ["item_minilm_id:token\titem_minilm_emb:float_seq"]
+        lines += [f"B{i:04d}\t" + " ".join(f"{x:.4f}" for x in row) for i, row in enumerate(vectors)]
+        item_ff.path.write_text("\n".join(lines) + "\n")
+
+    config = {"semantic_id_method": "rqkmeans", "semantic_id_codebook_size": 4}
+    vectors = rng.normal(size=(30, 8))
+    write_vectors(vectors)
+    first = ensure_semantic_ids(item_ff, config)
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        assert ensure_semantic_ids(item_ff, config) == first
+    assert "reusing semantic IDs" in caplog.text
+    write_vectors(vectors + 0.5)  # the same items, other vectors: other codes, in another file
+    second = ensure_semantic_ids(item_ff, config)
+    assert second != first and first.path.is_file() and second.path.is_file()
+    meta = json.loads(second.meta_path.read_text())
+    second.meta_path.write_text(json.dumps({**meta, "inputs_hash": "stale"}))  # metadata of other inputs
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        assert ensure_semantic_ids(item_ff, config) == second
+    assert "building semantic IDs for 30 items" in caplog.text and "reusing" not in caplog.text
+
+
 def test_trie_follows_the_codes() -> None:
     codes = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0]])
     items = np.array([7, 8, 9])
