@@ -698,3 +698,14 @@ def test_adafactor_takes_recboles_optimizer_arguments(data_root: Path) -> None:
     assert isinstance(trainer._build_optimizer(params=[weight], learner="sgd", learning_rate=0.5), torch.optim.SGD)
     config, *_, model = _build(data_root)  # AdamW configured, Adafactor asked
     assert isinstance(TIGERTrainer(config, model)._build_optimizer(learner="adafactor"), Adafactor)
+
+
+def test_semantic_id_report_reads_as_one_line() -> None:
+    from recbole_llm.data.semantic_ids import describe
+
+    meta = {"method": "rqvae", "levels": 3, "codebook_sizes": [256, 256, 256], "collision_code_size": 4,
+            "codebook_usage": [1.0, 0.5, 0.125], "colliding_items": 41, "count": 1682, "colliding_tuples": 20,
+            "max_items_per_tuple": 3, "reconstruction_mse": 0.36051, "random_codes_reconstruction_mse": 1.5}
+    assert describe(meta) == ("rqvae, 3 levels x [256, 256, 256] codes + a collision code of 4: codebook usage per "
+                              "level 100%/50%/12%; 41 of 1682 items share their tuple (20 tuples, at most 3 items "
+                              "each); reconstruction MSE 0.3605 (random codes 1.5000)")
