@@ -15,7 +15,6 @@ at the table sizes of the Book-Crossing samples in ``results/scaling/book-crossi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -24,16 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recbole_llm.records import read_records
+
 SCALING = Path(__file__).resolve().parents[1] / "results" / "scaling" / "book-crossing.jsonl"
 
 
 def scaling_samples(path: Path = SCALING) -> dict[str, tuple[int, int, int]]:
     """(users, items, training interactions) of each Book-Crossing sample that benchmarks/scaling.py
     measured, read from its committed records."""
-    samples = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        samples[f"{record['fraction']:.0%}"] = (record["users"], record["items"], record["train_interactions"])
+    samples = {f"{r['fraction']:.0%}": (r["users"], r["items"], r["train_interactions"]) for r in read_records(path)}
     return dict(sorted(samples.items(), key=lambda kv: kv[1][2]))
 
 
