@@ -1,6 +1,6 @@
 """PAD: its pieces against computations written from the reference's formulas (MK-MMD, the
-frequency bins, the gate, the post-LN encoder's masks), the stage hand-over, and the three stages
-run on ml-100k."""
+frequency bins, the gate, the post-LN encoder's masks), the stage hand-over on the tiny
+amazon-beauty fixture, and the one-command pipeline on ml-100k."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recbole_llm.errors import UserError
 from recbole_llm.evaluation.longtail import frequency_bins
 from recbole_llm.model.pad import PostLNEncoder, gate_init, gate_weights, left_pad, mk_mmd
+from tests.conftest import write_amazon_fixture
 
 TINY = {"hidden_size": 16, "n_layers": 1, "MAX_ITEM_LIST_LENGTH": 8, "learning_rate": 1e-3, "train_batch_size": 256,
         "pad_text_layers": 1}
@@ -84,12 +85,15 @@ def test_encoder_is_causal_and_ignores_padding() -> None:
 def stages(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
     from recbole_llm.runner import run
 
+    # The tiny amazon-beauty fixture (40 users, 30 items): the stages' math, not their quality,
+    # is under test, and a mutation run trains these three stages once per mutant.
     root = tmp_path_factory.mktemp("pad")
+    data = write_amazon_fixture(root / "data").parent
     out = {}
     for stage in (1, 2, 3):
         extra = {"pad_stage": stage} if stage == 1 else {"pad_stage": stage, "pad_init_from": str(root / f"s{stage - 1}")}
-        out[stage] = run("PAD", "ml-100k", overrides={**TINY, **extra}, epochs=1, output=None,
-                         run_dir=root / f"s{stage}", verbose=False)
+        out[stage] = run("PAD", "amazon-beauty", overrides={**TINY, **extra}, epochs=1, output=None,
+                         run_dir=root / f"s{stage}", verbose=False, data_path=data)
     out["root"] = root
     return out
 
@@ -123,10 +127,11 @@ def test_stage_two_refuses_a_start_that_is_not_stage_one(stages: dict, tmp_path:
     from recbole_llm.runner import run
 
     with pytest.raises(UserError, match="stage 2 starts from stage 1"):
-        run("PAD", "ml-100k", overrides={**TINY, "pad_stage": 2, "pad_init_from": str(stages["root"] / "s2")},
-            epochs=1, output=None, run_dir=tmp_path / "x", verbose=False)
+        run("PAD", "amazon-beauty", overrides={**TINY, "pad_stage": 2, "pad_init_from": str(stages["root"] / "s2")},
+            epochs=1, output=None, run_dir=tmp_path / "x", verbose=False, data_path=stages["root"] / "data")
     with pytest.raises(UserError, match="pad_init_from=RUN_FOLDER"):
-        run("PAD", "ml-100k", overrides={**TINY, "pad_stage": 3}, epochs=1, output=None, run_dir=tmp_path / "y", verbose=False)
+        run("PAD", "amazon-beauty", overrides={**TINY, "pad_stage": 3}, epochs=1, output=None, run_dir=tmp_path / "y",
+            verbose=False, data_path=stages["root"] / "data")
 
 
 def test_stage_three_scores_are_the_gated_sum_of_the_experts(stages: dict) -> None:
@@ -258,7 +263,7 @@ def test_negatives_and_bins_count_every_training_item_of_a_user(stages: dict) ->
     import pandas as pd
 
     config = load_checkpoint(stages["root"] / "s1")["config"]
-    frame = pd.read_csv(Path(config["data_path"]) / "ml-100k.inter", sep="\t", dtype=str)
+    frame = pd.read_csv(Path(config["data_path"]) / "amazon-beauty.inter", sep="\t", dtype=str)
     frame.columns = [c.split(":")[0] for c in frame.columns]
     frame = frame[frame.item_id.isin(set(data.field2token_id["item_id"]))]
     frame = frame.assign(timestamp=frame.timestamp.astype(float)).sort_values(["user_id", "timestamp"], kind="stable")
