@@ -59,7 +59,7 @@ class TokenLevel:
     def _encode(self, texts: list[str]) -> Any:
         import torch
 
-        from recbole_llm.llm.decoder import causal_padded_mask, run_layers
+        from recbole_llm.llm.decoder import causal_padded_mask, run_layers, run_layers_to_last
 
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
         real = batch["attention_mask"].bool()
@@ -68,8 +68,8 @@ class TokenLevel:
         upper = self.bahe.upper
         with torch.no_grad():
             h = run_layers(self.lower, upper.rotary, self.embed(batch["input_ids"]).float(), positions, mask)
-        h = upper.norm(run_layers(upper.layers, upper.rotary, h, positions, mask))
-        return h[torch.arange(len(texts), device=self.device), real.sum(1) - 1]
+        # the upper layers read at the last token only, as BAHE's read the last behaviour
+        return upper.norm(run_layers_to_last(upper.layers, upper.rotary, h, positions, mask, real.sum(1) - 1))
 
     def logits(self, interaction: Any) -> Any:
         import torch

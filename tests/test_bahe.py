@@ -182,3 +182,38 @@ def test_encoders_sharing_one_cached_lm_pad_each_their_own_way(tiny_lm: Path) ->
     torch.testing.assert_close(torch.from_numpy(before), torch.from_numpy(__import__("numpy").stack(alone)),
                                rtol=1e-4, atol=1e-5)
     assert lower.shape == before.shape
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_reading_one_position_equals_the_full_stack_read_there(tiny_lm: Path, n_layers: int) -> None:
+    """``run_layers_to_last`` (the top layer computed for one query per row) against HF's own forward
+    of the unpadded rows (``inputs_embeds``, the residual stream after ``n_layers`` layers) read at
+    each row's last real position, values and gradients, in training mode; rows of lengths 5, 1, 3
+    right-padded with noise that must not matter. In float64 (HF's eager softmax is float32 still):
+    the tiny LM's sharp attention lifts float32 noise to 1e-4 over three layers."""
+    from transformers import AutoModelForCausalLM
+
+    from recbole_llm.llm.decoder import causal_padded_mask, copied_layers, run_layers_to_last
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    lm = lm.double()
+    layers = copied_layers(lm, 3 - n_layers, 3).train()
+    torch.manual_seed(0)
+    h = torch.randn(3, 5, 16, dtype=torch.float64)
+    lengths = torch.tensor([5, 1, 3])
+    real = torch.arange(5)[None] < lengths[:, None]
+    positions = torch.arange(5)[None].expand(3, -1)
+    out = run_layers_to_last(layers, lm.model.rotary_emb, h, positions, causal_padded_mask(real), lengths - 1)
+    reference = copy.deepcopy(lm.model)  # the LM's own attention code and masks, not our copies
+    reference.layers = reference.layers[3 - n_layers:].train()
+    reference.layers.load_state_dict(layers.state_dict())
+    reference.config.num_hidden_layers = n_layers
+    reference.norm = torch.nn.Identity()  # the residual stream, as run_layers returns it
+    expected = torch.stack([reference(inputs_embeds=h[row, :int(n)][None], use_cache=False).last_hidden_state[0, -1]
+                            for row, n in enumerate(lengths)])
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-8)
+    weights = torch.randn(3, 16, dtype=torch.float64)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for mine, theirs in zip(layers.parameters(), reference.layers.parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)

@@ -52,6 +52,38 @@ def run_layers(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, positions: t
     return h
 
 
+def run_layers_to_last(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, positions: torch.Tensor,
+                       allowed: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """:func:`run_layers` read at one position per row (``last`` [B]): the residual stream [B, d]
+    there after the last layer. Equal to ``run_layers(...)[rows, last]``, but the last layer computes
+    only what that position needs: keys and values over the sequence, the query, attention output,
+    MLP and residual at ``last`` alone (BAHE reads one position of its history: for SmolLM2's upper
+    layers this skips most of the top layer's work)."""
+    import sys
+
+    if len(layers) > 1:
+        h = run_layers(layers[:-1], rotary, h, positions, allowed)
+    layer = layers[-1]
+    attn = layer.self_attn
+    hf = sys.modules[type(attn).__module__]  # the architecture's own rotary and eager-attention code
+    rows = torch.arange(len(h), device=h.device)
+    b, length, _ = h.shape
+    normed = layer.input_layernorm(h)
+    query = attn.q_proj(normed[rows, last]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
+    key = attn.k_proj(normed).view(b, length, -1, attn.head_dim).transpose(1, 2)
+    value = attn.v_proj(normed).view(b, length, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = rotary(h, positions)
+    query, _ = hf.apply_rotary_pos_emb(query, query, cos[rows, last][:, None], sin[rows, last][:, None])
+    _, key = hf.apply_rotary_pos_emb(key, key, cos, sin)
+    allowed_last = allowed.expand(b, -1, -1)[rows, last][:, None, None]   # [B, 1, 1, L]
+    additive = torch.zeros(allowed_last.shape, dtype=h.dtype, device=h.device).masked_fill(
+        ~allowed_last, torch.finfo(h.dtype).min)
+    out, _ = hf.eager_attention_forward(attn, query, key, value, additive, scaling=attn.scaling,
+                                        dropout=attn.attention_dropout if attn.training else 0.0)
+    x = h[rows, last] + attn.o_proj(out.reshape(b, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
 def causal_padded_mask(real: torch.Tensor) -> torch.Tensor:
     """[B, L, L] for right-padded rows (``real`` [B, L] boolean): causal, and no real key is hidden
     from any query; padding keys are hidden."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
-from recbole_llm.llm.decoder import causal_padded_mask, check_split, copied_layers, decoder_of, run_layers
+from recbole_llm.llm.decoder import causal_padded_mask, check_split, copied_layers, decoder_of, run_layers_to_last
 from recbole_llm.registry import register_model
 
 
@@ -43,9 +43,12 @@ class UpperLayers(nn.Module):
         self.float()
 
     def forward(self, behaviours: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """[B, L, d] right-padded behaviour vectors, ``real`` [B, L] -> [B, L, d] (rotary positions 0..L-1)."""
+        """[B, L, d] right-padded behaviour vectors, ``real`` [B, L] -> [B, d]: the output at each
+        row's last real behaviour (rotary positions 0..L-1; a row without any reads position 0)."""
         positions = torch.arange(behaviours.shape[1], device=behaviours.device)[None].expand(len(behaviours), -1)
-        return self.norm(run_layers(self.layers, self.rotary, behaviours, positions, causal_padded_mask(real)))
+        last = (real.sum(1) - 1).clamp(min=0)
+        return self.norm(run_layers_to_last(self.layers, self.rotary, behaviours, positions,
+                                            causal_padded_mask(real), last))
 
 
 @register_model
@@ -92,10 +95,9 @@ class BAHE(SequentialRecommender):
         """The click logit of each row: DNN(Q_u ⊕ Q_i)."""
         seq, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.ITEM_ID]
-        rows = torch.arange(len(seq), device=seq.device)
         real = torch.arange(seq.shape[1], device=seq.device)[None] < lengths[:, None]
-        user = self.upper(self.behaviours[seq], real)[rows, (lengths - 1).clamp(min=0)]
-        item = self.upper(self.behaviours[target][:, None], torch.ones_like(target, dtype=torch.bool)[:, None])[:, 0]
+        user = self.upper(self.behaviours[seq], real)
+        item = self.upper(self.behaviours[target][:, None], torch.ones_like(target, dtype=torch.bool)[:, None])
         return self.head(torch.cat([user, item], dim=-1)).squeeze(-1)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
