@@ -198,7 +198,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 EPILOG_BENCH = """\
 examples:
   recbole-llm bench benchmarks/grids/ml-100k.yaml                 # local Ray, all cores
-  recbole-llm bench benchmarks/grids/ml-100k.yaml --resume        # after an interruption: skip finished trials
+  recbole-llm bench benchmarks/grids/ml-100k.yaml --resume        # after an interruption: skip finished trials, continue cut-off final runs
   recbole-llm bench grid.yaml --ray-address auto                  # on a node of an existing Ray cluster
   recbole-llm bench grid.yaml --dry-run                           # list the trials and stop
 
@@ -225,7 +225,9 @@ def _add_bench_parsers(sub: Any) -> None:
                        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", metavar="GRID", help="grid spec YAML, e.g. benchmarks/grids/ml-100k.yaml")
     p.add_argument("--ray-address", metavar="ADDRESS", help="auto or ray://HOST:PORT to use an existing Ray cluster (default: start Ray locally)")
-    p.add_argument("--resume", action="store_true", help="skip trials already finished in the results file (failed ones run again)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip trials already finished in the results file (failed ones run again) and continue "
+                        "final runs that were in flight from their last validated epoch")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as many as the resources allow)")
     p.add_argument("--output", "-o", default=None, metavar="FILE", help="results file (default results/runs.jsonl)")
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")

@@ -136,3 +136,53 @@ def test_bench_cli_dry_run_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+RESUMABLE_GRID = """\
+name: fixture-final
+datasets: [amazon-beauty]
+data_path: data
+overrides: {epochs: 2}
+final:
+  seeds: [7]
+models:
+  - model: BPR
+    fixed: {embedding_size: 16}
+"""
+
+
+def test_a_final_run_cut_off_with_the_grid_continues_under_resume(tmp_path: Path, amazon_root: Path, ray_session) -> None:
+    """A final trial trains in a run folder of its own; stopped after its first epoch, `--resume`
+    continues it from there (the record says where it resumed), and without `--resume` whatever a
+    stopped grid left in that folder is cleared and the trial runs whole."""
+    from recbole_llm.bench.tuner import final_run_dir
+    from recbole_llm.runner import run
+
+    grid = load_grid(_write_grid(tmp_path, RESUMABLE_GRID))
+    [trial] = grid.final_trials("amazon-beauty", grid.models[0], {})
+    folder = final_run_dir(grid.name, trial)
+    assert folder == final_run_dir(grid.name, grid.final_trials("amazon-beauty", grid.models[0], {})[0])
+
+    def cut_off() -> None:
+        def stop(epoch: int, score: float, best: dict) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run(trial.entry.model, trial.dataset, overrides=trial.overrides, seed=trial.seed, data_path=amazon_root,
+                output=None, verbose=False, run_dir=folder, on_epoch=stop)
+        assert (folder / "resume" / "state.pth").is_file()
+
+    cut_off()
+    results = tmp_path / "results" / "runs.jsonl"
+    summary = run_grid(grid, results, resume=True, progress=False)
+    [record] = list(read_records(results))
+    assert dict(summary.counts) == {"ok": 1} and record["bench"]["phase"] == "final"
+    assert record["epochs_run"] == 2 and record["resumed_at_epochs"] == [1] and record["run_dir"] == str(folder)
+    assert not (folder / "resume").exists()
+
+    cut_off()
+    fresh = tmp_path / "results" / "fresh.jsonl"
+    run_grid(grid, fresh, progress=False)
+    [whole] = list(read_records(fresh))
+    assert whole["epochs_run"] == 2 and "resumed_at_epochs" not in whole
+    assert whole["test"] == pytest.approx(record["test"], abs=1e-4)  # the same trial, cut or not

@@ -4,7 +4,9 @@ the per-epoch validation metric), then the best configuration of each on the fin
 Ray workers train through :func:`recbole_llm.runner.run` and report the validation score after every
 epoch; the finished run record travels back with the last report and the driver appends it to the
 results file at once (one whole-line write). A killed grid therefore loses at most the trials in
-flight, and ``resume`` skips every trial whose key is already in the results file. A trial that
+flight, and ``resume`` skips every trial whose key is already in the results file; a final trial
+keeps its training state in a run folder of its own (``final_run_dir``), so ``resume`` continues
+one that was in flight from its last validated epoch (search trials start again). A trial that
 raises is recorded as failed with its error and the grid goes on; one stopped by the scheduler is
 recorded as pruned. Records, not Ray's experiment folders, are the source of truth.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ def _trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     import recbole_llm  # noqa: F401  (repairs RecBole, registers the models in this process)
-    from recbole_llm.runner import run
+    from recbole_llm.runner import resume, run
 
     spec = config["trial"]
     torch.set_num_threads(max(1, int(spec["cpus"])))
@@ -49,12 +52,36 @@ def _trainable(config: dict[str, Any]) -> None:
     def on_epoch(epoch: int, score: float, best: dict) -> None:
         tune.report({"valid_score": score, "epoch": epoch + 1})
 
-    record = run(spec["model"], spec["dataset"], overrides=spec["overrides"], seed=spec["seed"],
-                 data_path=spec["data_path"], output=None, verbose=False, on_epoch=on_epoch,
-                 label=spec["label"], resumable=False)  # `bench --resume` reruns unfinished trials whole
+    folder = Path(spec["run_dir"]) if spec.get("run_dir") else None
+    if folder is not None and spec.get("continue") and _interrupted(folder):
+        # A final trial cut off by a stopped grid goes on from its last validated epoch (or stage).
+        record = resume(folder, verbose=False, on_epoch=on_epoch)
+    else:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # a trial's own folder: whatever was left there is stale
+        # Search trials (folder None) rerun whole: the scheduler's epoch reports start at one.
+        record = run(spec["model"], spec["dataset"], overrides=spec["overrides"], seed=spec["seed"],
+                     data_path=spec["data_path"], output=None, verbose=False, on_epoch=on_epoch,
+                     label=spec["label"], run_dir=folder, resumable=folder is not None)
     # Same "epoch" as the last report, so the scheduler never sees one step beyond max_t.
     tune.report({"valid_score": record["best_valid_score"], "epoch": record["epochs_run"],
                  "record_json": json.dumps(record)})
+
+
+def _interrupted(folder: Path) -> bool:
+    """Does ``folder`` hold a run (or a staged pipeline) that stopped before its record was written?"""
+    from recbole_llm import resume_state
+    from recbole_llm.runner import PIPELINE_REQUEST
+
+    return resume_state.folder(folder).is_dir() or (folder / PIPELINE_REQUEST).is_file()
+
+
+def final_run_dir(grid: str, trial: Trial) -> Path:
+    """A final trial's run folder: the same for the same trial (key) in every call of the grid, so
+    ``bench --resume`` finds what a stopped grid left there."""
+    from recbole_llm.data.datasets import home
+
+    return home() / "runs" / "bench" / grid / f"{trial.entry.model}-{trial.dataset}-seed{trial.seed}-{trial.key[:12]}"
 
 
 def _bench_info(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
@@ -174,7 +201,7 @@ def best_settings(entry: ModelEntry, trials: list[Trial], finished: dict[str, di
 
 
 def _tune(trials: list[Trial], grid: Grid, output: Path, data_path: str | None, scheduler: dict[str, Any],
-          max_t: int, max_concurrent: int | None, progress: Any, name: str) -> Counter:
+          max_t: int, max_concurrent: int | None, progress: Any, name: str, resume: bool = False) -> Counter:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -182,6 +209,9 @@ def _tune(trials: list[Trial], grid: Grid, output: Path, data_path: str | None, 
 
     cpus = grid.resources.get("cpu", 1)
     specs = [{**t.spec(grid.name, data_path), "cpus": cpus, "describe": t.describe()} for t in trials]
+    for spec, trial in zip(specs, trials):
+        if trial.phase == "final":  # resumable: hours-long final runs survive a stopped grid
+            spec.update(run_dir=str(final_run_dir(grid.name, trial)), **{"continue": resume})
     if scheduler.get("name", "asha") == "asha" and len(trials) > 1:
         chosen = ASHAScheduler(time_attr="epoch", max_t=max_t,
                                grace_period=int(scheduler.get("grace_period", 10)),
@@ -301,7 +331,7 @@ def run_grid(
             _check_trials(pending, grid, data_path)
             bar.write(f"final: {len(pending)} runs (best configuration per model x {len(grid.final_seeds)} seeds)")
             summary.counts += _tune(pending, grid, output, data_path, {"name": "fifo"}, 0, max_concurrent,
-                                    bar, f"{grid.name}-final")
+                                    bar, f"{grid.name}-final", resume=resume)
     finally:
         bar.close()
         if started_ray:
