@@ -217,3 +217,29 @@ def test_reading_one_position_equals_the_full_stack_read_there(tiny_lm: Path, n_
     (expected * weights).sum().backward()
     for mine, theirs in zip(layers.parameters(), reference.layers.parameters()):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["Qwen2", "Qwen3"])
+def test_reading_one_position_in_other_llama_like_families(family: str) -> None:
+    """Qwen2 (biased q/k/v projections) takes the one-position path; Qwen3's per-head q/k norms are
+    not part of it, so its layers run whole and are read there: both equal the whole stack's output."""
+    import transformers
+
+    from recbole_llm.llm.decoder import _plain_llama_layer, causal_padded_mask, copied_layers, run_layers, run_layers_to_last
+
+    config = getattr(transformers, f"{family}Config")(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                                      num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2, head_dim=4)
+    torch.manual_seed(0)
+    lm = getattr(transformers, f"{family}ForCausalLM")(config).double()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(std=0.5)
+    layers = copied_layers(lm, 0, 2)
+    assert _plain_llama_layer(layers[-1]) == (family == "Qwen2")
+    h = torch.randn(2, 4, 16, dtype=torch.float64)
+    real = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    positions = torch.arange(4)[None].expand(2, -1)
+    whole = run_layers(layers, lm.model.rotary_emb, h, positions, causal_padded_mask(real))[torch.arange(2), torch.tensor([2, 3])]
+    one = run_layers_to_last(layers, lm.model.rotary_emb, h, positions, causal_padded_mask(real), torch.tensor([2, 3]))
+    torch.testing.assert_close(one, whole, rtol=1e-6, atol=1e-8)

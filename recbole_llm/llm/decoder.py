@@ -61,12 +61,14 @@ def run_layers_to_last(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, posi
     layers this skips most of the top layer's work)."""
     import sys
 
-    if len(layers) > 1:
-        h = run_layers(layers[:-1], rotary, h, positions, allowed)
+    rows = torch.arange(len(h), device=h.device)
     layer = layers[-1]
     attn = layer.self_attn
+    if not _plain_llama_layer(layer):  # extra norms (Qwen3's q/k norms, Gemma's): the whole stack
+        return run_layers(layers, rotary, h, positions, allowed)[rows, last]
+    if len(layers) > 1:
+        h = run_layers(layers[:-1], rotary, h, positions, allowed)
     hf = sys.modules[type(attn).__module__]  # the architecture's own rotary and eager-attention code
-    rows = torch.arange(len(h), device=h.device)
     b, length, _ = h.shape
     normed = layer.input_layernorm(h)
     query = attn.q_proj(normed[rows, last]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
@@ -82,6 +84,15 @@ def run_layers_to_last(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, posi
                                         dropout=attn.attention_dropout if attn.training else 0.0)
     x = h[rows, last] + attn.o_proj(out.reshape(b, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _plain_llama_layer(layer: nn.Module) -> bool:
+    """A Llama-style decoder layer (Llama, SmolLM2, Mistral, Qwen2): exactly the parts
+    :func:`run_layers_to_last` computes by hand, nothing more."""
+    parts = {name for name, _ in layer.named_children()}
+    attention = {name for name, _ in layer.self_attn.named_children()}
+    return parts == {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"} and \
+        attention == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
 def causal_padded_mask(real: torch.Tensor) -> torch.Tensor:
