@@ -410,3 +410,52 @@ def test_rqvae_fit_reports_each_epochs_mean_loss_over_the_items() -> None:
         expected = float(model(x)[2].total)
     history = model.fit(x, epochs=2, batch_size=5, lr=0.0, seed=5, weight_decay=0.0)
     assert history == pytest.approx([expected, expected], rel=1e-5)
+
+
+def test_semantic_id_settings_read_each_key_with_its_default_and_refuse_bad_values() -> None:
+    """``SemanticIdSettings.from_config`` on its own: every key's default when unset, every key read
+    when set (0 kept where 0 is meaningful), and each bad value refused with its own message."""
+    from recbole_llm.data.semantic_ids import SemanticIdSettings
+    from recbole_llm.errors import UserError
+
+    unset = SemanticIdSettings.from_config({}, 1682)
+    assert unset == SemanticIdSettings(method="rqvae", levels=3, codebook_sizes=(64, 64, 64), seed=2020, normalize=True,
+                                       kmeans_iters=100, rqvae_hidden_dims=(512, 256, 128), rqvae_latent_dim=32,
+                                       rqvae_beta=0.25, rqvae_epochs=20000, rqvae_batch_size=1024,
+                                       rqvae_learning_rate=0.001, rqvae_optimizer="adamw", rqvae_weight_decay=1e-4)
+    assert SemanticIdSettings.from_config({"semantic_id_levels": 2}, 100).codebook_sizes == (16, 16)
+    given = {"semantic_id_method": "RQKMeans", "semantic_id_levels": 2, "semantic_id_codebook_size": [8, 4],
+             "semantic_id_seed": 7, "semantic_id_normalize": False, "rqkmeans_iters": 5, "rqvae_hidden_dims": [16, 8],
+             "rqvae_latent_dim": 4, "rqvae_beta": 0.0, "rqvae_epochs": 3, "rqvae_batch_size": 2,
+             "rqvae_learning_rate": 0.4, "rqvae_optimizer": "AdaGrad", "rqvae_weight_decay": 0.0}
+    assert SemanticIdSettings.from_config(given, 20) == SemanticIdSettings(
+        method="rqkmeans", levels=2, codebook_sizes=(8, 4), seed=7, normalize=False, kmeans_iters=5,
+        rqvae_hidden_dims=(16, 8), rqvae_latent_dim=4, rqvae_beta=0.0, rqvae_epochs=3, rqvae_batch_size=2,
+        rqvae_learning_rate=0.4, rqvae_optimizer="adagrad", rqvae_weight_decay=0.0)
+    assert SemanticIdSettings.from_config({"semantic_id_codebook_size": 8, "semantic_id_levels": 4}, 20).codebook_sizes == (8,) * 4
+    assert SemanticIdSettings.from_config({"semantic_id_codebook_size": 20}, 20).codebook_sizes == (20,) * 3  # = n_items
+    assert SemanticIdSettings.from_config({"semantic_id_codebook_size": [2, 2, 2]}, 20).codebook_sizes == (2, 2, 2)
+    bad = [
+        ({"semantic_id_method": "kmeans"}, "semantic_id_method='kmeans': expected one of rqkmeans, rqvae"),
+        ({"semantic_id_levels": 0}, None),  # 0 is unset: the default 3
+        ({"semantic_id_levels": -1}, "semantic_id_levels=-1: expected a positive integer (the paper uses 3)"),
+        ({"semantic_id_levels": 2.0}, "semantic_id_levels=2.0: expected a positive integer"),
+        ({"semantic_id_levels": True}, "semantic_id_levels=True: expected a positive integer"),
+        ({"semantic_id_codebook_size": [8, 8]}, "semantic_id_codebook_size=[8, 8]: expected an integer >= 2 or a "
+                                               "list of 3 such integers (one per level)"),
+        ({"semantic_id_codebook_size": 1}, "semantic_id_codebook_size=1: expected an integer >= 2"),
+        ({"semantic_id_codebook_size": [8, 8, 1]}, "semantic_id_codebook_size=[8, 8, 1]: expected"),
+        ({"semantic_id_codebook_size": [8, True, 8]}, "semantic_id_codebook_size=[8, True, 8]: expected"),
+        ({"semantic_id_codebook_size": 8.0}, "semantic_id_codebook_size=8.0: expected"),
+        ({"semantic_id_codebook_size": [8, 21, 8]}, "semantic_id_codebook_size=[8, 21, 8] is larger than the 20 items "
+                                                   "to quantize; expected at most 20 codes per level (~ picks 8 for this "
+                                                   "catalogue)"),
+        ({"rqvae_optimizer": "sgd"}, "rqvae_optimizer='sgd': expected one of adamw, adam, adagrad"),
+    ]
+    for change, message in bad:
+        if message is None:
+            assert SemanticIdSettings.from_config(change, 20).levels == 3
+            continue
+        with pytest.raises(UserError) as caught:
+            SemanticIdSettings.from_config(change, 20)
+        assert str(caught.value).startswith(message), (change, str(caught.value))
