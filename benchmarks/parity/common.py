@@ -115,3 +115,12 @@ def publish(table: str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table + "\n")
+
+
+def print_overrides(model: str, dataset: str, overrides: dict[str, Any]) -> None:
+    """Our settings for a comparison, with the defaults of ours they replace."""
+    from recbole_llm.runner import prepare
+
+    _, defaults = prepare(model, dataset)
+    changed = {k: f"{defaults.get(k)!r} -> {v!r}" for k, v in overrides.items() if defaults.get(k) != v}
+    print(f"ours: overrides of {model}'s defaults: " + "; ".join(f"{k}: {v}" for k, v in changed.items()), flush=True)

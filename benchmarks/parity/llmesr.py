@@ -139,8 +139,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_run, device_name, jsonl_beside, machine_line, ours_device, publish,  # noqa: E402
-                    read_runs, same_settings, summarise)
+from common import (append_run, device_name, jsonl_beside, machine_line, ours_device,  # noqa: E402
+                    print_overrides, publish, read_runs, same_settings, summarise)
 
 warnings.filterwarnings("ignore")
 
@@ -520,15 +520,6 @@ def table(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
     return "\n".join(lines)
 
 
-def _print_overrides(args: argparse.Namespace) -> None:
-    """Our settings for the comparison, with the defaults of ours they replace."""
-    from recbole_llm.runner import prepare
-
-    _, defaults = prepare("LLMESR", DATASET)
-    changed = {k: f"{defaults.get(k)!r} -> {v!r}" for k, v in ours_overrides(args).items() if defaults.get(k) != v}
-    print("ours: overrides of LLMESR's defaults: " + "; ".join(f"{k}: {v}" for k, v in changed.items()), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, required=True,
@@ -554,7 +545,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llmesr-parity-"))
     copy = scratch_copy(args.official, work, args.max_train_batches) if "official" in args.sides else work / "LLM-ESR"
     info = export(copy, args)
-    _print_overrides(args)
+    print_overrides("LLMESR", DATASET, ours_overrides(args))
     settings = {"epochs": args.epochs, "ts_user": args.ts_user, "ts_item": args.ts_item, "max_len": args.max_len,
                 "max_train_batches": args.max_train_batches, "inputs": info["inputs"], "device": args.device}
     store = jsonl_beside(args.out)

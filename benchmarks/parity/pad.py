@@ -165,8 +165,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_run, device_name, jsonl_beside, machine_line, ours_device, publish,  # noqa: E402
-                    read_runs, same_settings, summarise)
+from common import (append_run, device_name, jsonl_beside, machine_line, ours_device,  # noqa: E402
+                    print_overrides, publish, read_runs, same_settings, summarise)
 
 warnings.filterwarnings("ignore")
 
@@ -760,15 +760,6 @@ def table(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
     return "\n".join(lines)
 
 
-def _print_overrides(args: argparse.Namespace) -> None:
-    """Our settings for the comparison, with the defaults of ours they replace."""
-    from recbole_llm.runner import prepare
-
-    _, defaults = prepare("PAD", DATASET)
-    changed = {k: f"{defaults.get(k)!r} -> {v!r}" for k, v in ours_overrides(args).items() if defaults.get(k) != v}
-    print("ours: overrides of PAD's defaults: " + "; ".join(f"{k}: {v}" for k, v in changed.items()), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, help="a checkout of github.com/Applied-Machine-Learning-Lab/PAD")
@@ -807,7 +798,7 @@ def main() -> None:
     info = export(copy, args)
     if "official" in args.sides:
         patch_bins(copy, info["boundaries"])
-    _print_overrides(args)
+    print_overrides("PAD", DATASET, ours_overrides(args))
     settings = {"epochs": args.epochs, "max_len": args.max_len, "inputs": info["inputs"], "device": args.device,
                 "mmd": "tllib" if args.tllib else "gram"}
     store = jsonl_beside(args.out)
