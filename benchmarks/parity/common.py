@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 def summarise(values: list[float]) -> str:
@@ -80,6 +80,18 @@ def missing_sides(runs: list[dict[str, Any]], match: dict[str, Any], sides: Iter
     """The ``sides`` not yet finished for the runs made with the settings ``match``."""
     done = {side for r in runs if same_settings(r, match) for side in SIDES if side in r}
     return [side for side in sides if side not in done]
+
+
+def run_each_side(runs: list[dict[str, Any]], store: Path | None, seeds: Iterable[int], sides: Iterable[str],
+                  settings: dict[str, Any], run_side: Callable[[str, int], dict[str, Any]]) -> None:
+    """Run every (seed, side) that ``runs`` (records with a ``side`` field) lacks; each finished run
+    is added to ``runs`` and appended to ``store`` at once, so a stopped comparison resumes."""
+    for seed in seeds:
+        for side in sides:
+            if any(r["side"] == side and r["seed"] == seed for r in runs):
+                continue
+            runs.append({"side": side, "seed": seed, **settings, **run_side(side, seed)})
+            append_run(store, runs[-1])
 
 
 def paired(runs: list[dict[str, Any]], keys: Iterable[str]) -> list[dict[str, Any]]:

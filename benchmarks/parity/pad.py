@@ -165,8 +165,8 @@ import numpy as np
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_run, device_name, jsonl_beside, machine_line, ours_device,  # noqa: E402
-                    print_overrides, publish, read_runs, same_settings, summarise)
+from common import (device_name, jsonl_beside, machine_line, ours_device,  # noqa: E402
+                    print_overrides, publish, read_runs, run_each_side, same_settings, summarise)
 
 warnings.filterwarnings("ignore")
 
@@ -803,16 +803,9 @@ def main() -> None:
                 "mmd": "tllib" if args.tllib else "gram"}
     store = jsonl_beside(args.out)
     runs = [r for r in read_runs(store) if r["seed"] in args.seeds and same_settings(r, settings)]
-    for seed in args.seeds:
-        for side in args.sides:
-            if any(r["side"] == side and r["seed"] == seed for r in runs):
-                continue
-            if side == "official":
-                result = run_official(copy, seed, args, work / f"official-{seed}.log")
-            else:
-                result = run_ours(seed, args, work / f"ours-{seed}")
-            runs.append({"side": side, "seed": seed, **settings, **result})
-            append_run(store, runs[-1])
+    run_each_side(runs, store, args.seeds, args.sides, settings, lambda side, seed: (
+        run_official(copy, seed, args, work / f"official-{seed}.log") if side == "official"
+        else run_ours(seed, args, work / f"ours-{seed}")))
     shutil.rmtree(work, ignore_errors=True)
     publish(table(runs, args, info, mmd), args.out)
 
