@@ -424,6 +424,7 @@ def test_semantic_id_settings_read_each_key_with_its_default_and_refuse_bad_valu
                                        rqvae_beta=0.25, rqvae_epochs=20000, rqvae_batch_size=1024,
                                        rqvae_learning_rate=0.001, rqvae_optimizer="adamw", rqvae_weight_decay=1e-4)
     assert SemanticIdSettings.from_config({"semantic_id_levels": 2}, 100).codebook_sizes == (16, 16)
+    assert SemanticIdSettings.from_config({"semantic_id_levels": 1}, 20).codebook_sizes == (8,)  # one level is allowed
     given = {"semantic_id_method": "RQKMeans", "semantic_id_levels": 2, "semantic_id_codebook_size": [8, 4],
              "semantic_id_seed": 7, "semantic_id_normalize": False, "rqkmeans_iters": 5, "rqvae_hidden_dims": [16, 8],
              "rqvae_latent_dim": 4, "rqvae_beta": 0.0, "rqvae_epochs": 3, "rqvae_batch_size": 2,
