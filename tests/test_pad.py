@@ -21,11 +21,11 @@ TINY = {"hidden_size": 16, "n_layers": 1, "MAX_ITEM_LIST_LENGTH": 8, "learning_r
         "pad_text_layers": 1}
 
 
-def test_mk_mmd_is_the_quadratic_estimator_over_five_gaussian_kernels() -> None:
+@pytest.mark.parametrize("n", [2, 5])
+def test_mk_mmd_is_the_quadratic_estimator_over_five_gaussian_kernels(n: int) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(5, 3), torch.randn(5, 3) + 0.5
+    s, t = torch.randn(n, 3), torch.randn(n, 3) + 0.5
     z = torch.cat([s, t])
-    n = 5
     d2 = [[float(((z[i] - z[j]) ** 2).sum()) for j in range(2 * n)] for i in range(2 * n)]
     mean = sum(map(sum, d2)) / (2 * n) ** 2
     k = lambda i, j: sum(math.exp(-d2[i][j] / (2 * a * mean)) for a in (1 / 8, 1 / 4, 1 / 2, 1, 2))  # noqa: E731
@@ -37,8 +37,10 @@ def test_mk_mmd_is_the_quadratic_estimator_over_five_gaussian_kernels() -> None:
     s.requires_grad_(True)
     mk_mmd(s, t).backward()
     assert torch.isfinite(s.grad).all()
-    with pytest.raises(ValueError):
-        mk_mmd(s[:3], t)
+    with pytest.raises(ValueError, match=rf"^MMD needs two samples of the same size >= 2, got 1 and {n}$"):
+        mk_mmd(s[:1], t)
+    with pytest.raises(ValueError, match=r"^MMD needs two samples of the same size >= 2, got 1 and 1$"):
+        mk_mmd(s[:1], t[:1])
 
 
 def test_frequency_bins_hold_equal_shares_of_the_interactions() -> None:
@@ -153,36 +155,68 @@ def test_stage_three_scores_are_the_gated_sum_of_the_experts(stages: dict) -> No
         expected = sum(w[k][model.bins].float() * (encoders[k](tables[k][inputs], inputs > 0)[:, -1] @ tables[k].T)
                        for k in range(3))
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    # A candidate's score (the ctr-style predict) is its entry of the full ranking.
+    from recbole.data.interaction import Interaction
+
+    items = torch.randint(1, model.n_items, (len(seq),))
+    with torch.no_grad():
+        picked = model.predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths, model.ITEM_ID: items}))
+    torch.testing.assert_close(picked, expected[torch.arange(len(seq)), items], rtol=1e-4, atol=1e-5)
 
 
-def test_training_loss_is_bce_of_next_items_against_one_negative_per_position(stages: dict, monkeypatch) -> None:
-    model, train, _ = _model(stages["root"], 1)
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_training_loss_is_bce_of_next_items_against_one_negative_per_position(stages: dict, monkeypatch, stage: int) -> None:
+    """By hand, per user: inputs = the history (left-padded), targets = the next item at each
+    position (the last one: the row's target), one negative at each real position; each expert's
+    user state at a position scores its own item vectors; stage 3 weighs each expert's score by
+    the gate of the scored item's bin; stage 2 adds 0.2 x the MK-MMD between the projected text
+    and the ID copy of every item of the step (positives, negatives and padding), per 16 users."""
+    model, train, _ = _model(stages["root"], stage)
     batch = next(iter(train))
-    seq, lengths, target = batch[model.ITEM_SEQ][:4], batch[model.ITEM_SEQ_LEN][:4], batch[model.POS_ITEM_ID][:4]
-    users = batch[model.USER_ID][:4]
-    fixed = torch.randint(1, model.n_items, (4, seq.shape[1]))
+    rows = 20  # two MMD groups: 16 users and 4
+    seq, lengths = batch[model.ITEM_SEQ][:rows].clone(), batch[model.ITEM_SEQ_LEN][:rows]
+    target, users = batch[model.POS_ITEM_ID][:rows], batch[model.USER_ID][:rows]
+    seq[0, 0] = 1  # item 1 in a history: a real item, not padding
+    width = seq.shape[1]
+    fixed = torch.randint(1, model.n_items, (rows, width))
     monkeypatch.setattr(model.negatives, "sample_negatives", lambda u, k: fixed)
     from recbole.data.interaction import Interaction
 
     small = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths, model.POS_ITEM_ID: target, model.USER_ID: users})
     with torch.no_grad():
         loss = model.calculate_loss(small)
-    # By hand, per user: inputs = the history (left-padded), targets = the next item at each
-    # position (the last one: the row's target), negatives at the real positions only.
-    pos_logits, neg_logits = [], []
-    width = seq.shape[1]
-    for row in range(4):
-        n = int(lengths[row])
-        items = seq[row, :n].tolist() + [int(target[row])]
-        padded = torch.tensor([0] * (width - n) + items[:-1])
-        h = model.user_encoder(model.id_embedding(padded)[None], (padded > 0)[None])[0]
-        for p in range(width - n, width):
-            nxt = items[p - (width - n) + 1]
-            neg = int(fixed[row, p])
-            pos_logits.append(float(h[p] @ model.id_embedding.weight[nxt]))
-            neg_logits.append(float(h[p] @ model.id_embedding.weight[neg]))
-    bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
-    assert loss.item() == pytest.approx(bce(pos_logits, 1) + bce(neg_logits, 0), rel=1e-4)
+        tables = {1: lambda i: model.id_embedding(i),
+                  2: lambda i: F.gelu(model.fc.linear(torch.cat([model.other_embedding(i), model.turn_dim1(model.item_llm[i])], -1))),
+                  3: lambda i: model.turn_dim3(model.item_llm[i])}
+        encoders = {1: "user_encoder", 2: "user_enc_2", 3: "user_enc_3"}  # each stage builds its own
+        gate = torch.sigmoid(model.gate) / torch.sigmoid(model.gate).sum(0) if stage == 3 else None
+        pos_logits, neg_logits, mmd_ids = [], [], []
+        for row in range(rows):
+            n = int(lengths[row])
+            items = seq[row, :n].tolist() + [int(target[row])]
+            padded = torch.tensor([0] * (width - n) + items)         # width + 1 items
+            negatives = [int(fixed[row, p]) if p >= width - n else 0 for p in range(width)]
+            mmd_ids.append(padded.tolist() + negatives + [0])
+            for p in range(width - n, width):
+                pos, neg = 0.0, 0.0
+                for expert in ((1, 2, 3) if stage == 3 else (stage,)):
+                    encoder = getattr(model, encoders[expert])
+                    h = encoder(tables[expert](padded[:-1])[None], (padded[:-1] > 0)[None])[0, p]
+                    nxt, other = int(padded[p + 1]), negatives[p]
+                    w_pos = float(gate[expert - 1, model.bins[nxt]]) if stage == 3 else 1.0
+                    w_neg = float(gate[expert - 1, model.bins[other]]) if stage == 3 else 1.0
+                    pos += w_pos * float(h @ tables[expert](torch.tensor(nxt)))
+                    neg += w_neg * float(h @ tables[expert](torch.tensor(other)))
+                pos_logits.append(pos)
+                neg_logits.append(neg)
+        bce = lambda xs, y: sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x in xs) / len(xs)  # noqa: E731
+        expected = bce(pos_logits, 1) + bce(neg_logits, 0)
+        if stage == 2:
+            groups = [torch.tensor(sum(mmd_ids[start:start + 16], [])) for start in (0, 16)]
+            expected += 0.2 * sum(float(mk_mmd(model.turn_dim1(model.item_llm[g]), model.other_embedding(g)))
+                                  for g in groups) / 2
+    assert model.mmd_users == 16 and model.mmd_weight == 0.2
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_one_run_trains_the_three_stages_in_a_row_and_picks_up_where_it_stopped(tmp_path: Path, session_home: Path) -> None:
@@ -304,3 +338,34 @@ def test_text_tower_and_block_are_the_references_layers() -> None:
     h1 = ln(x[0] + torch.cat(heads, -1) @ block.o.weight.T, block.norm1)
     out = ln(h1 + torch.relu(h1 @ block.w1.weight.T + block.w1.bias) @ block.w2.weight.T + block.w2.bias, block.norm2)
     torch.testing.assert_close(block(x, mask)[0], out, rtol=1e-4, atol=1e-5)
+
+
+def test_the_label_names_the_stage_and_a_history_other_than_the_references() -> None:
+    from recbole_llm.model.pad import PAD
+
+    assert PAD.run_label({}) == "PAD(stage 1)" and PAD.run_label({"pad_stage": 3}) == "PAD(stage 3)"
+    assert PAD.run_label({"pipeline": True}) == "PAD" == PAD.run_label({"pipeline": True, "MAX_ITEM_LIST_LENGTH": 20})
+    assert PAD.run_label({"pipeline": True, "MAX_ITEM_LIST_LENGTH": 21}) == "PAD(history 21)"
+    assert PAD.run_label({"pad_stage": 2, "MAX_ITEM_LIST_LENGTH": 50}) == "PAD(stage 2, history 50)"
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_each_stage_trains_at_its_rate_and_the_gate_with_adamws_default_decay(stages: dict, stage: int) -> None:
+    """``learning_rate`` unset: the reference's rate of the stage (1e-5, 1e-5, 1e-4); set: kept.
+    AdamW with ``weight_decay`` on every parameter, except stage 3's gate (0.01, AdamW's default)."""
+    from recbole_llm.model.pad import PADTrainer
+    from recbole_llm.runner import load_checkpoint
+
+    model, _, _ = _model(stages["root"], stage)
+    config = load_checkpoint(stages["root"] / f"s{stage}")["config"]
+    config["learning_rate"] = None
+    trainer = PADTrainer(config, model)
+    groups = trainer.optimizer.param_groups
+    assert type(trainer.optimizer).__name__ == "AdamW" and {g["lr"] for g in groups} == {(1e-5, 1e-5, 1e-4)[stage - 1]}
+    if stage == 3:
+        assert [g["params"] for g in groups[:1]] == [[model.gate]] and groups[0]["weight_decay"] == 0.01
+        assert groups[1]["weight_decay"] == 0.1 and len(groups[1]["params"]) == len(list(model.parameters())) - 1
+    else:
+        assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
+    config["learning_rate"] = 0.003
+    assert {g["lr"] for g in PADTrainer(config, model).optimizer.param_groups} == {0.003}

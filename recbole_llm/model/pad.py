@@ -340,10 +340,11 @@ class PAD(SequentialRecommender):
     def _mmd(self, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """MK-MMD between the projected text and the ID copy over every row of the step (each
         position's positive and negative, padding included, as the reference), per group of
-        ``pad_mmd_users`` users, averaged over the groups (the reference's per-GPU batches)."""
+        ``pad_mmd_users`` users, averaged over the groups (the reference's per-GPU batches; a user
+        brings at least four rows, so every group is a sample MK-MMD takes)."""
         rows = torch.stack([positives, torch.cat([negatives, torch.zeros_like(negatives[:, :1])], 1)], dim=2)
         groups = [rows[start:start + self.mmd_users].reshape(-1) for start in range(0, len(rows), self.mmd_users)]
-        values = [mk_mmd(self.turn_dim1(self.item_llm[ids]), self.other_embedding(ids)) for ids in groups if len(ids) > 1]
+        values = [mk_mmd(self.turn_dim1(self.item_llm[ids]), self.other_embedding(ids)) for ids in groups]
         return torch.stack(values).mean()
 
     # -- scoring --------------------------------------------------------------------------------
