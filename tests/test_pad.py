@@ -83,6 +83,23 @@ def test_encoder_is_causal_and_ignores_padding() -> None:
     assert torch.allclose(encoder(padded, real)[0, 2:], out[0, 2:], atol=1e-6)
 
 
+def test_encoder_is_layer_norm_of_items_plus_positions_then_the_blocks_under_its_mask() -> None:
+    """PostLNEncoder by hand: LN(x + P[0..L-1]) (dropout off in eval), then each block with the
+    additive mask 0 where a query may see a key (earlier or the same position, key not padding)
+    and -1e9 elsewhere."""
+    torch.manual_seed(0)
+    encoder = PostLNEncoder(6, 8, 2, 0.0, 2).eval()
+    x = torch.randn(2, 5, 8)
+    real = torch.tensor([[False, False, True, True, True], [True, True, True, True, True]])
+    norm = encoder.norm
+    h = x + encoder.position.weight[:5]
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6) * norm.weight + norm.bias
+    mask = torch.tensor([[[[0.0 if (k <= q and real[b, k]) else -1e9 for k in range(5)] for q in range(5)]] for b in range(2)])
+    for block in encoder.blocks:
+        h = block(h, mask)
+    torch.testing.assert_close(encoder(x, real), h, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict:
     from recbole_llm.runner import run
