@@ -386,3 +386,29 @@ def test_each_stage_trains_at_its_rate_and_the_gate_with_adamws_default_decay(st
         assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
     config["learning_rate"] = 0.003
     assert {g["lr"] for g in PADTrainer(config, model).optimizer.param_groups} == {0.003}
+
+
+def test_a_stage_starts_from_the_previous_ones_weights_and_stage_two_copies_the_id_tower(stages: dict) -> None:
+    """Built from its run's config (before its own training): stage 2 holds stage 1's ID table and
+    encoder and starts its trainable copies equal to them; stage 3 holds all of stage 2's weights.
+    Buffers (LLM vectors, bins) stay out of checkpoints; padding item 0 has a zero, frozen row; the
+    encoders' LayerNorms use the reference's eps 1e-6."""
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    first, second = (load_checkpoint(stages["root"] / f"s{s}") for s in (1, 2))
+    _, train, _, _ = load_split(second["config"])
+    built = get_model("PAD")(second["config"], train._dataset)
+    for name, weights in first["state_dict"].items():
+        torch.testing.assert_close(built.state_dict()[name], weights)
+    torch.testing.assert_close(built.other_embedding.weight, first["state_dict"]["id_embedding.weight"])
+    for name, weights in built.user_encoder.state_dict().items():
+        torch.testing.assert_close(built.user_enc_2.state_dict()[name], weights)
+    third = get_model("PAD")(load_checkpoint(stages["root"] / "s3")["config"], train._dataset)
+    for name, weights in second["state_dict"].items():
+        torch.testing.assert_close(third.state_dict()[name], weights)
+    assert {"item_llm", "bins"} & set(third.state_dict()) == set()
+    assert third.id_embedding.padding_idx == 0 and third.other_embedding.padding_idx == 0
+    norms = [m for m in third.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
