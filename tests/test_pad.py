@@ -89,6 +89,7 @@ def test_encoder_is_layer_norm_of_items_plus_positions_then_the_blocks_under_its
     and -1e9 elsewhere."""
     torch.manual_seed(0)
     encoder = PostLNEncoder(6, 8, 2, 0.0, 2).eval()
+    assert len(encoder.blocks) == 2
     x = torch.randn(2, 5, 8)
     real = torch.tensor([[False, False, True, True, True], [True, True, True, True, True]])
     norm = encoder.norm
