@@ -161,7 +161,7 @@ def test_a_final_run_cut_off_with_the_grid_continues_under_resume(tmp_path: Path
     grid = load_grid(_write_grid(tmp_path, RESUMABLE_GRID))
     [trial] = grid.final_trials("amazon-beauty", grid.models[0], {})
     folder = final_run_dir(grid.name, trial)
-    assert folder == final_run_dir(grid.name, grid.final_trials("amazon-beauty", grid.models[0], {})[0])
+    assert folder.parent.parts[-3:] == ("runs", "bench", "fixture-final") and folder.name.startswith("BPR-amazon-beauty-seed7-")
 
     def cut_off() -> None:
         def stop(epoch: int, score: float, best: dict) -> None:

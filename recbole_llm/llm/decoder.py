@@ -43,8 +43,7 @@ def run_layers(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, positions: t
     """``h`` [B, L, d] through ``layers``; ``positions`` [B, L] rotary positions; ``allowed`` boolean
     [B or 1, L, L]: may query q attend to key k. Returns the residual stream after the last layer
     (no final norm)."""
-    additive = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
-    additive = additive.masked_fill(~allowed, torch.finfo(h.dtype).min)[:, None].expand(h.shape[0], 1, -1, -1)
+    additive = _additive(allowed, h.dtype)[:, None].expand(h.shape[0], 1, -1, -1)
     position_embeddings = rotary(h, positions)
     for layer in layers:
         out = layer(h, attention_mask=additive, position_ids=positions, position_embeddings=position_embeddings)
@@ -78,12 +77,17 @@ def run_layers_to_last(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, posi
     query, _ = hf.apply_rotary_pos_emb(query, query, cos[rows, last][:, None], sin[rows, last][:, None])
     _, key = hf.apply_rotary_pos_emb(key, key, cos, sin)
     allowed_last = allowed.expand(b, -1, -1)[rows, last][:, None, None]   # [B, 1, 1, L]
-    additive = torch.zeros(allowed_last.shape, dtype=h.dtype, device=h.device).masked_fill(
-        ~allowed_last, torch.finfo(h.dtype).min)
+    additive = _additive(allowed_last, h.dtype)
     out, _ = hf.eager_attention_forward(attn, query, key, value, additive, scaling=attn.scaling,
                                         dropout=attn.attention_dropout if attn.training else 0.0)
     x = h[rows, last] + attn.o_proj(out.reshape(b, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention pattern as HF's eager attention takes it: 0 where allowed, the dtype's
+    lowest value elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _plain_llama_layer(layer: nn.Module) -> bool:
