@@ -85,6 +85,34 @@ def test_every_committed_grid_loads(path: Path) -> None:
     assert grid.models and grid.datasets
 
 
+def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None:
+    """`base:` shares a grid's settings with another dataset's grid: the keys the file sets replace
+    the base's whole, the rest (here models, search, final) come from the base, and the name is
+    the file's own; a base that loops back or does not exist is one clear error."""
+    _write_grid(tmp_path)
+    sub = tmp_path / "more"
+    sub.mkdir()
+    (sub / "other.yaml").write_text("base: ../grid.yaml\ndatasets: [ml-100k]\noverrides: {epochs: 3}\n")
+    other, base = load_grid(sub / "other.yaml"), load_grid(tmp_path / "grid.yaml")
+    assert (other.name, other.datasets, other.overrides) == ("other", ["ml-100k"], {"epochs": 3})
+    assert other.models == base.models and other.final_seeds == [7] and other.num_samples == 2
+    assert other.search_seed == 7 and other.scheduler == base.scheduler and other.data_path == base.data_path
+    # the same draws on the same dataset; the grid's own overrides on top
+    bpr = other.models[0]
+    draws = [t.overrides for t in other.search_trials("amazon-beauty", bpr)]
+    assert [d["learning_rate"] for d in draws] == [t.overrides["learning_rate"] for t in base.search_trials("amazon-beauty", bpr)]
+    assert {d["epochs"] for d in draws} == {3}
+    (sub / "named.yaml").write_text("base: other.yaml\nname: named\n")
+    assert load_grid(sub / "named.yaml").name == "named" and load_grid(sub / "named.yaml").datasets == ["ml-100k"]
+    (sub / "loop.yaml").write_text("base: loop2.yaml\n")
+    (sub / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(UserError, match=r"loop2?\.yaml: its 'base' chain comes back to itself"):
+        load_grid(sub / "loop.yaml")
+    (sub / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(UserError, match=r"missing\.yaml \(the base of .*orphan\.yaml\) does not exist"):
+        load_grid(sub / "orphan.yaml")
+
+
 def test_only_keeps_the_named_rows_in_grid_order(tmp_path: Path) -> None:
     grid = load_grid(Path(__file__).resolve().parent.parent / "benchmarks" / "grids" / "ml-100k-ctr.yaml")
     kept = only_rows(grid, ["LLMCFDeepFM", "DeepFM"])

@@ -30,6 +30,9 @@ grid). Draws are made here, with Ray Tune's own samplers and a fixed seed, rathe
 Tuner: every trial then has a stable key (a hash of dataset, model, settings and seed), so a
 results file tells which trials are finished and ``--resume`` skips them. A grid dimension is
 crossed with the draws, as ``tune.grid_search`` is with ``num_samples``; duplicates are dropped.
+
+``base: other.yaml`` takes every key of that grid which this one does not set (top-level keys are
+replaced whole), so one dataset's grid can run another's models at the same settings.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from recbole_llm.errors import UserError
 
 SAMPLERS = ("choice", "uniform", "loguniform", "quniform", "qloguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo")
-GRID_KEYS = {"name", "description", "datasets", "data_path", "resources", "overrides", "search", "final", "models"}
+GRID_KEYS = {"base", "name", "description", "datasets", "data_path", "resources", "overrides", "search", "final", "models"}
 MODEL_KEYS = {"model", "label", "fixed", "space"}
 SEARCH_KEYS = {"num_samples", "seed", "sampler_seed", "scheduler", "overrides", "include_defaults"}
 FINAL_KEYS = {"seeds", "overrides"}
@@ -237,15 +240,34 @@ def only_rows(grid: Grid, names: list[str]) -> Grid:
     return replace(grid, models=[entry for entry in grid.models if entry.name in names])
 
 
+def _read_grid(path: Path, load_yaml: Any, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The grid file's keys over those of its ``base`` grid (a path relative to it), so a grid for
+    another dataset restates only what differs and shares every other setting with its base."""
+    if not path.is_file():
+        where = f" (the base of {seen[-1]})" if seen else ""
+        raise UserError(f"grid file {path}{where} does not exist; expected a YAML grid spec (see benchmarks/grids/)")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: its 'base' chain comes back to itself; expected a chain that ends in a grid without 'base'")
+    raw = _mapping(str(path), load_yaml(path))
+    _check_keys(str(path), raw, GRID_KEYS)
+    if raw.get("data_path"):  # relative to the file that sets it
+        raw["data_path"] = str((path.parent / Path(str(raw["data_path"])).expanduser()).resolve())
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base {base!r}; expected the path of another grid file, relative to this one")
+    inherited = _read_grid(path.parent / base, load_yaml, (*seen, path.resolve()))
+    inherited.pop("name", None)  # a grid is named by its own file unless it says otherwise
+    return {**inherited, **raw}
+
+
 def load_grid(path: str | os.PathLike) -> Grid:
     """Read and check a grid YAML; UserError naming the offending key otherwise."""
     from recbole_llm.config import load_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid file {path} does not exist; expected a YAML grid spec (see benchmarks/grids/)")
-    raw = _mapping(str(path), load_yaml(path))
-    _check_keys(str(path), raw, GRID_KEYS)
+    raw = _read_grid(path, load_yaml, seen=())
     datasets = raw.get("datasets")
     if not datasets or not isinstance(datasets, list):
         raise UserError(f"{path}: expected 'datasets' as a non-empty list")
@@ -274,7 +296,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
     data_path = raw.get("data_path")
     return Grid(
         name=str(raw.get("name") or path.stem), path=path, datasets=[str(d) for d in datasets], models=models,
-        data_path=str((path.parent / Path(data_path).expanduser()).resolve()) if data_path else None,
+        data_path=data_path or None,
         resources={k: float(v) for k, v in resources.items()},
         overrides=_mapping(f"{path}: overrides", raw.get("overrides")),
         num_samples=num_samples, include_defaults=bool(search.get("include_defaults", True)),
