@@ -88,7 +88,8 @@ def test_every_committed_grid_loads(path: Path) -> None:
 def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None:
     """`base:` shares a grid's settings with another dataset's grid: the keys the file sets replace
     the base's whole, the rest (here models, search, final) come from the base, and the name is
-    the file's own; a base that loops back or does not exist is one clear error."""
+    the file's own; `only:` keeps some rows; a base that loops back or does not exist, or a row
+    that is not there, is one clear error."""
     _write_grid(tmp_path)
     sub = tmp_path / "more"
     sub.mkdir()
@@ -104,6 +105,11 @@ def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None
     assert {d["epochs"] for d in draws} == {3}
     (sub / "named.yaml").write_text("base: other.yaml\nname: named\n")
     assert load_grid(sub / "named.yaml").name == "named" and load_grid(sub / "named.yaml").datasets == ["ml-100k"]
+    (sub / "some.yaml").write_text("base: other.yaml\nonly: [BPR-broken]\n")
+    assert [e.name for e in load_grid(sub / "some.yaml").models] == ["BPR-broken"]
+    (sub / "some.yaml").write_text("base: other.yaml\nonly: [BPR, SASRec]\n")
+    with pytest.raises(UserError, match=r"some\.yaml: only: SASRec: no such row in some\.yaml; expected one of: BPR, BPR-broken"):
+        load_grid(sub / "some.yaml")
     (sub / "loop.yaml").write_text("base: loop2.yaml\n")
     (sub / "loop2.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(UserError, match=r"loop2?\.yaml: its 'base' chain comes back to itself"):

@@ -32,7 +32,8 @@ results file tells which trials are finished and ``--resume`` skips them. A grid
 crossed with the draws, as ``tune.grid_search`` is with ``num_samples``; duplicates are dropped.
 
 ``base: other.yaml`` takes every key of that grid which this one does not set (top-level keys are
-replaced whole), so one dataset's grid can run another's models at the same settings.
+replaced whole), so one dataset's grid can run another's models at the same settings; ``only:``
+(a list of row names, as ``bench --only``) keeps some of the rows.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from recbole_llm.errors import UserError
 
 SAMPLERS = ("choice", "uniform", "loguniform", "quniform", "qloguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo")
-GRID_KEYS = {"base", "name", "description", "datasets", "data_path", "resources", "overrides", "search", "final", "models"}
+GRID_KEYS = {"base", "only", "name", "description", "datasets", "data_path", "resources", "overrides", "search", "final", "models"}
 MODEL_KEYS = {"model", "label", "fixed", "space"}
 SEARCH_KEYS = {"num_samples", "seed", "sampler_seed", "scheduler", "overrides", "include_defaults"}
 FINAL_KEYS = {"seeds", "overrides"}
@@ -231,12 +232,12 @@ def _model_entry(where: str, raw: Any) -> ModelEntry:
     return ModelEntry(str(raw["model"]), raw.get("label"), dict(fixed), dict(space))
 
 
-def only_rows(grid: Grid, names: list[str]) -> Grid:
+def only_rows(grid: Grid, names: list[str], where: str = "--only") -> Grid:
     """The grid with the rows named (a row's label, or its model where it has none), in grid order."""
     known = [entry.name for entry in grid.models]
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UserError(f"--only {', '.join(unknown)}: no such row in {grid.path.name}; expected one of: {', '.join(known)}")
+        raise UserError(f"{where} {', '.join(unknown)}: no such row in {grid.path.name}; expected one of: {', '.join(known)}")
     return replace(grid, models=[entry for entry in grid.models if entry.name in names])
 
 
@@ -293,8 +294,11 @@ def load_grid(path: str | os.PathLike) -> Grid:
         raise UserError(f"{path}: search.num_samples {num_samples!r}; expected a positive integer")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise UserError(f"{path}: final.seeds {seeds!r}; expected a non-empty list of integers")
+    only = raw.get("only")
+    if only is not None and (not isinstance(only, list) or not only or not all(isinstance(n, str) for n in only)):
+        raise UserError(f"{path}: only {only!r}; expected a non-empty list of row names (a label, or a model)")
     data_path = raw.get("data_path")
-    return Grid(
+    grid = Grid(
         name=str(raw.get("name") or path.stem), path=path, datasets=[str(d) for d in datasets], models=models,
         data_path=data_path or None,
         resources={k: float(v) for k, v in resources.items()},
@@ -305,3 +309,4 @@ def load_grid(path: str | os.PathLike) -> Grid:
         search_overrides=_mapping(f"{path}: search.overrides", search.get("overrides")),
         final_seeds=seeds, final_overrides=_mapping(f"{path}: final.overrides", final.get("overrides")),
     )
+    return only_rows(grid, only, f"{path}: only:") if only else grid
