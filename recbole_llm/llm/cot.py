@@ -152,9 +152,7 @@ def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, finge
                progress: bool = True) -> dict[str, str]:
     """key -> CoT for every key of ``prompts``, resuming from ``path`` (one JSON line per key).
     Beam sampling writes 3 answers per prompt and keeps ``scorer(prompt, answers)``'s pick."""
-    from tqdm.auto import tqdm
-
-    from recbole_llm.progress import shown
+    from recbole_llm.progress import progress_bar
     from recbole_llm.records import append_record
 
     done = read_cots(path, fingerprint)
@@ -163,7 +161,7 @@ def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, finge
         return {key: done[key] for key in prompts}
     generator = get_generator()
     n = 3 if settings.decoding == "beam_sample" else 1
-    with tqdm(total=len(todo), desc="chain-of-thought", unit="CoT", disable=not shown(progress), dynamic_ncols=True) as bar:
+    with progress_bar(len(todo), "chain-of-thought", "CoT", progress) as bar:
         for start in range(0, len(todo), settings.batch_size):
             keys = todo[start:start + settings.batch_size]
             answers = generator.generate(COT_SYSTEM_PROMPT, [prompts[k] for k in keys], settings.max_new_tokens,

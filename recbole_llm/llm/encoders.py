@@ -116,11 +116,18 @@ class SentenceTransformerEncoder(TextEncoder):
         self.dim = int(dimension())
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
-        from recbole_llm.progress import shown
+        from recbole_llm.progress import progress_bar
 
-        vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=shown(progress),
-                                    convert_to_numpy=True, normalize_embeddings=False)
-        return np.asarray(vectors, dtype=np.float32)
+        texts = list(texts)
+        chunk = batch_size * 32  # sentence-transformers sorts by length within each call
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with progress_bar(len(texts), f"encoding with {self.name}", "text", progress) as bar:
+            for start in range(0, len(texts), chunk):
+                part = texts[start:start + chunk]
+                out[start:start + len(part)] = self.model.encode(part, batch_size=batch_size, show_progress_bar=False,
+                                                                 convert_to_numpy=True, normalize_embeddings=False)
+                bar.update(len(part))
+        return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -163,16 +170,14 @@ def encode_by_length(encoder: Any, texts: Sequence[str], batch_size: int, progre
     on ``padding_side`` (per call: the tokenizer is shared by every user of the cached LM), with a
     progress bar; ``vectors_of(batch)`` maps a tokenized batch to its [B, dim] vectors."""
     import torch
-    from tqdm.auto import tqdm
 
-    from recbole_llm.progress import shown
+    from recbole_llm.progress import progress_bar
 
     tokenizer, max_length = encoder.tokenizer, encoder.max_length
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-    with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding with {encoder.name}", unit="text",
-                                      disable=not shown(progress), dynamic_ncols=True) as bar:
+    with torch.inference_mode(), progress_bar(len(texts), f"encoding with {encoder.name}", "text", progress) as bar:
         for start in range(0, len(texts), batch_size):
             index = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True, padding_side=padding_side,

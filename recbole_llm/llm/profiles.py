@@ -201,10 +201,8 @@ def generate_profiles(
     of the profiles written so far) and a failing one is written again by sampling, up to
     ``settings.retries`` times; each record keeps the reasons of its rejected attempts
     (``rejected``) and the problem of the answer kept, if it still has one (``problem``)."""
-    from tqdm.auto import tqdm
-
     from recbole_llm.llm.quality import normalised, profile_problem
-    from recbole_llm.progress import shown
+    from recbole_llm.progress import progress_bar
     from recbole_llm.records import append_record
 
     done = read_profiles(path, fingerprint)
@@ -225,7 +223,7 @@ def generate_profiles(
         model = get_generator()
         # Longest prompts first: a bad memory estimate shows up at once, not at the end.
         todo.sort(key=lambda key: -len(inputs[key]))
-        with tqdm(total=len(todo), desc=desc, unit="profile", disable=not shown(progress), dynamic_ncols=True) as bar:
+        with progress_bar(len(todo), desc, "profile", progress) as bar:
             for start in range(0, len(todo), settings.batch_size):
                 keys = todo[start:start + settings.batch_size]
                 answers = dict(zip(keys, model.generate(system_prompt, [inputs[k] for k in keys], settings.max_new_tokens,
