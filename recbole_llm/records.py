@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_RESULTS = Path("results") / "runs.jsonl"
+# Settings that say where and how a run was carried out, not what was trained: runs that differ
+# only in these are seeds of one configuration (the seed itself, folders, devices, logging).
+RUN_KEYS = frozenset({
+    "seed", "checkpoint_dir", "data_path", "dataset_save_path", "dataloaders_save_path", "save_dataset",
+    "save_dataloaders", "gpu_id", "use_gpu", "device", "llm_device", "local_rank", "single_spec", "nproc",
+    "world_size", "ip", "port", "offset", "worker", "state", "show_progress", "log_wandb", "wandb_project",
+})
 VERSIONED_PACKAGES = ("recbole-llm", "recbole", "torch", "numpy", "scipy", "pandas", "ray",
                       "transformers", "sentence-transformers")
 logger = logging.getLogger(__name__)

@@ -227,6 +227,11 @@ def _allow_model_class_of(file: Path) -> None:
             continue
 
 
+def _settings(config: Any) -> dict[str, Any]:
+    """A RecBole Config's settings as a dict (a checkpoint's config is a Config object)."""
+    return dict(getattr(config, "final_config_dict", config))
+
+
 def _zero_shot_source(model: str, source_path: str | os.PathLike,
                       overrides: dict[str, Any] | Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The source checkpoint, and overrides that rebuild its architecture and encoder on the target."""
@@ -416,8 +421,14 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
                 logger.warning("interrupted; continue this run with: recbole-llm resume %s", run_dir)
             raise
         if source is not None:
+            from recbole_llm.bench.grid import stable_hash
+            from recbole_llm.records import RUN_KEYS
+
             record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
-                                   "source_seed": source["config"]["seed"]}
+                                   "source_seed": source["config"]["seed"],
+                                   # the source's configuration without its seed: what its seeds share
+                                   "source_config_key": stable_hash({k: v for k, v in _settings(source["config"]).items()
+                                                                     if k not in RUN_KEYS})}
         label = request["label"]
         if label is None:
             run_label = getattr(model_class, "run_label", None)

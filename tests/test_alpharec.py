@@ -101,7 +101,7 @@ def trained_source(amazon_root: Path, tmp_path: Path) -> dict:
                run_dir=tmp_path / "source", overrides={"num_negs": 16})
 
 
-def test_zero_shot_on_another_dataset(trained_source: dict, tmp_path: Path) -> None:
+def test_zero_shot_on_another_dataset(trained_source: dict, amazon_root: Path, tmp_path: Path) -> None:
     from tests.conftest import write_amazon_fixture
 
     target_root = tmp_path / "target"
@@ -117,6 +117,16 @@ def test_zero_shot_on_another_dataset(trained_source: dict, tmp_path: Path) -> N
     state = torch.load(trained_source["checkpoint"])["state_dict"]
     for key, value in source.projector.state_dict().items():
         torch.testing.assert_close(value, state[f"projector.{key}"])
+    # Zero-shot evaluations from the seeds of one source configuration share its key (they are one
+    # leaderboard row); a source trained with another setting has another key.
+    def source_key(name: str, **options) -> str:
+        run("AlphaRec", "amazon-beauty", data_path=amazon_root, epochs=2, output=None, verbose=False,
+            run_dir=tmp_path / name, **options)
+        return run("AlphaRec", "amazon-beauty", data_path=target_root, output=None, verbose=False,
+                   zero_shot_from=tmp_path / name)["zero_shot"]["source_config_key"]
+
+    assert source_key("seed7", seed=7, overrides={"num_negs": 16}) == record["zero_shot"]["source_config_key"]
+    assert source_key("other", overrides={"num_negs": 8}) != record["zero_shot"]["source_config_key"]
 
 
 def test_zero_shot_refuses_another_encoder(trained_source: dict, tmp_path: Path) -> None:

@@ -138,6 +138,24 @@ def test_seeds_of_one_configuration_form_one_row_wherever_they_ran(tmp_path: Pat
     assert row.seeds == [1, 2, 3] and row.mean("ndcg@20") == pytest.approx(0.22)
 
 
+
+def test_zero_shot_evaluations_are_seeds_of_their_sources_configuration() -> None:
+    """Each seed of a zero-shot row reads another source checkpoint: the seeds of one source
+    configuration form one row, a source trained differently is another configuration, and the
+    budget line says the zero-shot rows did not train here."""
+    def zero_shot(seed: int, ndcg: float, source_key: str) -> dict:
+        return _record("AlphaRec", seed, ndcg, True, zero_shot={
+            "source_checkpoint": f"/runs/mix-seed{seed}-{source_key}/best.pth", "source_dataset": "mix",
+            "source_seed": seed, "source_config_key": source_key})
+
+    records = [zero_shot(1, 0.20, "a"), zero_shot(2, 0.22, "a"), zero_shot(3, 0.24, "a"),
+               zero_shot(1, 0.50, "b"), _record("Pop", 1, 0.1, False), _record("Pop", 2, 0.1, False)]
+    [board] = build_boards(records)
+    rows = {row.label: row for row in board.rows}
+    assert rows["AlphaRec(minilm) (zero-shot from mix)"].seeds == [1, 2, 3]
+    assert rows["AlphaRec(minilm) (zero-shot from mix)"].mean("ndcg@20") == pytest.approx(0.22)
+    assert board.notes["budget"] == "epoch cap 20; training batch 4096; zero-shot rows: no training on this dataset"
+
 def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     records = [_record("LightGCN", seed, 0.3 + seed / 100, False) for seed in (1, 2)]
     records += [_record("TIGER", seed, 0.2 + seed / 50, True) for seed in (1, 2)]

@@ -24,19 +24,12 @@ from typing import Any
 
 from recbole_llm.bench.grid import stable_hash
 from recbole_llm.errors import UserError
-from recbole_llm.records import BadLine, read_records
+from recbole_llm.records import RUN_KEYS, BadLine, read_records
 
 METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
            "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"],
            "ctr": ["auc", "gauc", "logloss"]}
 SIGNIFICANCE = 0.05
-# Settings that say where and how a run was carried out, not what was trained: runs that differ
-# only in these are seeds of one configuration (the seed itself, folders, devices, logging).
-RUN_KEYS = frozenset({
-    "seed", "checkpoint_dir", "data_path", "dataset_save_path", "dataloaders_save_path", "save_dataset",
-    "save_dataloaders", "gpu_id", "use_gpu", "device", "llm_device", "local_rank", "single_spec", "nproc",
-    "world_size", "ip", "port", "offset", "worker", "state", "show_progress", "log_wandb", "wandb_project",
-})
 # A RecBole metric, optionally of a long-tail / cold-start group: ndcg@10, recall@20_tail_item. Any
 # other number in a record's test result is a model's own diagnostic (tiger_decode_users_per_s ...).
 METRIC_KEY = re.compile(r"^[a-z]+@\d+(_[a-z_]+)?$")
@@ -134,8 +127,11 @@ def _config_key(record: dict[str, Any]) -> str:
     bench = record.get("bench") or {}
     if bench.get("config_key"):
         return bench["config_key"]
+    zero_shot = record.get("zero_shot") or {}
+    # A zero-shot evaluation is a seed of its source's configuration (records before the key
+    # existed: of its source checkpoint).
     key: dict[str, Any] = {"model": record.get("model"), "label": record.get("label"),
-                           "zero_shot": (record.get("zero_shot") or {}).get("source_checkpoint")}
+                           "zero_shot": zero_shot.get("source_config_key") or zero_shot.get("source_checkpoint")}
     if isinstance(record.get("config"), dict):
         key["config"] = {k: v for k, v in record["config"].items() if k not in RUN_KEYS}
     else:  # a record without its config: what it was asked to run
@@ -268,7 +264,11 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
     keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
     if protocol in ("sequential", "ctr"):  # ctr: the history of DIN-style models
         keys.append(("MAX_ITEM_LIST_LENGTH", "history length"))
+    zero_shot = [row for row in rows if row.records[0].get("zero_shot")]
+    rows = [row for row in rows if not row.records[0].get("zero_shot")]  # their budget is their source's
     parts = [text for key, name in keys if (text := setting(key, name))]
+    if zero_shot:
+        parts.append("zero-shot rows: no training on this dataset")
     return "; ".join(parts) or "not recorded"
 
 
