@@ -97,7 +97,8 @@ def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None
     other, base = load_grid(sub / "other.yaml"), load_grid(tmp_path / "grid.yaml")
     assert (other.name, other.datasets, other.overrides) == ("other", ["ml-100k"], {"epochs": 3})
     assert other.models == base.models and other.final_seeds == [7] and other.num_samples == 2
-    assert other.search_seed == 7 and other.scheduler == base.scheduler and other.data_path == base.data_path
+    assert other.search_seed == 7 and other.scheduler == base.scheduler
+    assert other.data_path == base.data_path == str((tmp_path / "data").resolve())  # relative to the file that set it
     # the same draws on the same dataset; the grid's own overrides on top
     bpr = other.models[0]
     draws = [t.overrides for t in other.search_trials("amazon-beauty", bpr)]

@@ -54,3 +54,16 @@ def test_thousands_and_seconds_are_readable(clock: list[float], caplog) -> None:
         clock[0] += 12
         bar.update(1_024)
     assert _lines(caplog) == ["encoding with smollm2: 1,024/38,093 texts (3%) in 12 s, about 7 min 14 s left"]
+
+
+@pytest.mark.parametrize("seconds, text", [(59.4, "59 s"), (60, "1 min 00 s"), (3599, "59 min 59 s"),
+                                           (3600, "1 h 00 min"), (7322, "2 h 02 min"), (float("nan"), "?")])
+def test_durations_at_their_unit_boundaries(seconds: float, text: str) -> None:
+    assert progress._duration(seconds) == text
+
+
+def test_nothing_to_do_is_done_at_once(clock: list[float], caplog) -> None:
+    caplog.set_level(logging.INFO, logger="recbole_llm")
+    with progress.progress_bar(0, "encoding with minilm", "text", every=60) as bar:
+        bar.update(0)
+    assert _lines(caplog) == ["encoding with minilm: 0/0 texts (100%) in 0 s, done"]
