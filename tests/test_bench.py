@@ -85,7 +85,7 @@ def test_every_committed_grid_loads(path: Path) -> None:
     assert grid.models and grid.datasets
 
 
-def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None:
+def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`base:` shares a grid's settings with another dataset's grid: the keys the file sets replace
     the base's whole, the rest (here models, search, final) come from the base, and the name is
     the file's own; `only:` keeps some rows; a base that loops back or does not exist, or a row
@@ -93,6 +93,7 @@ def test_a_grid_takes_what_it_does_not_set_from_its_base(tmp_path: Path) -> None
     _write_grid(tmp_path)
     sub = tmp_path / "more"
     sub.mkdir()
+    monkeypatch.chdir(sub)  # paths resolve against the grid files, not the working folder
     (sub / "other.yaml").write_text("base: ../grid.yaml\ndatasets: [ml-100k]\noverrides: {epochs: 3}\n")
     other, base = load_grid(sub / "other.yaml"), load_grid(tmp_path / "grid.yaml")
     assert (other.name, other.datasets, other.overrides) == ("other", ["ml-100k"], {"epochs": 3})
