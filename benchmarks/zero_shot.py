@@ -110,7 +110,7 @@ def execute(runs: list[dict[str, Any]], out: Path, runs_root: Path, scratch: Pat
         if spec["key"] in done:
             continue
         folder = runs_root / spec["key"].replace(">", "")
-        print(f"[{i}/{len(runs)}] {spec['key']}", flush=True)
+        print(f"[{i}/{len(runs)}] {spec['key']} (its log: {folder / 'run.log'})", flush=True)
         if resume_state.folder(folder).is_dir():
             record = resume(folder, verbose=False)
         else:
