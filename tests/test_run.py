@@ -181,7 +181,7 @@ def test_batch_progress_bars_on_a_terminal_only(verbose: bool, amazon_root: Path
     drawn = terminal.buffer.getvalue()
     assert record["config"]["show_progress"] is verbose
     assert ("Train     0" in drawn) is verbose and ("Evaluate" in drawn) is verbose
-    assert ("Batches" in drawn) is verbose  # MiniLM encoding the feature files on the way
+    assert ("encoding with minilm" in drawn) is verbose  # MiniLM encoding the feature files on the way
     # RecBole's bars are cleared when their loop ends, under the epoch bar (no line per epoch left).
     assert bars_left == ([False] if verbose else [])
     log = (tmp_path / "run" / "run.log").read_text()
