@@ -41,9 +41,9 @@ def _fractions(pairs: list[str]) -> dict[str, float]:
         try:
             out[name] = float(value)
         except ValueError:
-            raise SystemExit(f"--fraction {pair}: expected NAME=F with F a number in (0, 1]") from None
+            raise ValueError(f"--fraction {pair}: expected NAME=F with F a number in (0, 1]") from None
         if not 0 < out[name] <= 1:
-            raise SystemExit(f"--fraction {pair}: expected F in (0, 1]")
+            raise ValueError(f"--fraction {pair}: expected F in (0, 1]")
     return out
 
 
@@ -194,12 +194,16 @@ def main() -> None:
     from recbole_llm.data.datasets import home
     from recbole_llm.errors import UserError
 
+    # Bad input: one line naming it, exit code 2 (argparse's), before anything is written.
     if len(args.sources) < 2 or args.target in args.sources or args.target in args.single:
-        raise SystemExit("expected two or more --sources and a --target that is none of them")
-    fractions = _fractions(args.fraction)
+        parser.error("expected two or more --sources and a --target that is none of them")
+    try:
+        fractions = _fractions(args.fraction)
+    except ValueError as exc:
+        parser.error(str(exc))
     unknown = sorted(set(fractions) - set(args.sources) - set(args.single))
     if unknown:
-        raise SystemExit(f"--fraction {', '.join(unknown)}: not a source; expected one of {', '.join(args.sources)}")
+        parser.error(f"--fraction {', '.join(unknown)}: not a source; expected one of {', '.join(args.sources)}")
     scratch = (args.scratch or home() / "zero-shot" / "data").expanduser().resolve()
     try:
         overrides = parse_overrides(args.set)
@@ -208,7 +212,8 @@ def main() -> None:
         runs = plan(args.target, combined, single, args.seeds)
         execute(runs, args.out, scratch.parent / "runs", scratch, overrides, args.epochs)
     except UserError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        print(f"zero_shot.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(report(args.out, "python benchmarks/zero_shot.py " + " ".join(sys.argv[1:])))
 
 

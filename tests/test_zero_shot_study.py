@@ -48,5 +48,14 @@ def test_comparisons_are_paired_over_seeds() -> None:
 
 @pytest.mark.parametrize("given, message", [(["bx=2"], r"F in \(0, 1\]"), (["bx"], "NAME=F")])
 def test_a_bad_fraction_is_one_clear_error(given: list[str], message: str) -> None:
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ValueError, match=message):
         study._fractions(given)
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(_PATH), "--fraction", "book-crossing=3", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith("--fraction book-crossing=3: expected F in (0, 1]")
+    assert not any(tmp_path.iterdir())  # nothing written
