@@ -52,7 +52,7 @@ def prepare_data(target: str, sources: list[str], fractions: dict[str, float], s
     """The scratch data root: the target and the sources linked in, the sampled sources written,
     and the combination; returns (source names as trained, the combination's name, single sources)."""
     from recbole_llm.data.combine import combine_datasets
-    from recbole_llm.data.datasets import resolve_dataset
+    from recbole_llm.data.datasets import dataset_properties_file, resolve_dataset
 
     scratch.mkdir(parents=True, exist_ok=True)
     names = {}
@@ -64,7 +64,7 @@ def prepare_data(target: str, sources: list[str], fractions: dict[str, float], s
         if name in fractions:
             names[name] = sample_dataset(name, folder, scratch, fractions[name], seed)
             sampled = scratch / names[name]
-            settings = _settings_file(name)
+            settings = dataset_properties_file(name)
             if settings is not None and not (sampled / f"{names[name]}.yaml").is_file():
                 shutil.copy(settings, sampled / f"{names[name]}.yaml")  # the source's protocol, filters, texts
         else:
@@ -74,12 +74,6 @@ def prepare_data(target: str, sources: list[str], fractions: dict[str, float], s
     if not (scratch / combined / f"{combined}.inter").is_file():
         print("\n".join(combine_datasets(combined, trained, data_path=scratch).lines()), flush=True)
     return trained, combined, [names[s] for s in single]
-
-
-def _settings_file(name: str) -> Path | None:
-    from recbole_llm.data.datasets import dataset_properties_file
-
-    return dataset_properties_file(name)
 
 
 def plan(target: str, combined: str, single: list[str], seeds: list[int]) -> list[dict[str, Any]]:
@@ -130,9 +124,7 @@ def execute(runs: list[dict[str, Any]], out: Path, runs_root: Path, scratch: Pat
 
 def comparisons(records: list[dict[str, Any]], metrics: tuple[str, ...] = (MAIN, "recall@20")) -> str:
     """Paired t-tests over seeds between the rows the paper's claim compares."""
-    from scipy.stats import ttest_rel
-
-    from recbole_llm.bench.leaderboard import select_rows
+    from recbole_llm.bench.leaderboard import paired_p_value, select_rows
 
     rows = {row.label: row for row in select_rows(records)}
     multi = [label for label in rows if "zero-shot" in label and "+" in label]
@@ -147,8 +139,8 @@ def comparisons(records: list[dict[str, Any]], metrics: tuple[str, ...] = (MAIN,
             if not shared:
                 continue
             diffs = [mine[s] - theirs[s] for s in shared]
-            p = float(ttest_rel([mine[s] for s in shared], [theirs[s] for s in shared]).pvalue) if len(shared) > 1 else None
-            p_text = "-" if p is None or p != p else f"{p:.3f}"
+            p = paired_p_value(rows[a], rows[b], metric)
+            p_text = "-" if p is None else f"{p:.3f}"
             lines.append(f"| {a} vs {b} | {metric} | {sum(diffs) / len(diffs):+.4f} | {len(shared)} | {p_text} |")
     return "\n".join(lines)
 

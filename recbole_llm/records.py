@@ -28,6 +28,13 @@ RUN_KEYS = frozenset({
     "save_dataloaders", "gpu_id", "use_gpu", "device", "llm_device", "local_rank", "single_spec", "nproc",
     "world_size", "ip", "port", "offset", "worker", "state", "show_progress", "log_wandb", "wandb_project",
 })
+
+
+def without_run_keys(settings: Any) -> dict[str, Any]:
+    """What was trained: ``settings`` (a dict or a RecBole Config) less the :data:`RUN_KEYS`."""
+    return {k: v for k, v in dict(getattr(settings, "final_config_dict", settings)).items() if k not in RUN_KEYS}
+
+
 VERSIONED_PACKAGES = ("recbole-llm", "recbole", "torch", "numpy", "scipy", "pandas", "ray",
                       "transformers", "sentence-transformers")
 logger = logging.getLogger(__name__)

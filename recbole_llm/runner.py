@@ -26,7 +26,8 @@ from recbole_llm.data.datasets import home
 from recbole_llm.errors import UserError
 from recbole_llm.hooks import recbole_llm_config
 from recbole_llm.progress import shown
-from recbole_llm.records import DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions, source_commit
+from recbole_llm.records import (DEFAULT_RESULTS, append_record, hardware, json_safe, package_versions, source_commit,
+                                 without_run_keys)
 from recbole_llm.registry import get_model_class
 
 logger = logging.getLogger("recbole_llm")
@@ -227,11 +228,6 @@ def _allow_model_class_of(file: Path) -> None:
             continue
 
 
-def _settings(config: Any) -> dict[str, Any]:
-    """A RecBole Config's settings as a dict (a checkpoint's config is a Config object)."""
-    return dict(getattr(config, "final_config_dict", config))
-
-
 def _zero_shot_source(model: str, source_path: str | os.PathLike,
                       overrides: dict[str, Any] | Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The source checkpoint, and overrides that rebuild its architecture and encoder on the target."""
@@ -422,13 +418,11 @@ def _execute(request: dict[str, Any], run_dir: Path, verbose: bool, on_epoch: Ep
             raise
         if source is not None:
             from recbole_llm.bench.grid import stable_hash
-            from recbole_llm.records import RUN_KEYS
 
             record["zero_shot"] = {"source_checkpoint": source["path"], "source_dataset": source["config"]["dataset"],
                                    "source_seed": source["config"]["seed"],
                                    # the source's configuration without its seed: what its seeds share
-                                   "source_config_key": stable_hash({k: v for k, v in _settings(source["config"]).items()
-                                                                     if k not in RUN_KEYS})}
+                                   "source_config_key": stable_hash(without_run_keys(source["config"]))}
         label = request["label"]
         if label is None:
             run_label = getattr(model_class, "run_label", None)

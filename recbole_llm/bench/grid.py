@@ -241,9 +241,11 @@ def only_rows(grid: Grid, names: list[str], where: str = "--only") -> Grid:
     return replace(grid, models=[entry for entry in grid.models if entry.name in names])
 
 
-def _read_grid(path: Path, load_yaml: Any, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_grid(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The grid file's keys over those of its ``base`` grid (a path relative to it), so a grid for
     another dataset restates only what differs and shares every other setting with its base."""
+    from recbole_llm.config import load_yaml
+
     if not path.is_file():
         where = f" (the base of {seen[-1]})" if seen else ""
         raise UserError(f"grid file {path}{where} does not exist; expected a YAML grid spec (see benchmarks/grids/)")
@@ -258,17 +260,15 @@ def _read_grid(path: Path, load_yaml: Any, seen: tuple[Path, ...]) -> dict[str, 
         return raw
     if not isinstance(base, str):
         raise UserError(f"{path}: base {base!r}; expected the path of another grid file, relative to this one")
-    inherited = _read_grid(path.parent / base, load_yaml, (*seen, path.resolve()))
+    inherited = _read_grid(path.parent / base, (*seen, path.resolve()))
     inherited.pop("name", None)  # a grid is named by its own file unless it says otherwise
     return {**inherited, **raw}
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
     """Read and check a grid YAML; UserError naming the offending key otherwise."""
-    from recbole_llm.config import load_yaml
-
     path = Path(path)
-    raw = _read_grid(path, load_yaml, seen=())
+    raw = _read_grid(path)
     datasets = raw.get("datasets")
     if not datasets or not isinstance(datasets, list):
         raise UserError(f"{path}: expected 'datasets' as a non-empty list")

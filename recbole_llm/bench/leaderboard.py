@@ -24,7 +24,7 @@ from typing import Any
 
 from recbole_llm.bench.grid import stable_hash
 from recbole_llm.errors import UserError
-from recbole_llm.records import RUN_KEYS, BadLine, read_records
+from recbole_llm.records import BadLine, read_records, without_run_keys
 
 METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
            "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"],
@@ -103,19 +103,23 @@ class Board:
     def p_value(self, row: Row, metric: str) -> float | None:
         """Paired t-test over the seeds ``row`` shares with the best baseline (None if < 2 shared)."""
         base = self.best_baseline(metric)
-        if base is None or base is row:
-            return None
-        mine, theirs = row.by_seed(metric), base.by_seed(metric)
-        shared = sorted(set(mine) & set(theirs))
-        if len(shared) < 2:
-            return None
-        from scipy.stats import ttest_rel
+        return None if base is None or base is row else paired_p_value(row, base, metric)
 
-        a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
-        if all(x == y for x, y in zip(a, b)):
-            return 1.0
-        p = float(ttest_rel(a, b).pvalue)
-        return None if math.isnan(p) else p
+
+def paired_p_value(row: Row, other: Row, metric: str) -> float | None:
+    """Two-sided paired t-test of ``metric`` over the seeds both rows have: None if fewer than 2
+    are shared, 1.0 when every pair is equal (the t statistic is undefined there)."""
+    mine, theirs = row.by_seed(metric), other.by_seed(metric)
+    shared = sorted(set(mine) & set(theirs))
+    if len(shared) < 2:
+        return None
+    from scipy.stats import ttest_rel
+
+    a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
+    if all(x == y for x, y in zip(a, b)):
+        return 1.0
+    p = float(ttest_rel(a, b).pvalue)
+    return None if math.isnan(p) else p
 
 
 def _config_key(record: dict[str, Any]) -> str:
@@ -133,9 +137,9 @@ def _config_key(record: dict[str, Any]) -> str:
     key: dict[str, Any] = {"model": record.get("model"), "label": record.get("label"),
                            "zero_shot": zero_shot.get("source_config_key") or zero_shot.get("source_checkpoint")}
     if isinstance(record.get("config"), dict):
-        key["config"] = {k: v for k, v in record["config"].items() if k not in RUN_KEYS}
+        key["config"] = without_run_keys(record["config"])
     else:  # a record without its config: what it was asked to run
-        key["overrides"] = {k: v for k, v in (record.get("overrides") or {}).items() if k not in RUN_KEYS}
+        key["overrides"] = without_run_keys(record.get("overrides") or {})
         key["config_files"] = record.get("config_files") or []
     return stable_hash(key)
 
@@ -248,9 +252,12 @@ def _stops_after(stopping_step: Any) -> str:
 
 def _budget_note(rows: list[Row], protocol: str) -> str:
     """The training budget of the rows shown: epoch cap and batch (and history length for
-    sequential models), one value when all rows share it, else per row."""
+    sequential models), one value when all rows share it, else per row. A zero-shot row did not
+    train on this dataset (its budget is its source's), so its settings are left out."""
+    trained = [row for row in rows if not row.records[0].get("zero_shot")]
+
     def setting(key: str, name: str) -> str | None:
-        values = {row.label: (row.records[0].get("config") or {}).get(key) for row in rows}
+        values = {row.label: (row.records[0].get("config") or {}).get(key) for row in trained}
         known = {label: v for label, v in values.items() if v is not None}
         if not known:
             return None
@@ -264,10 +271,8 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
     keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
     if protocol in ("sequential", "ctr"):  # ctr: the history of DIN-style models
         keys.append(("MAX_ITEM_LIST_LENGTH", "history length"))
-    zero_shot = [row for row in rows if row.records[0].get("zero_shot")]
-    rows = [row for row in rows if not row.records[0].get("zero_shot")]  # their budget is their source's
     parts = [text for key, name in keys if (text := setting(key, name))]
-    if zero_shot:
+    if len(trained) < len(rows):
         parts.append("zero-shot rows: no training on this dataset")
     return "; ".join(parts) or "not recorded"
 
