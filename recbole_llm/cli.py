@@ -46,6 +46,7 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 2020)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--epochs", type=int, help="maximum training epochs (early stopping still applies)")
+    _add_threads_argument(p)
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset")
     p.add_argument("--output", default=None, metavar="FILE", help="results file to append the record to (default results/runs.jsonl)")
     p.add_argument("--no-record", action="store_true", help="do not append a record to any results file")
@@ -71,6 +72,24 @@ def _add_run_parser(sub: Any) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (logged when the run starts; by default under $RECBOLE_LLM_HOME/runs)")
     p.add_argument("--quiet", action="store_true", help="no training log on the terminal (it still goes to the run folder)")
+    _add_threads_argument(p)
+
+
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch's operations (default: torch's, one per core, or OMP_NUM_THREADS); "
+                        "give each of several runs on one machine its share, e.g. --threads 1 for two runs on 2 "
+                        "cores: more threads than free cores make every run several times slower. The record "
+                        "keeps the count (hardware.torch_threads)")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: expected a whole number of at least 1")
+        torch.set_num_threads(args.threads)
 
 
 EPILOG_ENCODE = """\
@@ -362,6 +381,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from recbole_llm.records import DEFAULT_RESULTS
     from recbole_llm.runner import run
 
+    _set_threads(args)
     output = None if args.no_record else (args.output or DEFAULT_RESULTS)
     overrides = [*args.overrides, *(["llm_generate=False"] if args.no_generate else [])]
     record = run(
@@ -385,6 +405,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     stages = run_dir / PIPELINE_REQUEST  # a model trained in stages (PAD, Molar): each stage is a run below
     # the request is gone once it finishes
     output = json.loads(stages.read_text())["output"] if stages.is_file() else read_request(run_dir)["output"]
+    _set_threads(args)
     record = resume(args.run_dir, verbose=not args.quiet)
     if record.get("stages"):
         print("\nstages: " + "; ".join(f"{s['stage']} ({s['epochs_run']} epochs)" for s in record["stages"]))

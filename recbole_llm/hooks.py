@@ -13,7 +13,9 @@ takes:
    config already names in ``llm_feature_fields`` are the user's own files, used as they are.
 2. ``data_preparation``, for every config with a ``split_seed`` (recbole-llm's): the split is seeded
    by ``split_seed``, as in ``recbole-llm run``, so every seed of a model sees one split and LLM
-   profiles built from its training part never see a validation or test interaction. RecBole's own
+   profiles built from its training part never see a validation or test interaction; and
+   ``reproducibility`` (RecBole's switch, on by default) also selects torch's deterministic
+   algorithms (see :func:`set_reproducibility`). RecBole's own
    models run through RecBole's own doors (no ``split_seed``) are left exactly as RecBole runs them.
    Under the ctr protocol, each user's first impression is dropped for non-sequential datasets, as
    RecBole's sequential dataset drops it (see ``drop_first_impressions``).
@@ -71,6 +73,7 @@ def _hook_data_preparation() -> None:
 
     def data_preparation(config: Any, dataset: Any) -> Any:
         if config["split_seed"] is not None:  # a recbole-llm config: the split has its own seed
+            set_reproducibility(config["reproducibility"])
             init_seed(config["split_seed"], config["reproducibility"])
         if "protocol" in config and config["protocol"] == "ctr":
             drop_first_impressions(dataset)
@@ -82,6 +85,21 @@ def _hook_data_preparation() -> None:
     data_preparation.__doc__ = original.__doc__
     for module in (data_utils, data_package, quick_start):
         module.data_preparation = data_preparation
+
+
+def set_reproducibility(on: bool) -> None:
+    """RecBole's ``reproducibility`` only makes cuDNN deterministic. On a CPU with two or more
+    threads the backward pass of advanced indexing (``table[ids]`` with repeated ids, in nearly every
+    model's loss) accumulates in an order that depends on thread timing, so two runs with the same
+    seed drifted apart after a few epochs. With ``on``, torch's deterministic algorithms are used
+    (a sorted accumulation for that backward; ``benchmarks/determinism.py`` measures the cost);
+    an operation with no deterministic version warns instead of failing."""
+    import torch
+
+    if on:
+        # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(on), warn_only=True)
 
 
 def drop_first_impressions(dataset: Any) -> None:

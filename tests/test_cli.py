@@ -1,6 +1,7 @@
 """The command line: a real run, and bad input -> one line, exit code 2, nothing written."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +21,12 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_run_prints_a_table_and_appends_a_record(tmp_path: Path) -> None:
-    result = _cli("run", "-m", "Pop", "-d", "ml-100k", "--epochs", "1", "--quiet", cwd=tmp_path)
+    result = _cli("run", "-m", "Pop", "-d", "ml-100k", "--epochs", "1", "--quiet", "--threads", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| metric" in result.stdout and "ndcg@20" in result.stdout
     records = (tmp_path / "results" / "runs.jsonl").read_text().splitlines()
     assert len(records) == 1 and '"model": "Pop"' in records[0]
+    assert json.loads(records[0])["hardware"]["torch_threads"] == 3  # --threads, whatever the machine's cores
 
 
 def _broken_dataset(root: Path, kind: str) -> None:
@@ -51,12 +53,13 @@ def _broken_dataset(root: Path, kind: str) -> None:
      "--set MAX_ITEM_LIST_LENGTH=-3: expected a whole number of at least 1"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
     (["run", "-m", "BPR", "-d", "ml-100k", "--device", "tpu"], "--device tpu: expected cpu, cuda"),
+    (["run", "-m", "BPR", "-d", "ml-100k", "--threads", "0"], "--threads 0: expected a whole number of at least 1"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data"], "header column 'rating:number' is malformed"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data"], "not found: expected"),
     (["run", "-m", "BPR", "-d", "broken", "--data-path", "data", "--epochs", "1"], "could not load dataset 'broken'"),
     (["resume", "no-such-run"], "run folder no-such-run does not exist"),
     (["resume", "."], "holds no unfinished run"),
-], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "set-count", "config-file", "device", "header", "missing", "value",
+], ids=["model", "dataset", "set-syntax", "set-type", "set-key", "set-count", "config-file", "device", "threads", "header", "missing", "value",
         "resume-missing", "resume-finished"])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture, session_home: Path) -> None:

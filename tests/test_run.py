@@ -89,6 +89,22 @@ def test_split_seed_fixes_the_split_across_seeds(tmp_path: Path) -> None:
     assert splits[0] == splits[1]
 
 
+def test_reproducibility_selects_deterministic_algorithms(amazon_root: Path) -> None:
+    """RecBole's ``reproducibility`` (on by default) also switches torch's deterministic algorithms
+    on for a recbole-llm model, whichever door builds its split (this is RecBole's own
+    data_preparation, as run_recbole calls it); off when the user turns it off."""
+    from tests.conftest import split_for
+
+    try:
+        for value in (False, True):
+            torch.use_deterministic_algorithms(not value)
+            split_for("LightGCNInfoNCE", "amazon-beauty", amazon_root, {"reproducibility": value})
+            assert torch.are_deterministic_algorithms_enabled() is value
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a missing kernel warns, never fails a run
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 @pytest.mark.parametrize("stop_after", [1, 2], ids=["mid-training", "while-testing"])
 def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_path: Path) -> None:
     """Stopped after epoch 1 (or after the last epoch, before the test), `resume` ends exactly where
