@@ -5,7 +5,7 @@ LightGCN (BPR, 1 negative, RecBole's sampler), LightGCN+InfoNCE and AlphaRec (25
 MiniLM title vectors; its reference projector, 12,288 hidden units for 384-d vectors, and the
 earlier 9/32-wide variant), and the ratios to LightGCN. All run through RecBole's own Trainer.
 
-    python benchmarks/alpharec_speed.py [--epochs 3] [--batch-size 4096]
+    python benchmarks/alpharec_speed.py [--epochs 3] [--batch-size 4096] [--threads N]
 """
 from __future__ import annotations
 
@@ -53,9 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per model (median reported)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import recbole_llm  # noqa: F401
 

@@ -3,11 +3,12 @@ item, nodes of degree one, and the first item id (RecBole's padding is 0, so rea
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
 from recbole_llm.model.alpharec import mean_of_items
-from recbole_llm.model.layers import TrainPositives, info_nce_by_id, normalized_adjacency
+from recbole_llm.model.layers import TrainPositives, info_nce_by_id, normalized_adjacency, sampled_info_nce
 
 
 def test_mean_of_items_with_one_two_and_no_training_items() -> None:
@@ -93,3 +94,30 @@ def test_info_nce_by_id_is_the_batch_infonce_with_its_repetitions() -> None:
     (-(torch.log_softmax(a @ p.T / tau, dim=1).diagonal()).mean()).backward()
     torch.testing.assert_close(a1.grad, a2.grad)
     torch.testing.assert_close(p1.grad, p2.grad)
+
+
+@pytest.mark.parametrize("n_items", [7, 40], ids=["scores-against-all-items", "gathered-items"])
+def test_sampled_info_nce_with_rows_is_the_loss_over_every_sample(n_items: int) -> None:
+    """Each distinct user passed once with ``rows`` gives the loss and gradients of the samples
+    written out one by one (repeated users, repeated negatives), on both of its paths: scores
+    against all items (7 items <= 2 negatives x 4 dims) and gathered item vectors (40 > 8)."""
+    g = torch.Generator().manual_seed(1)
+    users = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    items = torch.randn(n_items, 4, generator=g, dtype=torch.float64)
+    rows = torch.tensor([2, 0, 2, 2, 1, 0])
+    positives = torch.tensor([1, 5, 3, 1, 6, 0])
+    negatives = torch.tensor([[2, 2], [6, 4], [0, 5], [4, 4], [3, 1], [5, 2]])
+    tau = 0.2
+    u, v = users.numpy(), items.numpy()
+    expected = np.mean([
+        -np.log(np.exp(u[r] @ v[p] / tau) / (np.exp(u[r] @ v[p] / tau) + sum(np.exp(u[r] @ v[j] / tau) for j in negs)))
+        for r, p, negs in zip(rows.tolist(), positives.tolist(), negatives.tolist())])
+    u1, i1 = users.clone().requires_grad_(), items.clone().requires_grad_()
+    got = sampled_info_nce(u1, i1, positives, negatives, tau, rows)
+    assert abs(float(got) - expected) < 1e-12
+    got.backward()
+    # Gradient: the same as one user row per sample (the default, rows=None).
+    u2, i2 = users.clone().requires_grad_(), items.clone().requires_grad_()
+    sampled_info_nce(u2[rows], i2, positives, negatives, tau).backward()
+    torch.testing.assert_close(u1.grad, u2.grad)
+    torch.testing.assert_close(i1.grad, i2.grad)

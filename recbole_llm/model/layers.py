@@ -42,19 +42,28 @@ def light_propagate(adjacency: torch.Tensor, ego: torch.Tensor, n_layers: int) -
 
 
 def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
-                     negatives: torch.Tensor, tau: float) -> torch.Tensor:
+                     negatives: torch.Tensor, tau: float, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Sampled-softmax InfoNCE: mean of -log e^{s(u,i+)/tau} / (e^{s(u,i+)/tau} + sum_j e^{s(u,j)/tau}).
 
-    ``users`` [B, d] are the batch's user vectors, ``items`` [N, d] all item vectors, ``positives``
-    [B] and ``negatives`` [B, K] item ids; s is the dot product (pass normalised vectors for cosine).
-    For a catalogue smaller than K x d the scores against all items are one matrix product and the
-    sampled ones are picked from it (much faster on CPU than gathering B x K item vectors).
+    ``users`` [U, d] are user vectors, ``rows`` [B] the row of ``users`` of each of the B samples
+    (default: row b for sample b, U = B), ``items`` [N, d] all item vectors, ``positives`` [B] and
+    ``negatives`` [B, K] item ids; s is the dot product (pass normalised vectors for cosine). A
+    batch of user-uniform samples repeats users (4,096 samples hold about 930 of ml-100k's 943), so
+    passing each distinct user once with ``rows`` scores U x N instead of B x N. For a catalogue
+    smaller than K x d the scores against all items are one matrix product and the sampled ones are
+    picked from it (much faster on CPU than gathering B x K item vectors).
     """
+    if rows is None:
+        rows = torch.arange(len(users), device=users.device)
     if items.shape[0] <= negatives.shape[1] * items.shape[1]:
-        scores = users @ items.T
-        pos = scores.gather(1, positives.view(-1, 1))
-        neg = scores.gather(1, negatives)
+        # Picked from the flattened U x N scores with a 1-D gather, whose backward adds the
+        # repeated picks in index order (deterministic, and no B x N gradient).
+        scores = (users @ items.T).reshape(-1)
+        base = rows.view(-1, 1) * items.shape[0]
+        pos = scores.gather(0, (base + positives.view(-1, 1)).view(-1)).view(-1, 1)
+        neg = scores.gather(0, (base + negatives).view(-1)).view(negatives.shape)
     else:
+        users = users.index_select(0, rows)
         pos = (users * items[positives]).sum(-1, keepdim=True)
         neg = torch.einsum("bd,bkd->bk", users, items[negatives])
     logits = torch.cat([pos, neg], dim=1) / tau
@@ -95,9 +104,10 @@ class TrainPositives:
             self.mask[self.keys] = True
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Whether each (user, item) is a training interaction; the shapes broadcast."""
         keys = users * self.n_items + items
         if self.mask is not None:
-            return self.mask[keys]
+            return self.mask.index_select(0, keys.reshape(-1)).view(keys.shape)  # ~5x faster than mask[keys]
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == keys
 
@@ -107,7 +117,8 @@ class TrainPositives:
         users = users.cpu()
         owners = users.repeat_interleave(k)
         out = self._draw(owners, generator)
-        todo = torch.nonzero(self.contains(owners, out)).view(-1)
+        # keys broadcast from B users to their B x k draws: one B-long product instead of B x k
+        todo = torch.nonzero(self.contains(users.view(-1, 1), out.view(len(users), k)).view(-1)).view(-1)
         while len(todo):  # redraw only the collisions
             out[todo] = self._draw(owners[todo], generator)
             todo = todo[self.contains(owners[todo], out[todo])]
@@ -158,7 +169,9 @@ class SampledInfoNCE:
     def loss(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
              items: torch.Tensor) -> torch.Tensor:
         users, positives, negatives = (t.to(user_all.device) for t in self.pairs(users, items))
-        return sampled_info_nce(cosine(user_all[users]), cosine(item_all), positives, negatives, self.tau)
+        distinct, rows = torch.unique(users, return_inverse=True)  # each user's vector normalised and scored once
+        return sampled_info_nce(cosine(user_all.index_select(0, distinct)), cosine(item_all), positives, negatives,
+                                self.tau, rows)
 
 
 def negative_groups(config, dataset) -> torch.Tensor | None:
