@@ -22,7 +22,7 @@ search:
   num_samples: 2
   include_defaults: false
   seed: 7
-  scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+  scheduler: {name: asha, grace_period: 3, reduction_factor: 2}   # above the 1-epoch cap: nothing to prune, no error
 final:
   seeds: [7]
 models:

@@ -214,7 +214,8 @@ def _tune(trials: list[Trial], grid: Grid, output: Path, data_path: str | None, 
             spec.update(run_dir=str(final_run_dir(grid.name, trial)), **{"continue": resume})
     if scheduler.get("name", "asha") == "asha" and len(trials) > 1:
         chosen = ASHAScheduler(time_attr="epoch", max_t=max_t,
-                               grace_period=int(scheduler.get("grace_period", 10)),
+                               # a cap below the grace period prunes nothing (Ray's ASHA would refuse it)
+                               grace_period=min(int(scheduler.get("grace_period", 10)), max_t),
                                reduction_factor=float(scheduler.get("reduction_factor", 3)))
     else:
         chosen = FIFOScheduler()
