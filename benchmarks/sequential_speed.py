@@ -1,0 +1,84 @@
+"""LLM-ESR's training step against SASRec's, at the same history length, batch and threads.
+
+Both read ml-100k's sequential split with the same loader (every prefix of every training
+sequence, as RecBole trains SASRec; LLM-ESR with ``train_on: prefixes``), so an epoch has the same
+number of steps and the ratio of step times is the ratio of epoch times. Each model trains on the
+same first STEPS batches through RecBole's own trainer after one untimed warm-up batch; the median
+step is reported. LLM-ESR does more per step by design: two views of each sequence (ID and
+LLM-initialised embeddings, each its own transformer), cross-attention, and the retrieved similar
+users' sequences encoded as distillation teachers.
+
+    python benchmarks/sequential_speed.py [--history 50] [--batch-size 2048] [--steps 3] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def step_times(model: str, overrides: dict, steps: int) -> tuple[list[float], int]:
+    """Seconds of each of ``steps`` training steps, and the number of steps in an epoch."""
+    from recbole.config import Config
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    from recbole_llm.runner import load_split, prepare, recbole_argv
+
+    _, config_dict = prepare(model, "ml-100k", overrides=overrides)
+    work = tempfile.mkdtemp(prefix="rl-seq-speed-")
+    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
+    with recbole_argv():
+        config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
+    _, train, _, _ = load_split(config)
+    batches = list(itertools.islice(train, steps + 1))
+    init_seed(config["seed"], True)
+    net = get_model(model)(config, train._dataset)
+    with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+    trainer._train_epoch(batches[:1], 0, show_progress=False)  # warm-up: first-call allocations
+    times = []
+    for batch in batches[1:]:
+        started = time.perf_counter()
+        trainer._train_epoch([batch], 0, show_progress=False)
+        times.append(time.perf_counter() - started)
+    return times, len(train)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--history", type=int, default=50, help="MAX_ITEM_LIST_LENGTH of both")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (median reported)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args()
+
+    import torch
+
+    import recbole_llm  # noqa: F401
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; ml-100k, history {args.history}, batch {args.batch_size}, "
+          f"median of {args.steps} steps")
+    shared = {"MAX_ITEM_LIST_LENGTH": args.history, "train_batch_size": args.batch_size}
+    rows = []
+    for label, model, extra in [("SASRec", "SASRec", {}), ("LLM-ESR (prefixes)", "LLMESR", {"train_on": "prefixes"})]:
+        times, per_epoch = step_times(model, {**shared, **extra}, args.steps)
+        rows.append((label, statistics.median(times), per_epoch))
+    base = rows[0][1]
+    print(f"\n{'model':20} {'s/step':>8} {'steps/epoch':>12} {'s/epoch':>8} {'x SASRec':>9}")
+    for label, step_s, per_epoch in rows:
+        print(f"{label:20} {step_s:8.2f} {per_epoch:12d} {step_s * per_epoch:8.0f} {step_s / base:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
