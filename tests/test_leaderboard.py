@@ -270,3 +270,19 @@ def test_runs_with_a_masked_history_get_a_table_of_their_own() -> None:
 
     assert _evaluation({"config": {"eval_mask_history": True}}) == "history masked"
     assert _evaluation({"config": {"eval_mask_history": False}}) == ""
+
+
+def test_a_row_with_fewer_seeds_than_the_fullest_is_marked_not_final(tmp_path: Path) -> None:
+    """A grid stopped before its final seeds leaves rows with fewer seeds: they carry † (and the
+    legend says what it means); rows with as many seeds as the fullest do not."""
+    records = [_record(label, seed, ndcg, label.startswith("AlphaRec"))
+               for label, seeds in NDCG.items() for seed, ndcg in seeds.items()
+               if not (label == "AlphaRec(minilm)" and seed != 1)]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    leaderboard(path, tmp_path / "out")
+    lines = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
+    seeds_cell = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines if line.startswith("| ")}
+    assert seeds_cell["AlphaRec(minilm)"] == "1 †"
+    assert seeds_cell["LightGCN ◦"] == "3" and seeds_cell["Pop ◦"] == "3"
+    assert any("†: fewer seeds than the table's fullest row" in line for line in lines)

@@ -92,6 +92,11 @@ class Board:
     def title(self) -> str:
         return f"{self.dataset}, {self.protocol} protocol" + (f" ({self.evaluation})" if self.evaluation else "")
 
+    def short_of_seeds(self, row: Row) -> bool:
+        """Whether ``row`` has fewer seeds than the table's fullest row: a grid still running or
+        stopped before its final seeds, so its numbers are not final."""
+        return len(row.records) < max(len(r.records) for r in self.rows)
+
     def best(self, metric: str) -> float | None:
         means = [m for m in (row.mean(metric) for row in self.rows) if m is not None]
         return max(means, key=lambda m: orientation(metric) * m) if means else None
@@ -411,7 +416,7 @@ def _columns(board: Board) -> list[str]:
 def _row_cells(board: Board, row: Row, bold: tuple[str, str]) -> list[str]:
     p = board.p_value(row, board.main_metric)
     train, epochs, params = row.average("train_time_s"), row.average("epochs_run"), row.average("n_params")
-    return [row.label + ("" if row.llm_enhanced else " ◦"), str(len(row.records)),
+    return [row.label + ("" if row.llm_enhanced else " ◦"), f"{len(row.records)}{' †' if board.short_of_seeds(row) else ''}",
             *(_cell(board, row, m, bold) for m in board.metrics),
             "-" if p is None else f"{p:.3f}",
             "-" if train is None else f"{train:.1f}" if train < 100 else f"{train:.0f}",
@@ -451,7 +456,8 @@ def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[st
 
 LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; ◦: baseline (no LLM features); "
           f"▲/▼: better/worse than the best baseline on that metric, paired t-test over shared seeds, p < {SIGNIFICANCE}; "
-          "p: that test's p-value on the main metric.")
+          "p: that test's p-value on the main metric; †: fewer seeds than the table's fullest row (its grid is "
+          "still running or stopped early): not final.")
 
 
 def render_markdown(boards: list[Board], source: str) -> str:
