@@ -286,3 +286,36 @@ def test_a_row_with_fewer_seeds_than_the_fullest_is_marked_not_final(tmp_path: P
     assert seeds_cell["AlphaRec(minilm)"] == "1 †"
     assert seeds_cell["LightGCN ◦"] == "3" and seeds_cell["Pop ◦"] == "3"
     assert any("†: fewer seeds than the table's fullest row" in line for line in lines)
+
+
+def test_epochs_to_plateau_the_cap_and_the_compute_spent(tmp_path: Path) -> None:
+    """'epochs best/run' is the mean of best_epoch + 1 over the mean epochs trained, ‡ when a seed
+    reached its cap; 'compute h' adds the seeds' and the row's other search trials' training time."""
+    def seed(label: str, s: int, best: int, run: int, cap: int, phase: str, seconds: float) -> dict:
+        record = _record(label, s, 0.3 + s / 100, label.startswith("AlphaRec"), best_epoch=best, epochs_run=run,
+                         train_time_s=seconds, bench={"grid": "g", "phase": phase, "key": f"{label}{s}{phase}",
+                                                      "config_key": label})
+        record["config"] = {**record["config"], "epochs": cap}
+        return record
+
+    records = [seed("LightGCN", 1, 9, 20, 50, "search", 1800.0),  # a final seed that is a search trial
+               seed("LightGCN", 2, 15, 24, 50, "final", 1800.0),
+               seed("AlphaRec(minilm)", 1, 48, 50, 50, "final", 3600.0),
+               seed("AlphaRec(minilm)", 2, 30, 41, 50, "final", 3600.0)]
+    search = seed("AlphaRec(minilm)", 1, 5, 10, 50, "search", 1800.0)  # a pruned trial of another configuration
+    search["config"]["learning_rate"] = 0.5
+    search["overrides"] = {"learning_rate": 0.5}
+    search["bench"]["config_key"] = "another configuration"
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*records, search]))
+    leaderboard(path, tmp_path / "out")
+    lines = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    columns = [c.strip() for c in header.split("|")[1:-1]]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines
+             if line.startswith("| ") and not line.startswith("| model")}
+    epochs, compute = columns.index("epochs best/run"), columns.index("compute h")
+    assert cells["LightGCN ◦"][epochs] == "13/22"          # (10 + 16) / 2 to the best, (20 + 24) / 2 trained
+    assert cells["AlphaRec(minilm)"][epochs] == "40/46 ‡"  # seed 1 ran its 50 epochs
+    assert cells["LightGCN ◦"][compute] == "1.00"           # its search trial is a seed shown: counted once
+    assert cells["AlphaRec(minilm)"][compute] == "2.50"     # two seeds of 1 h and the search trial's 0.5 h

@@ -42,6 +42,7 @@ class Row:
     model: str
     llm_enhanced: bool
     records: list[dict[str, Any]]  # one per seed, sorted by seed
+    search_time_s: float = 0.0     # training time of its search trials that are not among the seeds shown
 
     @property
     def seeds(self) -> list[int]:
@@ -64,6 +65,26 @@ class Row:
     def average(self, key: str) -> float | None:
         values = [float(r[key]) for r in self.records if isinstance(r.get(key), (int, float))]
         return statistics.fmean(values) if values else None
+
+    @property
+    def compute_s(self) -> float:
+        """Training time spent on the row: its seeds and its search trials."""
+        return sum(float(r.get("train_time_s") or 0) for r in self.records) + self.search_time_s
+
+    @property
+    def at_cap(self) -> bool:
+        """Whether a seed trained until its epoch cap, never stopped early: it may be short of its plateau."""
+        return any(not r.get("zero_shot") and isinstance((r.get("config") or {}).get("epochs"), int)
+                   and (r.get("epochs_run") or 0) >= r["config"]["epochs"] for r in self.records)
+
+    def epochs_cell(self) -> str:
+        """Mean epochs to the best validation / mean epochs trained, ‡ when a seed hit the cap."""
+        best = [r["best_epoch"] + 1 for r in self.records if isinstance(r.get("best_epoch"), int)]
+        run = self.average("epochs_run")
+        if run is None:
+            return "-"
+        text = f"{statistics.fmean(best):.0f}/{run:.0f}" if best else f"{run:.0f}"
+        return text + (" ‡" if self.at_cap else "")
 
 
 def orientation(metric: str) -> int:
@@ -226,6 +247,15 @@ def select_rows(records: list[dict[str, Any]]) -> list[Row]:
     return rows
 
 
+def _add_search_time(rows: list[Row], records: list[dict[str, Any]]) -> None:
+    """Each row's search trials (any status, pruned ones too) that are not one of its seeds shown."""
+    for row in rows:
+        shown = {id(r) for r in row.records}
+        row.search_time_s = sum(float(r.get("train_time_s") or 0) for r in records
+                                if (r.get("bench") or {}).get("phase") == "search" and _label(r) == row.label
+                                and id(r) not in shown)
+
+
 def _protocol_note(records: list[dict[str, Any]]) -> str:
     config = records[0].get("config") or {}
     eval_args = config.get("eval_args") or {}
@@ -369,6 +399,7 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         rows = select_rows(group)
         if not rows:
             continue
+        _add_search_time(rows, group)
         present = {m for row in rows for r in row.records for m in r["test"]}
         metric_keys = {m: METRIC_KEY.match(m) for m in present}
         metrics = [m for m in METRICS.get(protocol, []) if m in present] or sorted(
@@ -410,17 +441,18 @@ def _cell(board: Board, row: Row, metric: str, bold: tuple[str, str] = ("**", "*
 
 
 def _columns(board: Board) -> list[str]:
-    return ["model", "seeds", *board.metrics, f"p ({board.main_metric})", "train s", "epochs", "params"]
+    return ["model", "seeds", *board.metrics, f"p ({board.main_metric})", "train s", "epochs best/run",
+            "compute h", "params"]
 
 
 def _row_cells(board: Board, row: Row, bold: tuple[str, str]) -> list[str]:
     p = board.p_value(row, board.main_metric)
-    train, epochs, params = row.average("train_time_s"), row.average("epochs_run"), row.average("n_params")
+    train, params = row.average("train_time_s"), row.average("n_params")
     return [row.label + ("" if row.llm_enhanced else " ◦"), f"{len(row.records)}{' †' if board.short_of_seeds(row) else ''}",
             *(_cell(board, row, m, bold) for m in board.metrics),
             "-" if p is None else f"{p:.3f}",
             "-" if train is None else f"{train:.1f}" if train < 100 else f"{train:.0f}",
-            "-" if epochs is None else f"{epochs:.0f}",
+            row.epochs_cell(), f"{row.compute_s / 3600:.2f}",
             "-" if params is None else f"{params:.0f}" if params < 1000 else f"{params / 1e3:.0f}k"]
 
 
@@ -456,7 +488,10 @@ def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[st
 
 LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; ◦: baseline (no LLM features); "
           f"▲/▼: better/worse than the best baseline on that metric, paired t-test over shared seeds, p < {SIGNIFICANCE}; "
-          "p: that test's p-value on the main metric; †: fewer seeds than the table's fullest row (its grid is "
+          "p: that test's p-value on the main metric; train s: mean training time of a seed; epochs best/run: "
+          "mean epochs to the best validation / trained; ‡: a seed trained to the epoch cap without stopping early "
+          "(it may be short of its plateau); compute h: training hours of the seeds shown and the row's search "
+          "trials; †: fewer seeds than the table's fullest row (its grid is "
           "still running or stopped early): not final.")
 
 
