@@ -222,3 +222,22 @@ def test_a_final_run_cut_off_with_the_grid_continues_under_resume(tmp_path: Path
     [whole] = list(read_records(fresh))
     assert whole["epochs_run"] == 2 and "resumed_at_epochs" not in whole
     assert whole["test"] == pytest.approx(record["test"], abs=1e-4)  # the same trial, cut or not
+
+
+def test_a_pruned_trial_is_recorded_with_its_epochs_score_and_time(tmp_path: Path) -> None:
+    """A trial the scheduler stops writes no run record: the driver writes one from Ray's last
+    result, with the epochs reached, the last validation score and the trial's time (the compute
+    the leaderboard counts)."""
+    from types import SimpleNamespace
+
+    from recbole_llm.bench.tuner import _recorder
+
+    spec = {"grid": "g", "phase": "search", "key": "k", "config_key": "c", "tuned": ["learning_rate"], "model": "BPR",
+            "dataset": "ml-100k", "name": "BPR", "seed": 2020, "overrides": {"learning_rate": 0.01}, "describe": "BPR"}
+    trial = SimpleNamespace(trial_id="t1", config={"trial": spec},
+                            last_result={"valid_score": 0.12, "epoch": 10, "time_total_s": 321.5})
+    progress = SimpleNamespace(update=lambda n: None, write=lambda text: None)
+    _recorder(tmp_path / "runs.jsonl", progress).on_trial_complete(0, [], trial)
+    [record] = read_records(tmp_path / "runs.jsonl")
+    assert record["status"] == "pruned" and record["epochs_run"] == 10 and record["valid_score"] == 0.12
+    assert record["trial_time_s"] == 321.5 and record["bench"]["phase"] == "search"

@@ -306,8 +306,10 @@ def test_epochs_to_plateau_the_cap_and_the_compute_spent(tmp_path: Path) -> None
     search["config"]["learning_rate"] = 0.5
     search["overrides"] = {"learning_rate": 0.5}
     search["bench"]["config_key"] = "another configuration"
+    pruned = {"model": "AlphaRec", "label": "AlphaRec(minilm)", "dataset": "ml-100k", "seed": 2020, "status": "pruned",
+              "epochs_run": 10, "trial_time_s": 900.0, "bench": {"grid": "g", "phase": "search", "key": "p"}}
     path = tmp_path / "runs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in [*records, search]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*records, search, pruned]))
     leaderboard(path, tmp_path / "out")
     lines = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| model"))
@@ -318,4 +320,4 @@ def test_epochs_to_plateau_the_cap_and_the_compute_spent(tmp_path: Path) -> None
     assert cells["LightGCN ◦"][epochs] == "13/22"          # (10 + 16) / 2 to the best, (20 + 24) / 2 trained
     assert cells["AlphaRec(minilm)"][epochs] == "40/46 ‡"  # seed 1 ran its 50 epochs
     assert cells["LightGCN ◦"][compute] == "1.00"           # its search trial is a seed shown: counted once
-    assert cells["AlphaRec(minilm)"][compute] == "2.50"     # two seeds of 1 h and the search trial's 0.5 h
+    assert cells["AlphaRec(minilm)"][compute] == "2.75"     # two seeds of 1 h, a search trial's 0.5 h, a pruned one's 0.25 h

@@ -248,10 +248,11 @@ def select_rows(records: list[dict[str, Any]]) -> list[Row]:
 
 
 def _add_search_time(rows: list[Row], records: list[dict[str, Any]]) -> None:
-    """Each row's search trials (any status, pruned ones too) that are not one of its seeds shown."""
+    """The training time of each row's search trials (pruned ones too) that are not one of its seeds shown."""
     for row in rows:
         shown = {id(r) for r in row.records}
-        row.search_time_s = sum(float(r.get("train_time_s") or 0) for r in records
+        # a pruned trial has no run record: Ray's time for the trial (set-up included) stands in
+        row.search_time_s = sum(float(r.get("train_time_s") or r.get("trial_time_s") or 0) for r in records
                                 if (r.get("bench") or {}).get("phase") == "search" and _label(r) == row.label
                                 and id(r) not in shown)
 

@@ -118,7 +118,7 @@ def _recorder(output: Path, progress: Any) -> Any:
             if trial.trial_id not in self.recorded:  # stopped by the scheduler before it finished
                 last = trial.last_result or {}
                 self._append(trial, _stub_record(trial.config["trial"], "pruned", valid_score=last.get("valid_score"),
-                                                 epochs_run=last.get("epoch")))
+                                                 epochs_run=last.get("epoch"), trial_time_s=last.get("time_total_s")))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if trial.trial_id not in self.recorded:
