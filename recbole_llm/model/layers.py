@@ -58,15 +58,17 @@ def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.
     if items.shape[0] <= negatives.shape[1] * items.shape[1]:
         # Picked from the flattened U x N scores with index_select (3x faster than gather here),
         # whose backward adds the repeated picks in index order (deterministic, no B x N gradient).
+        # The positive and the negatives of a sample in one pick, [B, 1 + K]: no cat of scores
+        # (a score cell is either a positive or a negative of its user, so its gradient is the
+        # same sum, in the same order, as picking them apart).
         scores = (users @ items.T).reshape(-1)
-        base = rows.view(-1, 1) * items.shape[0]
-        pos = scores.index_select(0, (base + positives.view(-1, 1)).view(-1)).view(-1, 1)
-        neg = scores.index_select(0, (base + negatives).view(-1)).view(negatives.shape)
+        picks = torch.cat([positives.view(-1, 1), negatives], dim=1) + rows.view(-1, 1) * items.shape[0]
+        logits = scores.index_select(0, picks.view(-1)).view(picks.shape) / tau
     else:
         users = users.index_select(0, rows)
         pos = (users * items[positives]).sum(-1, keepdim=True)
         neg = torch.einsum("bd,bkd->bk", users, items[negatives])
-    logits = torch.cat([pos, neg], dim=1) / tau
+        logits = torch.cat([pos, neg], dim=1) / tau
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()  # stable form of the ratio
 
 
@@ -105,9 +107,10 @@ class TrainPositives:
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Whether each (user, item) is a training interaction; the shapes broadcast."""
-        keys = users * self.n_items + items
-        if self.mask is not None:
+        if self.mask is not None:  # at most 64M entries: int32 keys suffice
+            keys = users.to(torch.int32) * self.n_items + items.to(torch.int32)
             return self.mask.index_select(0, keys.reshape(-1)).view(keys.shape)  # ~5x faster than mask[keys]
+        keys = users.long() * self.n_items + items.long()
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == keys
 
@@ -122,12 +125,12 @@ class TrainPositives:
         while len(todo):  # redraw only the collisions
             out[todo] = self._draw(owners[todo], generator)
             todo = todo[self.contains(owners[todo], out[todo])]
-        return out.view(len(users), k)
+        return out.view(len(users), k).long()
 
     def _draw(self, owners: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One uniform item per owner: from all items, or from the owner's group when grouped."""
-        if self.group_items is None:
-            return torch.randint(1, self.n_items, (len(owners),), generator=generator)
+        if self.group_items is None:  # int32: the same values as int64 draws, from the same stream, faster
+            return torch.randint(1, self.n_items, (len(owners),), generator=generator, dtype=torch.int32)
         group = self.user_group[owners]
         if (group < 0).any():
             raise ValueError("a user without training items has no group to draw negatives from")
