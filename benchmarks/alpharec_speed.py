@@ -10,33 +10,23 @@ earlier 9/32-wide variant), and the ratios to LightGCN. All run through RecBole'
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
-import tempfile
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 
 def measure(model: str, epochs: int, batch_size: int, **overrides: object) -> tuple[float, float]:
-    from recbole.config import Config
-    from recbole.utils import get_model, get_trainer, init_seed
-
-    from recbole_llm.runner import load_split, prepare, recbole_argv
-
-    _, config_dict = prepare(model, "ml-100k", overrides={"train_batch_size": batch_size, **overrides})
-    work = tempfile.mkdtemp(prefix="rl-bench-")
-    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
-    with recbole_argv():
-        config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
-    _, train, _, test = load_split(config)
-    init_seed(config["seed"], True)
-    net = get_model(model)(config, train._dataset)
-    with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
-        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+    _, train, test, fresh = load(model, {"train_batch_size": batch_size, **overrides})
+    _, trainer = fresh()
     trainer.eval_collector.data_collect(train)
     epoch_times, eval_times = [], []
     for epoch in range(epochs):

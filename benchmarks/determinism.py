@@ -14,15 +14,18 @@ the thread-timing effects it looks for, need the cores free.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import os
 import platform
 import statistics
-import tempfile
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -59,27 +62,16 @@ def _digest(net) -> str:
 
 def measure(model: str, overrides: dict, steps: int, threads: int) -> dict:
     import torch
-    from recbole.config import Config
-    from recbole.utils import get_model, get_trainer, init_seed
 
     from recbole_llm.hooks import set_reproducibility
-    from recbole_llm.runner import load_split, prepare, recbole_argv
 
-    _, config_dict = prepare(model, "ml-100k", overrides=overrides)
-    work = tempfile.mkdtemp(prefix="rl-determinism-")
-    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
-    with recbole_argv():
-        config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
-    _, train, _, _ = load_split(config)
+    _, train, _, fresh = load(model, overrides)
     batches = list(itertools.islice(train, steps))  # the same batches for every run
 
     def once(n_threads: int, deterministic: bool) -> tuple[str, float]:
         torch.set_num_threads(n_threads)
         set_reproducibility(deterministic)
-        init_seed(config["seed"], True)
-        net = get_model(model)(config, train._dataset)
-        with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
-            trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+        net, trainer = fresh()
         started = time.perf_counter()
         trainer._train_epoch(batches, 0, show_progress=False)
         return _digest(net), (time.perf_counter() - started) / len(batches) * 1000

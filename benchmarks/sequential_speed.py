@@ -13,36 +13,26 @@ users' sequences encoded as distillation teachers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import platform
 import statistics
-import tempfile
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 
 def step_times(model: str, overrides: dict, steps: int) -> tuple[list[float], int]:
     """Seconds of each of ``steps`` training steps, and the number of steps in an epoch."""
-    from recbole.config import Config
-    from recbole.utils import get_model, get_trainer, init_seed
-
-    from recbole_llm.runner import load_split, prepare, recbole_argv
-
-    _, config_dict = prepare(model, "ml-100k", overrides=overrides)
-    work = tempfile.mkdtemp(prefix="rl-seq-speed-")
-    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
-    with recbole_argv():
-        config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
-    _, train, _, _ = load_split(config)
+    _, train, _, fresh = load(model, overrides)
     batches = list(itertools.islice(train, steps + 1))
-    init_seed(config["seed"], True)
-    net = get_model(model)(config, train._dataset)
-    with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
-        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+    _, trainer = fresh()
     trainer._train_epoch(batches[:1], 0, show_progress=False)  # warm-up: first-call allocations
     times = []
     for batch in batches[1:]:

@@ -1,0 +1,34 @@
+"""What the training-speed benchmarks share: a model's split and freshly seeded trainers, built
+as `recbole-llm run` builds them (benchmarks/ is not a package: scripts put their folder on sys.path)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def load(model: str, overrides: dict[str, Any], dataset: str = "ml-100k") -> tuple[Any, Any, Any, Callable[[], tuple[Any, Any]]]:
+    """RecBole's config of ``model`` on ``dataset`` with ``overrides``, the (train, test) loaders of
+    the run's own seeded split, and a factory of (model, RecBole trainer) pairs, each initialised
+    from the config's seed. Checkpoints and TensorBoard files go to a temporary folder."""
+    from recbole.config import Config
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    from recbole_llm.runner import load_split, prepare, recbole_argv
+
+    _, config_dict = prepare(model, dataset, overrides=overrides)
+    work = tempfile.mkdtemp(prefix="rl-bench-")
+    config_dict["checkpoint_dir"] = os.path.join(work, "checkpoints")
+    with recbole_argv():
+        config = Config(model=model, dataset=dataset, config_dict=config_dict)
+    _, train, _, test = load_split(config)
+
+    def fresh() -> tuple[Any, Any]:
+        init_seed(config["seed"], True)
+        net = get_model(model)(config, train._dataset)
+        with contextlib.chdir(work):  # RecBole's trainer writes log_tensorboard/ into the cwd
+            trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+        return net, trainer
+
+    return config, train, test, fresh
