@@ -79,7 +79,7 @@ def _add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch's operations (default: torch's, one per core, or OMP_NUM_THREADS); "
                         "give each of several runs on one machine its share, e.g. --threads 1 for two runs on 2 "
-                        "cores: more threads than free cores make every run several times slower. The record "
+                        "cores: more threads than free cores can slow every run down several times. The record "
                         "keeps the count (hardware.torch_threads)")
 
 
