@@ -36,9 +36,9 @@ final: {{seeds: [2020]}}              # 2020 is the best search trial itself: no
 
 
 def default_models() -> list[str]:
-    from recbole_llm.registry import list_models
+    from recbole_llm.registry import list_models, plugin_entry
 
-    plugin = [entry.name for entry in list_models() if not entry.source.startswith("recbole (")]
+    plugin = [entry.name for entry in list_models() if plugin_entry(entry.name) is not None]
     return BASELINES + sorted(plugin)
 
 

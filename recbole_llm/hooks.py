@@ -101,7 +101,7 @@ def set_reproducibility(on: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(bool(on), warn_only=True)
     # Deterministic mode also fills every new tensor with NaN, a debugging aid for kernels that
-    # read memory they never wrote (none here); it cost LightGCNInfoNCE a quarter of its step.
+    # read memory they never wrote (none here): 104 against 76 ms a LightGCNInfoNCE step, one profile.
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 

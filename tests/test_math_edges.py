@@ -121,3 +121,42 @@ def test_sampled_info_nce_with_rows_is_the_loss_over_every_sample(n_items: int) 
     sampled_info_nce(u2[rows], i2, positives, negatives, tau).backward()
     torch.testing.assert_close(u1.grad, u2.grad)
     torch.testing.assert_close(i1.grad, i2.grad)
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["dense-mask", "sorted-keys"])
+def test_membership_and_negatives_on_both_lookup_paths(with_mask: bool) -> None:
+    """Catalogues of more than 64M user x item cells (Book-Crossing) answer membership from sorted
+    keys instead of the dense mask: both answer as a set of the training pairs does, with
+    broadcast shapes and any integer type, and no negative is a training item of its user."""
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 7, 30), rng.integers(1, 9, 30)
+    positives = TrainPositives(sp.coo_matrix((np.ones(30), (rows, cols)), shape=(7, 9)), 9)
+    if not with_mask:
+        positives.mask = None
+    trained = set(zip(rows.tolist(), cols.tolist()))
+    users = torch.arange(7, dtype=torch.int32).view(-1, 1)
+    items = torch.arange(1, 9).view(1, -1)
+    expected = [[(u, i) in trained for i in range(1, 9)] for u in range(7)]
+    assert positives.contains(users, items).tolist() == expected
+    drawn_for = torch.tensor([0, 3, 5, 6])
+    negatives = positives.sample_negatives(drawn_for, 50, torch.Generator().manual_seed(0))
+    assert negatives.dtype == torch.long and negatives.shape == (4, 50)
+    assert not any((u, i) in trained for u, row in zip(drawn_for.tolist(), negatives.tolist()) for i in row)
+    assert int(negatives.min()) >= 1 and int(negatives.max()) <= 8
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["all-items", "within-groups"])
+def test_draws_come_from_the_generator_given(grouped: bool) -> None:
+    """With a generator, positives and negatives (first draws and redraws) depend on it alone: the
+    same seed gives the same draws whatever the global random stream did in between."""
+    rows, cols = [0, 0, 1, 1, 2], [1, 2, 3, 4, 5]
+    groups = torch.tensor([0, 0, 0, 0, 1, 1]) if grouped else None  # items 1-3 and 4-5
+    positives = TrainPositives(sp.coo_matrix((np.ones(5), (rows, cols)), shape=(3, 6)), 6, groups)
+
+    def draws(global_seed: int) -> list:
+        torch.manual_seed(global_seed)
+        generator = torch.Generator().manual_seed(11)
+        users, items = positives.sample_user_positive_pairs(200, generator)
+        return [users.tolist(), items.tolist(), positives.sample_negatives(users, 8, generator).tolist()]
+
+    assert draws(0) == draws(1)

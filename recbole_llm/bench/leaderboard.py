@@ -231,7 +231,10 @@ def _llm_enhanced(record: dict[str, Any]) -> bool:
 def select_rows(records: list[dict[str, Any]]) -> list[Row]:
     """One row per label: its configuration with the most seeds (then the best mean validation)."""
     configs: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    searches: dict[str, list[dict[str, Any]]] = defaultdict(list)  # every search trial, pruned ones too
     for record in records:
+        if (record.get("bench") or {}).get("phase") == "search":
+            searches[_label(record)].append(record)
         if record.get("status", "ok") != "ok" or not isinstance(record.get("test"), dict) or record.get("seed") is None:
             continue
         # The newest record of a seed wins (a re-run replaces an older one).
@@ -243,18 +246,12 @@ def select_rows(records: list[dict[str, Any]]) -> list[Row]:
             return len(seeds), statistics.fmean(scores) if scores else -math.inf
         chosen = max(by_config.values(), key=rank)
         ordered = [chosen[s] for s in sorted(chosen)]
-        rows.append(Row(label, ordered[0].get("model", label), _llm_enhanced(ordered[0]), ordered))
-    return rows
-
-
-def _add_search_time(rows: list[Row], records: list[dict[str, Any]]) -> None:
-    """The training time of each row's search trials (pruned ones too) that are not one of its seeds shown."""
-    for row in rows:
-        shown = {id(r) for r in row.records}
+        shown = {id(r) for r in ordered}
         # a pruned trial has no run record: Ray's time for the trial (set-up included) stands in
-        row.search_time_s = sum(float(r.get("train_time_s") or r.get("trial_time_s") or 0) for r in records
-                                if (r.get("bench") or {}).get("phase") == "search" and _label(r) == row.label
-                                and id(r) not in shown)
+        search_s = sum(float(r.get("train_time_s") or r.get("trial_time_s") or 0) for r in searches[label]
+                       if id(r) not in shown)
+        rows.append(Row(label, ordered[0].get("model", label), _llm_enhanced(ordered[0]), ordered, search_s))
+    return rows
 
 
 def _protocol_note(records: list[dict[str, Any]]) -> str:
@@ -400,7 +397,6 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         rows = select_rows(group)
         if not rows:
             continue
-        _add_search_time(rows, group)
         present = {m for row in rows for r in row.records for m in r["test"]}
         metric_keys = {m: METRIC_KEY.match(m) for m in present}
         metrics = [m for m in METRICS.get(protocol, []) if m in present] or sorted(

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -56,11 +56,9 @@ def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.
     if rows is None:
         rows = torch.arange(len(users), device=users.device)
     if items.shape[0] <= negatives.shape[1] * items.shape[1]:
-        # Picked from the flattened U x N scores with index_select (3x faster than gather here),
-        # whose backward adds the repeated picks in index order (deterministic, no B x N gradient).
-        # The positive and the negatives of a sample in one pick, [B, 1 + K]: no cat of scores
-        # (a score cell is either a positive or a negative of its user, so its gradient is the
-        # same sum, in the same order, as picking them apart).
+        # A sample's positive and negatives picked together, [B, 1 + K], from the flattened U x N
+        # scores: index_select is 3x faster than gather here, and its backward adds repeated picks
+        # in index order (deterministic, and no B x N gradient).
         scores = (users @ items.T).reshape(-1)
         picks = torch.cat([positives.view(-1, 1), negatives], dim=1) + rows.view(-1, 1) * items.shape[0]
         logits = scores.index_select(0, picks.view(-1)).view(picks.shape) / tau
