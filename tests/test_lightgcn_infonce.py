@@ -59,7 +59,7 @@ def test_interaction_sampling_scores_the_batchs_own_pairs(profiled_root: Path, m
     batch = next(iter(train))
     users, items = batch["user_id"].numpy(), batch["item_id"].numpy()
     negatives = torch.from_numpy(np.stack([(items % 29) + 1, ((items + 7) % 29) + 1], axis=1))
-    monkeypatch.setattr(net.objective.positives, "sample_negatives", lambda *_: negatives)
+    monkeypatch.setattr(net.objective.positives, "sample_negatives", lambda *_, **__: negatives)
     loss = net.calculate_loss(batch).item()
 
     out = mean_readout(normalised_graph(net), ego_of(net), 1)

@@ -96,17 +96,19 @@ def test_info_nce_by_id_is_the_batch_infonce_with_its_repetitions() -> None:
     torch.testing.assert_close(p1.grad, p2.grad)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.long, torch.int32])
 @pytest.mark.parametrize("n_items", [7, 40], ids=["scores-against-all-items", "gathered-items"])
-def test_sampled_info_nce_with_rows_is_the_loss_over_every_sample(n_items: int) -> None:
+def test_sampled_info_nce_with_rows_is_the_loss_over_every_sample(n_items: int, index_dtype: torch.dtype) -> None:
     """Each distinct user passed once with ``rows`` gives the loss and gradients of the samples
     written out one by one (repeated users, repeated negatives), on both of its paths: scores
-    against all items (7 items <= 2 negatives x 4 dims) and gathered item vectors (40 > 8)."""
+    against all items (7 items <= 2 negatives x 4 dims) and gathered item vectors (40 > 8), with
+    int64 or int32 ids."""
     g = torch.Generator().manual_seed(1)
     users = torch.randn(3, 4, generator=g, dtype=torch.float64)
     items = torch.randn(n_items, 4, generator=g, dtype=torch.float64)
     rows = torch.tensor([2, 0, 2, 2, 1, 0])
-    positives = torch.tensor([1, 5, 3, 1, 6, 0])
-    negatives = torch.tensor([[2, 2], [6, 4], [0, 5], [4, 4], [3, 1], [5, 2]])
+    positives = torch.tensor([1, 5, 3, 1, 6, 0], dtype=index_dtype)
+    negatives = torch.tensor([[2, 2], [6, 4], [0, 5], [4, 4], [3, 1], [5, 2]], dtype=index_dtype)
     tau = 0.2
     u, v = users.numpy(), items.numpy()
     expected = np.mean([
@@ -141,6 +143,8 @@ def test_membership_and_negatives_on_both_lookup_paths(with_mask: bool) -> None:
     drawn_for = torch.tensor([0, 3, 5, 6])
     negatives = positives.sample_negatives(drawn_for, 50, torch.Generator().manual_seed(0))
     assert negatives.dtype == torch.long and negatives.shape == (4, 50)
+    as_int32 = positives.sample_negatives(drawn_for, 50, torch.Generator().manual_seed(0), dtype=torch.int32)
+    assert as_int32.dtype == torch.int32 and torch.equal(as_int32.long(), negatives)
     assert not any((u, i) in trained for u, row in zip(drawn_for.tolist(), negatives.tolist()) for i in row)
     assert int(negatives.min()) >= 1 and int(negatives.max()) <= 8
 

@@ -265,6 +265,8 @@ def test_run_label_names_what_differs_from_the_default() -> None:
 
     assert Molar.run_label({"pipeline": True}) == "Molar(text)"
     assert Molar.run_label({"pipeline": True, "llm_encoder": "smollm2", "molar_user_layers": 2}) == "Molar(text)"
+    assert Molar.run_label({"pipeline": True, "MAX_ITEM_LIST_LENGTH": 10}) == "Molar(text)"
+    assert Molar.run_label({"pipeline": True, "MAX_ITEM_LIST_LENGTH": 50}) == "Molar(text, history 50)"
     assert Molar.run_label({"molar_stage": 1}) == "Molar(text, stage 1)"
     assert Molar.run_label({"molar_stage": 2}) == "Molar(text, stage 2)"
     assert Molar.run_label({}) == "Molar(text, stage 1)"

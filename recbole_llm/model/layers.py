@@ -55,19 +55,25 @@ def sampled_info_nce(users: torch.Tensor, items: torch.Tensor, positives: torch.
     """
     if rows is None:
         rows = torch.arange(len(users), device=users.device)
+    users = users / tau  # on U x d rather than on the B x (1 + K) logits
     if items.shape[0] <= negatives.shape[1] * items.shape[1]:
         # A sample's positive and negatives picked together, [B, 1 + K], from the flattened U x N
         # scores: index_select is 3x faster than gather here, and its backward adds repeated picks
-        # in index order (deterministic, and no B x N gradient).
+        # in index order (deterministic, and no B x N gradient). int32 picks where U x N allows
+        # spare a copy of the B x K negatives when they come as int32.
         scores = (users @ items.T).reshape(-1)
-        picks = torch.cat([positives.view(-1, 1), negatives], dim=1) + rows.view(-1, 1) * items.shape[0]
-        logits = scores.index_select(0, picks.view(-1)).view(picks.shape) / tau
+        index = torch.int32 if len(scores) < 2**31 else torch.long
+        picks = torch.cat([positives.view(-1, 1).to(index), negatives.to(index)], dim=1)
+        picks = picks + rows.to(index).view(-1, 1) * items.shape[0]
+        logits = scores.index_select(0, picks.view(-1)).view(picks.shape)
     else:
         users = users.index_select(0, rows)
         pos = (users * items[positives]).sum(-1, keepdim=True)
         neg = torch.einsum("bd,bkd->bk", users, items[negatives])
-        logits = torch.cat([pos, neg], dim=1) / tau
-    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()  # stable form of the ratio
+        logits = torch.cat([pos, neg], dim=1)
+    # logsumexp(logits) - logits[:, 0] averaged, i.e. cross-entropy with the positive in column
+    # 0; log_softmax's backward makes fewer passes over the logits than logsumexp's.
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 class TrainPositives:
@@ -112,28 +118,33 @@ class TrainPositives:
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == keys
 
-    def sample_negatives(self, users: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_negatives(self, users: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                         dtype: torch.dtype = torch.long) -> torch.Tensor:
         """[B, k] items drawn uniformly (with replacement) from 1..n_items-1, none a training
-        positive of its user (item 0 is RecBole's padding)."""
+        positive of its user (item 0 is RecBole's padding). ``dtype=torch.int32`` skips the
+        copy of the draws to int64 (same values)."""
         users = users.cpu()
-        owners = users.repeat_interleave(k)
-        out = self._draw(owners, generator)
+        out = self._draw(users, k, generator)
         # keys broadcast from B users to their B x k draws: one B-long product instead of B x k
         todo = torch.nonzero(self.contains(users.view(-1, 1), out.view(len(users), k)).view(-1)).view(-1)
-        while len(todo):  # redraw only the collisions
-            out[todo] = self._draw(owners[todo], generator)
-            todo = todo[self.contains(owners[todo], out[todo])]
-        return out.view(len(users), k).long()
+        while len(todo):  # redraw only the collisions; a draw's owner is users[index // k]
+            owners = users[todo // k]
+            draws = self._draw(owners, 1, generator)
+            out[todo] = draws
+            todo = todo[self.contains(owners, draws)]
+        return out.view(len(users), k).to(dtype)
 
-    def _draw(self, owners: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One uniform item per owner: from all items, or from the owner's group when grouped."""
+    def _draw(self, users: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        """k uniform items per user, [B * k] user by user: from all items, or from the user's
+        group when grouped."""
         if self.group_items is None:  # int32: the same values as int64 draws, from the same stream, faster
-            return torch.randint(1, self.n_items, (len(owners),), generator=generator, dtype=torch.int32)
-        group = self.user_group[owners]
+            return torch.randint(1, self.n_items, (len(users) * k,), generator=generator, dtype=torch.int32)
+        group = self.user_group[users]
         if (group < 0).any():
             raise ValueError("a user without training items has no group to draw negatives from")
+        group = group.repeat_interleave(k)
         size = self.group_size[group]
-        offset = (torch.rand(len(owners), generator=generator) * size).long().clamp(max=size - 1)
+        offset = (torch.rand(len(group), generator=generator) * size).long().clamp(max=size - 1)
         return self.group_items[self.group_start[group] + offset]
 
     def sample_user_positive_pairs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +176,7 @@ class SampledInfoNCE:
             users, items = self.positives.sample_user_positive_pairs(len(users))
         else:
             users, items = users.cpu(), items.cpu()
-        return users, items, self.positives.sample_negatives(users, self.num_negs)
+        return users, items, self.positives.sample_negatives(users, self.num_negs, dtype=torch.int32)
 
     def loss(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
              items: torch.Tensor) -> torch.Tensor:

@@ -165,6 +165,9 @@ class Molar(SequentialRecommender):
             parts.append(slug(str(config["llm_encoder"])))
         if int(config.get("molar_user_layers") or 2) != 2:
             parts.append(f"{config['molar_user_layers']} user layers")
+        history = config.get("MAX_ITEM_LIST_LENGTH")
+        if history is not None and int(history) != 10:  # the authors' code (an HLLM fork) reads 10 items
+            parts.append(f"history {history}")
         return f"Molar({', '.join(parts)})"
 
     def __init__(self, config, dataset):
