@@ -2,13 +2,23 @@
 item, nodes of degree one, and the first item id (RecBole's padding is 0, so real items start at 1)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
 from recbole_llm.model.alpharec import mean_of_items
-from recbole_llm.model.layers import TrainPositives, info_nce_by_id, normalized_adjacency, sampled_info_nce
+from recbole_llm.model.layers import (
+    SymmetricGraph,
+    TrainPositives,
+    csr_product,
+    info_nce_by_id,
+    light_propagate,
+    normalized_adjacency,
+    sampled_info_nce,
+)
 
 
 def test_mean_of_items_with_one_two_and_no_training_items() -> None:
@@ -31,6 +41,64 @@ def test_normalized_adjacency_with_a_node_of_degree_one() -> None:
     expected = dense / np.sqrt(np.outer(degree, degree))
     got = normalized_adjacency(interactions, 3, 3).to_dense().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("built_from", ["csr", "coo"])
+def test_symmetric_graph_propagation_and_its_gradient_by_hand(built_from: str) -> None:
+    """LightGCN's propagation over the CSR graph: the mean of x, Ax, A^2 x, and its gradient
+    (A symmetric: d/dx sum(w * mean) = (w + A w + A^2 w) / 3), written with dense numpy products;
+    built from the CSR matrix or from a COO one such as RecBole's norm_adj_matrix."""
+    interactions = sp.coo_matrix((np.ones(5), ([0, 1, 1, 2, 2], [0, 1, 2, 0, 2])), shape=(3, 3))
+    adjacency = normalized_adjacency(interactions, 3, 3)
+    dense = adjacency.to_dense().double().numpy()
+    graph = SymmetricGraph(adjacency if built_from == "csr" else adjacency.to_sparse_coo())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    weights = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    graph.values = graph.values.double()
+    ego = x.clone().requires_grad_()
+    out = light_propagate(graph, ego, 2)
+    xn, wn = x.numpy(), weights.numpy()
+    np.testing.assert_allclose(out.detach().numpy(), (xn + dense @ xn + dense @ dense @ xn) / 3, rtol=1e-12)
+    (out * weights).sum().backward()
+    np.testing.assert_allclose(ego.grad.numpy(), (wn + dense.T @ wn + dense.T @ dense.T @ wn) / 3, rtol=1e-12)
+
+
+def test_csr_product_of_an_asymmetric_matrix_and_its_gradient_by_hand() -> None:
+    """An edge-dropped view is not symmetric: x -> A x twice, gradient (A^T)^2 w, against dense
+    numpy products (a duplicate COO entry is summed, as torch's COO product does)."""
+    index = torch.tensor([[0, 0, 1, 2, 2, 2], [1, 2, 2, 0, 1, 1]])
+    values = torch.tensor([0.5, -1.0, 2.0, 1.5, 0.25, 0.75], dtype=torch.float64)
+    coo = torch.sparse_coo_tensor(index, values, (3, 3))
+    dense = coo.to_dense().numpy()
+    assert not np.allclose(dense, dense.T)
+    multiply = csr_product(coo)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    out = multiply(multiply(x))
+    np.testing.assert_allclose(out.detach().numpy(), dense @ dense @ x.detach().numpy(), rtol=1e-12)
+    (out * w).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), dense.T @ dense.T @ w.numpy(), rtol=1e-12)
+
+
+def test_symmetric_graph_refuses_an_asymmetric_matrix_and_copies_like_a_module() -> None:
+    """Its backward multiplies by A for A^T, so an asymmetric matrix is refused; the CSR parts are
+    buffers, so the graph deep-copies (RecBole's FLOPs count copies the model) and stays out of
+    state dicts."""
+    asymmetric = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 1]]), torch.tensor([1.0, 2.0]), (2, 2))
+    with pytest.raises(ValueError, match="differs from its transpose"):
+        SymmetricGraph(asymmetric)
+    mirrored_edges = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2))
+    with pytest.raises(ValueError, match="differs from its transpose"):  # the same edges both ways, other weights
+        SymmetricGraph(mirrored_edges)
+    with pytest.raises(ValueError, match="expected a sparse COO or CSR"):
+        SymmetricGraph(torch.eye(2))
+    graph = SymmetricGraph(normalized_adjacency(sp.coo_matrix(([1.0], ([0], [0])), shape=(1, 1)), 1, 1))
+    twin = copy.deepcopy(graph)
+    assert torch.equal(twin.matrix().to_dense(), graph.matrix().to_dense())
+    assert twin.matrix().to_dense().tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert graph.state_dict() == {}
 
 
 def test_user_uniform_pairs_reach_users_with_a_single_item() -> None:

@@ -23,6 +23,7 @@ from recbole.utils import InputType, ModelType
 from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.model.layers import (
     SampledInfoNCE,
+    SymmetricGraph,
     build_projector,
     cosine,
     light_propagate,
@@ -82,13 +83,13 @@ class AlphaRec(GeneralRecommender):
         multiplier = config["projector_hidden_multiplier"]
         self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
                                          None if multiplier is None else float(multiplier))
-        self.register_buffer("adjacency", normalized_adjacency(interactions, self.n_users, self.n_items), persistent=False)
+        self.graph = SymmetricGraph(normalized_adjacency(interactions, self.n_users, self.n_items))
         self.objective = SampledInfoNCE(config, interactions, self.n_items, negative_groups(config, dataset))
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = self.projector(torch.cat([self.user_llm, self.item_llm], dim=0))
-        out = light_propagate(self.adjacency, ego, self.n_layers)
+        out = light_propagate(self.graph, ego, self.n_layers)
         return torch.split(out, [self.n_users, self.n_items])
 
     def calculate_loss(self, interaction):

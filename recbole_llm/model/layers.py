@@ -3,6 +3,8 @@ InfoNCE over sampled negatives, uniform negative sampling that excludes training
 the LLM-vector projectors."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -13,9 +15,10 @@ from recbole_llm.errors import UserError
 
 
 def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the bipartite user-item graph (users first), as a sparse COO tensor.
+    """D^-1/2 A D^-1/2 of the bipartite user-item graph (users first), as a sparse CSR tensor.
 
     Built directly with COO/CSR (LightGCN's normalisation; isolated nodes keep degree 0 -> 0).
+    Entry (i, j) is d_i^-1/2 x d_j^-1/2, one rounding either way, so the matrix is exactly symmetric.
     """
     inter = sp.coo_matrix(interactions, shape=(n_users, n_items))
     inter.sum_duplicates()  # a repeated interaction is one edge (the values are not used)
@@ -26,18 +29,77 @@ def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) 
     degree = np.asarray(adj.sum(axis=1)).ravel()
     inv_sqrt = np.zeros_like(degree)
     inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
-    norm = sp.diags(inv_sqrt) @ adj @ sp.diags(inv_sqrt)
-    norm = norm.tocoo()
-    index = torch.from_numpy(np.vstack([norm.row, norm.col]).astype(np.int64))
-    values = torch.from_numpy(norm.data.astype(np.float32))
-    return torch.sparse_coo_tensor(index, values, (n, n), check_invariants=False).coalesce()
+    norm = sp.csr_matrix(sp.diags(inv_sqrt) @ adj @ sp.diags(inv_sqrt))
+    norm.sort_indices()
+    return torch.sparse_csr_tensor(torch.from_numpy(norm.indptr.astype(np.int64)),
+                                   torch.from_numpy(norm.indices.astype(np.int64)),
+                                   torch.from_numpy(norm.data.astype(np.float32)), (n, n))
 
 
-def light_propagate(adjacency: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+class _CSRProduct(torch.autograd.Function):
+    """A x for a sparse CSR A, with the gradient A^T g from a CSR A^T given alongside."""
+
+    @staticmethod
+    def forward(ctx, adjacency: torch.Tensor, transposed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.transposed = transposed
+        return torch.sparse.mm(adjacency, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:  # type: ignore[override]
+        return None, None, torch.sparse.mm(ctx.transposed, grad)
+
+
+def csr_product(adjacency: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> A x, differentiable in x, for a sparse COO matrix multiplied several times (e.g. an
+    edge-dropped view of the graph, not symmetric): A and A^T are converted to CSR once instead of
+    on every product and every backward (see :class:`SymmetricGraph`)."""
+    coo = adjacency.coalesce()
+    transposed = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce().to_sparse_csr()
+    matrix = coo.to_sparse_csr()
+    return lambda x: _CSRProduct.apply(matrix, transposed, x)
+
+
+class SymmetricGraph(nn.Module):
+    """A symmetric sparse matrix (the normalised user-item graph) and ``graph(x)`` = A x,
+    differentiable in x.
+
+    Faster than ``torch.sparse.mm`` on a COO matrix, as RecBole's LightGCN does it: torch's COO
+    product converts the matrix to CSR on every call, and its CSR backward transposes it on every
+    call; here the matrix is CSR once and the backward is A g (A^T = A). On ml-100k's graph a
+    2-layer propagation with its gradient takes about 6 ms against 24 ms (one CPU thread). The
+    sums run in another order than the COO product's (the same values to about 1e-7). The CSR
+    parts are kept as buffers (they move with the model; a CSR tensor cannot be deep-copied, as
+    RecBole's FLOPs count does with the model) and not saved in checkpoints.
+    """
+
+    def __init__(self, adjacency: torch.Tensor) -> None:
+        super().__init__()
+        if adjacency.layout == torch.sparse_coo:  # e.g. RecBole's norm_adj_matrix
+            coo = adjacency.coalesce()
+            mirrored = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce()
+            if not (torch.equal(coo.indices(), mirrored.indices()) and torch.equal(coo.values(), mirrored.values())):
+                raise ValueError("SymmetricGraph: the matrix differs from its transpose; expected a symmetric graph")
+            adjacency = coo.to_sparse_csr()
+        if adjacency.layout != torch.sparse_csr:
+            raise ValueError(f"SymmetricGraph: expected a sparse COO or CSR matrix, got layout {adjacency.layout}")
+        self.register_buffer("crow", adjacency.crow_indices(), persistent=False)
+        self.register_buffer("col", adjacency.col_indices(), persistent=False)
+        self.register_buffer("values", adjacency.values(), persistent=False)
+        self.size = tuple(adjacency.shape)
+
+    def matrix(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.size, check_invariants=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        matrix = self.matrix()
+        return _CSRProduct.apply(matrix, matrix, x)  # A^T = A
+
+
+def light_propagate(graph: SymmetricGraph, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     """LightGCN propagation: the mean of layers 0..n_layers of repeated multiplication by the graph."""
     layers = [ego]
     for _ in range(n_layers):
-        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+        layers.append(graph(layers[-1]))
     return torch.stack(layers, dim=1).mean(dim=1)
 
 

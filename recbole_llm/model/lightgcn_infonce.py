@@ -1,7 +1,7 @@
 """LightGCN + InfoNCE: the seed notes' middle baseline between LightGCN and AlphaRec.
 
-RecBole's LightGCN (its ID embeddings, normalised graph and propagation, unchanged) trained with
-AlphaRec's objective instead of BPR: cosine scores, InfoNCE with temperature ``tau`` over
+RecBole's LightGCN (its ID embeddings, normalised graph and propagation; the products run on a
+CSR copy of its graph, :class:`~recbole_llm.model.layers.SymmetricGraph`) trained with AlphaRec's objective instead of BPR: cosine scores, InfoNCE with temperature ``tau`` over
 ``num_negs`` negatives excluding training items (:class:`~recbole_llm.model.layers.SampledInfoNCE`).
 It isolates what the language representations add over the loss.
 """
@@ -11,7 +11,7 @@ import torch
 from recbole.model.general_recommender.lightgcn import LightGCN
 from recbole.utils import InputType
 
-from recbole_llm.model.layers import SampledInfoNCE, cosine, negative_groups
+from recbole_llm.model.layers import SampledInfoNCE, SymmetricGraph, cosine, light_propagate, negative_groups
 from recbole_llm.registry import register_model
 
 
@@ -22,6 +22,11 @@ class LightGCNInfoNCE(LightGCN):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.objective = SampledInfoNCE(config, self.interaction_matrix, self.n_items, negative_groups(config, dataset))
+        self.graph = SymmetricGraph(self.norm_adj_matrix)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = light_propagate(self.graph, self.get_ego_embeddings(), self.n_layers)  # RecBole's readout
+        return torch.split(out, [self.n_users, self.n_items])
 
     def calculate_loss(self, interaction):
         self.restore_user_e = self.restore_item_e = None

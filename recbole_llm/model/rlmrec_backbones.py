@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from recbole.model.general_recommender.lightgcn import LightGCN
 
 from recbole_llm.errors import UserError
-from recbole_llm.model.layers import info_nce_by_id
+from recbole_llm.model.layers import SymmetricGraph, csr_product, info_nce_by_id
 from recbole_llm.registry import register_model
 
 
@@ -57,14 +57,15 @@ class _RLMRecGraphCF(LightGCN):
         # The parameters the regulariser covers, held here because RLMRec-Gen swaps the embedding
         # modules for masked stand-ins during a step: the real tables stay regularised.
         self._regularised = list(self.parameters())
+        self.graph = SymmetricGraph(self.norm_adj_matrix)  # the full graph (drop_edges reads the COO one)
 
     def forward(self, graph: torch.Tensor | None = None, perturbed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Users' and items' sum of layers 0..L over ``graph`` (default: the full graph)."""
-        adjacency = self.norm_adj_matrix if graph is None else graph
+        multiply = self.graph if graph is None else csr_product(graph)
         embeddings = self.get_ego_embeddings()
         total = embeddings
         for _ in range(self.n_layers):
-            embeddings = torch.sparse.mm(adjacency, embeddings)
+            embeddings = multiply(embeddings)
             if perturbed:
                 embeddings = self.perturb(embeddings)
             total = total + embeddings

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from recbole.model.general_recommender.lightgcn import LightGCN
 
 from recbole_llm.errors import UserError
-from recbole_llm.model.layers import info_nce
+from recbole_llm.model.layers import SymmetricGraph, info_nce
 from recbole_llm.registry import register_model
 
 
@@ -32,12 +32,13 @@ class SimGCL(LightGCN):
         self.eps = float(config["eps"])
         self.cl_weight = float(config["cl_weight"])
         self.cl_tau = float(config["cl_tau"])
+        self.graph = SymmetricGraph(self.norm_adj_matrix)  # the same products, faster
 
     def forward(self, perturbed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.get_ego_embeddings()
         layers = []
         for _ in range(self.n_layers):
-            embeddings = torch.sparse.mm(self.norm_adj_matrix, embeddings)
+            embeddings = self.graph(embeddings)
             if perturbed:
                 noise = F.normalize(torch.rand_like(embeddings), dim=-1)
                 embeddings = embeddings + torch.sign(embeddings) * noise * self.eps
