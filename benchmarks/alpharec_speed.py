@@ -25,18 +25,30 @@ warnings.filterwarnings("ignore")
 
 
 def measure(model: str, epochs: int, batch_size: int, **overrides: object) -> tuple[float, float]:
-    _, train, test, fresh = load(model, {"train_batch_size": batch_size, **overrides})
-    _, trainer = fresh()
-    trainer.eval_collector.data_collect(train)
-    epoch_times, eval_times = [], []
+    """Median seconds of a training epoch and of a test evaluation of one model."""
+    return measure_together([(model, overrides)], epochs, batch_size)[0]
+
+
+def measure_together(runs: list[tuple[str, dict]], epochs: int, batch_size: int) -> list[tuple[float, float]]:
+    """Median (epoch s, evaluation s) of each (model, overrides), the models taking turns epoch by
+    epoch, so that a slow spell of the machine (this one's speed drifts by a third within minutes)
+    falls on all of them alike instead of on whichever model ran then."""
+    trainers = []
+    for model, overrides in runs:
+        _, train, test, fresh = load(model, {"train_batch_size": batch_size, **overrides})
+        _, trainer = fresh()
+        trainer.eval_collector.data_collect(train)
+        trainers.append((trainer, train, test))
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in runs]
     for epoch in range(epochs):
-        started = time.perf_counter()
-        trainer._train_epoch(train, epoch, show_progress=False)
-        epoch_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        trainer.evaluate(test, load_best_model=False, show_progress=False)
-        eval_times.append(time.perf_counter() - started)
-    return statistics.median(epoch_times), statistics.median(eval_times)
+        for (trainer, train, test), (epoch_times, eval_times) in zip(trainers, times):
+            started = time.perf_counter()
+            trainer._train_epoch(train, epoch, show_progress=False)
+            epoch_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            trainer.evaluate(test, load_best_model=False, show_progress=False)
+            eval_times.append(time.perf_counter() - started)
+    return [(statistics.median(epoch_times), statistics.median(eval_times)) for epoch_times, eval_times in times]
 
 
 def main() -> None:
@@ -54,11 +66,13 @@ def main() -> None:
     import recbole_llm  # noqa: F401
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ml-100k, batch {args.batch_size}, median of {args.epochs} epochs")
+          f"{torch.get_num_threads()} threads; ml-100k, batch {args.batch_size}, median of {args.epochs} epochs, "
+          "the models taking turns epoch by epoch")
     runs = [("LightGCN", "LightGCN", {}), ("LightGCNInfoNCE", "LightGCNInfoNCE", {}),
             ("AlphaRec", "AlphaRec", {}),
             ("AlphaRec(hidden 0.28125x)", "AlphaRec", {"projector_hidden_multiplier": 0.28125})]
-    rows = [(name, *measure(model, args.epochs, args.batch_size, **overrides)) for name, model, overrides in runs]
+    timed = measure_together([(model, overrides) for _, model, overrides in runs], args.epochs, args.batch_size)
+    rows = [(name, *result) for (name, _, _), result in zip(runs, timed)]
     base_epoch, base_eval = rows[0][1], rows[0][2]
     print(f"\n{'model':26} {'s/epoch':>8} {'x LightGCN':>10} {'eval s':>7} {'x LightGCN':>10}")
     for name, epoch_s, eval_s in rows:
