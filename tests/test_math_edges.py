@@ -11,6 +11,7 @@ import torch
 
 from recbole_llm.model.alpharec import mean_of_items
 from recbole_llm.model.layers import (
+    SampledInfoNCE,
     SymmetricGraph,
     TrainPositives,
     csr_product,
@@ -66,16 +67,17 @@ def test_symmetric_graph_propagation_and_its_gradient_by_hand(built_from: str) -
 
 def test_csr_product_of_an_asymmetric_matrix_and_its_gradient_by_hand() -> None:
     """An edge-dropped view is not symmetric: x -> A x twice, gradient (A^T)^2 w, against dense
-    numpy products (a duplicate COO entry is summed, as torch's COO product does)."""
+    numpy products (a duplicate COO entry is summed, as torch's COO product does; the last node
+    has lost all its edges, so the shape cannot be read off the indices)."""
     index = torch.tensor([[0, 0, 1, 2, 2, 2], [1, 2, 2, 0, 1, 1]])
     values = torch.tensor([0.5, -1.0, 2.0, 1.5, 0.25, 0.75], dtype=torch.float64)
-    coo = torch.sparse_coo_tensor(index, values, (3, 3))
+    coo = torch.sparse_coo_tensor(index, values, (4, 4))
     dense = coo.to_dense().numpy()
     assert not np.allclose(dense, dense.T)
     multiply = csr_product(coo)
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_()
-    w = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 2, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(4, 2, generator=g, dtype=torch.float64)
     out = multiply(multiply(x))
     np.testing.assert_allclose(out.detach().numpy(), dense @ dense @ x.detach().numpy(), rtol=1e-12)
     (out * w).sum().backward()
@@ -232,3 +234,24 @@ def test_draws_come_from_the_generator_given(grouped: bool) -> None:
         return [users.tolist(), items.tolist(), positives.sample_negatives(users, 8, generator).tolist()]
 
     assert draws(0) == draws(1)
+
+
+@pytest.mark.parametrize("sampling", ["user", "interaction"])
+def test_pairs_come_from_the_user_uniform_sampler_or_the_batch(sampling: str) -> None:
+    """``train_sampling: user`` (AlphaRec's reference) ignores RecBole's batch and draws users
+    uniformly, then one of their items; ``interaction`` keeps the batch's own pairs. Either way
+    every negative avoids its user's training items."""
+    rows, cols = [0, 1, 1, 2, 2, 2], [1, 2, 3, 1, 4, 5]
+    objective = SampledInfoNCE({"tau": 0.2, "num_negs": 3, "train_sampling": sampling},
+                               sp.coo_matrix((np.ones(6), (rows, cols)), shape=(3, 6)), 6)
+    batch_users, batch_items = torch.zeros(3000, dtype=torch.long), torch.ones(3000, dtype=torch.long)
+    torch.manual_seed(0)
+    users, items, negatives = objective.pairs(batch_users, batch_items)
+    trained = set(zip(rows, cols))
+    if sampling == "user":
+        assert set(users.tolist()) == {0, 1, 2}
+        assert all((u, i) in trained for u, i in zip(users.tolist(), items.tolist()))
+    else:
+        assert torch.equal(users, batch_users) and torch.equal(items, batch_items)
+    assert negatives.shape == (3000, 3)
+    assert not any((u, i) in trained for u, row in zip(users.tolist(), negatives.tolist()) for i in row)
