@@ -54,9 +54,13 @@ def csr_product(adjacency: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
     edge-dropped view of the graph, not symmetric): A and A^T are converted to CSR once instead of
     on every product and every backward (see :class:`SymmetricGraph`)."""
     coo = adjacency.coalesce()
-    transposed = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce().to_sparse_csr()
-    matrix = coo.to_sparse_csr()
+    matrix, transposed = coo.to_sparse_csr(), _transposed(coo).to_sparse_csr()
     return lambda x: _CSRProduct.apply(matrix, transposed, x)
+
+
+def _transposed(coo: torch.Tensor) -> torch.Tensor:
+    """The transpose of a coalesced COO matrix, coalesced (its entries in row order)."""
+    return torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce()
 
 
 class SymmetricGraph(nn.Module):
@@ -76,7 +80,7 @@ class SymmetricGraph(nn.Module):
         super().__init__()
         if adjacency.layout == torch.sparse_coo:  # e.g. RecBole's norm_adj_matrix
             coo = adjacency.coalesce()
-            mirrored = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce()
+            mirrored = _transposed(coo)
             if not (torch.equal(coo.indices(), mirrored.indices()) and torch.equal(coo.values(), mirrored.values())):
                 raise ValueError("SymmetricGraph: the matrix differs from its transpose; expected a symmetric graph")
             adjacency = coo.to_sparse_csr()

@@ -1,8 +1,9 @@
 """LightGCN + InfoNCE: the seed notes' middle baseline between LightGCN and AlphaRec.
 
 RecBole's LightGCN (its ID embeddings, normalised graph and propagation; the products run on a
-CSR copy of its graph, :class:`~recbole_llm.model.layers.SymmetricGraph`) trained with AlphaRec's objective instead of BPR: cosine scores, InfoNCE with temperature ``tau`` over
-``num_negs`` negatives excluding training items (:class:`~recbole_llm.model.layers.SampledInfoNCE`).
+CSR copy of its graph, :class:`~recbole_llm.model.layers.SymmetricGraph`) trained with AlphaRec's
+objective instead of BPR: cosine scores, InfoNCE with temperature ``tau`` over ``num_negs``
+negatives excluding training items (:class:`~recbole_llm.model.layers.SampledInfoNCE`).
 It isolates what the language representations add over the loss.
 """
 from __future__ import annotations
