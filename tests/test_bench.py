@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import recbole_llm  # noqa: F401
@@ -241,3 +242,35 @@ def test_a_pruned_trial_is_recorded_with_its_epochs_score_and_time(tmp_path: Pat
     [record] = read_records(tmp_path / "runs.jsonl")
     assert record["status"] == "pruned" and record["epochs_run"] == 10 and record["valid_score"] == 0.12
     assert record["trial_time_s"] == 321.5 and record["bench"]["phase"] == "search"
+
+
+def test_a_finished_trial_is_found_when_its_draw_differs_in_the_last_bits(tmp_path: Path) -> None:
+    """Ray Tune's loguniform draw goes through exp/log, whose last bits differ between NumPy builds:
+    a results file written on one machine must still mark the trial finished on another (session 24
+    found a pruned BPR trial rerun alone, unpruned, because its drawn rate differed in the 17th
+    digit). A value that differs in a digit that matters is another trial."""
+    from recbole_llm.bench.tuner import FinishedTrials, best_settings
+
+    grid = load_grid(_write_grid(tmp_path))
+    bpr = grid.models[0]
+    [first, second] = grid.search_trials("amazon-beauty", bpr)
+    rate = first.overrides["learning_rate"]
+    one_ulp = float(np.nextafter(rate, 1.0))
+    assert one_ulp != rate
+
+    def record(trial, learning_rate: float, score: float, status: str = "ok") -> dict:
+        overrides = {**trial.overrides, "learning_rate": learning_rate}
+        return {"model": "BPR", "dataset": "amazon-beauty", "seed": trial.seed, "overrides": overrides,
+                "status": status, "best_valid_score": score, "bench": {"key": f"written-elsewhere-{score}"}}
+
+    finished = FinishedTrials([record(first, one_ulp, 0.2, status="pruned"),
+                               record(second, second.overrides["learning_rate"] * (1 + 1e-6), 0.3)])
+    assert first in finished and finished.get(first)["status"] == "pruned"
+    assert second not in finished  # 1e-6 apart: another configuration
+    assert best_settings(bpr, [first, second], finished) == {"learning_rate": rate}
+    # The exact key still wins over a signature match, and other seeds or datasets never match.
+    exact = {**record(first, 0.5, 0.9), "bench": {"key": first.key}}
+    assert FinishedTrials([record(first, one_ulp, 0.2), exact]).get(first)["best_valid_score"] == 0.9
+    assert first not in FinishedTrials([{**record(first, rate, 0.2), "seed": first.seed + 1}])
+    assert first not in FinishedTrials([{**record(first, rate, 0.2), "dataset": "ml-100k"}])
+    assert first not in FinishedTrials([record(first, rate, 0.2, status="failed")])

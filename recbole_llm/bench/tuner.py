@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from recbole_llm.bench.grid import Grid, ModelEntry, Trial
+from recbole_llm.bench.grid import Grid, ModelEntry, Trial, stable_hash
 from recbole_llm.errors import UserError
 from recbole_llm.records import append_record, read_records
 
@@ -153,16 +153,48 @@ def _headline(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {test[k]:.4f}" for k in shown) or "done"
 
 
-def _finished(output: Path) -> dict[str, dict[str, Any]]:
-    """Records of finished grid trials in the results file, by trial key (the newest wins)."""
-    if not output.is_file():
-        return {}
-    out = {}
-    for record in read_records(output):
-        key = (record.get("bench") or {}).get("key")
-        if key and record.get("status", "ok") in FINISHED:
-            out[key] = record
-    return out
+def _signature(dataset: Any, model: Any, seed: Any, overrides: Any) -> str:
+    """A trial's identity with its floats at 12 significant digits. Ray Tune draws a loguniform
+    value through exp/log, whose last bits differ between NumPy builds, so the same seeded draw can
+    come out one ulp apart on another machine; matching on the exact key alone would then run a
+    finished trial again (and a once-pruned trial, run alone, escapes its pruning)."""
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return float(f"{value:.12g}")
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [rounded(v) for v in value]
+        return value
+
+    return stable_hash({"dataset": dataset, "model": model, "seed": seed, "overrides": rounded(overrides)})
+
+
+class FinishedTrials:
+    """Records of finished grid trials in a results file (the newest wins), found by a trial's
+    key or, failing that, by its signature (the same configuration drawn a few ulps apart)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.by_signature: dict[str, dict[str, Any]] = {}
+        for record in records:
+            key = (record.get("bench") or {}).get("key")
+            if key and record.get("status", "ok") in FINISHED:
+                self.by_key[key] = record
+                signature = _signature(record.get("dataset"), record.get("model"), record.get("seed"),
+                                       record.get("overrides"))
+                self.by_signature[signature] = record
+
+    def get(self, trial: Trial) -> dict[str, Any] | None:
+        return self.by_key.get(trial.key) or self.by_signature.get(
+            _signature(trial.dataset, trial.entry.model, trial.seed, trial.overrides))
+
+    def __contains__(self, trial: Trial) -> bool:
+        return self.get(trial) is not None
+
+
+def _finished(output: Path) -> FinishedTrials:
+    return FinishedTrials(read_records(output) if output.is_file() else [])
 
 
 def _check_trials(trials: list[Trial], grid: Grid, data_path: str | None) -> dict[str, int]:
@@ -181,12 +213,12 @@ def _check_trials(trials: list[Trial], grid: Grid, data_path: str | None) -> dic
     return epochs
 
 
-def best_settings(entry: ModelEntry, trials: list[Trial], finished: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def best_settings(entry: ModelEntry, trials: list[Trial], finished: FinishedTrials) -> dict[str, Any] | None:
     """The searched values of the trial with the best validation score (completed trials first;
     pruned ones only if none completed). None when no trial finished."""
     scored = []
     for trial in trials:
-        record = finished.get(trial.key)
+        record = finished.get(trial)
         if record is None:
             continue
         score = record.get("best_valid_score", record.get("valid_score"))
@@ -289,7 +321,7 @@ def run_grid(
     rows = plan(grid)
     all_search = [t for _, _, trials in rows for t in trials]
     planned_final = [t for dataset, entry, trials in rows if not trials for t in grid.final_trials(dataset, entry, {})]
-    ours = [t for t in all_search + planned_final if t.key in finished]
+    ours = [t for t in all_search + planned_final if t in finished]
     if ours and not resume:
         raise UserError(f"{output} already holds {len(ours)} finished trials of this grid; "
                         "expected --resume to skip them, or --output with a new results file")
@@ -305,7 +337,7 @@ def run_grid(
         finals: list[Trial] = []
         for dataset, entry, trials in rows:
             if trials:
-                pending = [t for t in trials if t.key not in finished]
+                pending = [t for t in trials if t not in finished]
                 summary.skipped += len(trials) - len(pending)
                 bar.update(len(trials) - len(pending))
                 if pending:
@@ -324,7 +356,7 @@ def run_grid(
                 best = {}
             summary.best[(dataset, entry.name)] = best
             finals += grid.final_trials(dataset, entry, best)
-        pending = [t for t in finals if t.key not in finished]
+        pending = [t for t in finals if t not in finished]
         summary.skipped += len(finals) - len(pending)
         bar.update(len(finals) - len(pending))
         if pending:
