@@ -274,3 +274,5 @@ def test_a_finished_trial_is_found_when_its_draw_differs_in_the_last_bits(tmp_pa
     assert first not in FinishedTrials([{**record(first, rate, 0.2), "seed": first.seed + 1}])
     assert first not in FinishedTrials([{**record(first, rate, 0.2), "dataset": "ml-100k"}])
     assert first not in FinishedTrials([record(first, rate, 0.2, status="failed")])
+    no_status = {k: v for k, v in record(first, one_ulp, 0.2).items() if k != "status"}  # records before the field
+    assert first in FinishedTrials([no_status])
