@@ -321,3 +321,23 @@ def test_epochs_to_plateau_the_cap_and_the_compute_spent(tmp_path: Path) -> None
     assert cells["AlphaRec(minilm)"][epochs] == "40/46 ‡"  # seed 1 ran its 50 epochs
     assert cells["LightGCN ◦"][compute] == "1.00"           # its search trial is a seed shown: counted once
     assert cells["AlphaRec(minilm)"][compute] == "2.75"     # two seeds of 1 h, a search trial's 0.5 h, a pruned one's 0.25 h
+
+
+def test_the_reference_baseline_is_a_complete_row_not_one_short_of_seeds() -> None:
+    """A baseline with one seed so far (its grid still running) may have the best mean, but it
+    shares no two seeds with the others: the tests run against the best complete baseline."""
+    from scipy.stats import ttest_rel
+
+    records = [_record(label, seed, ndcg, label.startswith("AlphaRec"))
+               for label, seeds in NDCG.items() for seed, ndcg in seeds.items()]
+    records.append(_record("LightGCN(to plateau)", 1, 0.50, False))
+    [board] = build_boards(records)
+    rows = {row.label: row for row in board.rows}
+    assert board.short_of_seeds(rows["LightGCN(to plateau)"])
+    assert board.best_baseline("ndcg@20") is rows["LightGCN"]
+    expected_p = ttest_rel([0.33, 0.35, 0.34], [0.30, 0.31, 0.32]).pvalue
+    assert board.p_value(rows["AlphaRec(minilm)"], "ndcg@20") == pytest.approx(expected_p)
+    # With every baseline short of seeds, the best of them is still the reference.
+    alone = [r for r in records if r["label"] != "LightGCN" and r["label"] != "Pop"]
+    [board] = build_boards(alone)
+    assert board.best_baseline("ndcg@20").label == "LightGCN(to plateau)"

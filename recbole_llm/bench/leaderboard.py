@@ -5,9 +5,9 @@ Rows come from the ``ok`` records of a results file. A row is one configuration 
 same settings on several seeds); when a label has several configurations (a grid's search trials
 and its final runs, or hand runs with different settings) the one with the most seeds is shown,
 then the one with the best mean validation score. Baselines are the models that use no LLM
-features; the test compares each row with the baseline whose mean is highest on that metric, over
-the seeds both have. Output: Markdown (tabulate) and one self-contained HTML page with sortable
-tables and plotly charts.
+features; the test compares each row with the baseline whose mean is highest on that metric (among
+those with all their seeds, where any has them), over the seeds both have. Output: Markdown
+(tabulate) and one self-contained HTML page with sortable tables and plotly charts.
 """
 from __future__ import annotations
 
@@ -123,7 +123,11 @@ class Board:
         return max(means, key=lambda m: orientation(metric) * m) if means else None
 
     def best_baseline(self, metric: str) -> Row | None:
+        """The baseline with the best mean, among those with all their seeds when any has them: a
+        row short of seeds (†, its grid still running) shares too few seeds to test against, and
+        as the reference it would blank every row's test."""
         baselines = [r for r in self.rows if not r.llm_enhanced and r.mean(metric) is not None]
+        baselines = [r for r in baselines if not self.short_of_seeds(r)] or baselines
         return max(baselines, key=lambda r: orientation(metric) * r.mean(metric)) if baselines else None
 
     def p_value(self, row: Row, metric: str) -> float | None:
@@ -484,7 +488,8 @@ def _side_tables(board: Board, bold: tuple[str, str]) -> list[tuple[str, list[st
 
 
 LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; ◦: baseline (no LLM features); "
-          f"▲/▼: better/worse than the best baseline on that metric, paired t-test over shared seeds, p < {SIGNIFICANCE}; "
+          f"▲/▼: better/worse than the best baseline on that metric (one with all its seeds, where any has them), "
+          f"paired t-test over shared seeds, p < {SIGNIFICANCE}; "
           "p: that test's p-value on the main metric; train s: mean training time of a seed; epochs best/run: "
           "mean epochs to the best validation / trained; ‡: a seed trained to the epoch cap without stopping early "
           "(it may be short of its plateau); compute h: training hours of the seeds shown and the row's search "
