@@ -367,6 +367,31 @@ def test_the_label_names_the_stage_and_a_history_other_than_the_references() -> 
     assert PAD.run_label({"pad_stage": 2, "MAX_ITEM_LIST_LENGTH": 50}) == "PAD(stage 2, history 50)"
 
 
+def test_the_label_names_every_setting_other_than_the_references() -> None:
+    """The official code's settings (train_amazon_id_pantry*.py, parameters.py) stay unnamed; the
+    trainer writes each stage's rate into the config, so a stage's own rate is the reference."""
+    from recbole_llm.model.pad import PAD
+
+    official = {"hidden_size": 128, "n_layers": 5, "n_heads": 2, "dropout_prob": 0.1, "pad_text_layers": 4,
+                "pad_mmd_weight": 0.2, "pad_mmd_users": 16, "pad_gate_bins": 10, "pad_gate_aligned_init": -4,
+                "weight_decay": 0.1, "train_batch_size": 128, "llm_encoder": "minilm", "item_text": "title"}
+    assert PAD.run_label({**official, "pipeline": True, "learning_rate": 1e-4}) == "PAD"
+    assert PAD.run_label({**official, "pad_stage": 1, "learning_rate": 1e-5}) == "PAD(stage 1)"
+    assert PAD.run_label({**official, "pad_stage": 2, "learning_rate": None}) == "PAD(stage 2)"
+    assert PAD.run_label({**official, "pad_stage": 2, "learning_rate": 1e-4}) == "PAD(stage 2, lr 0.0001)"
+    assert PAD.run_label({**official, "pipeline": True, "learning_rate": 1e-5}) == "PAD(lr 1e-05)"
+    changed = {"learning_rate": (1e-3, "lr 0.001"), "weight_decay": (0.0, "weight decay 0"),
+               "train_batch_size": (256, "batch 256"), "hidden_size": (64, "hidden 64"), "n_layers": (2, "layers 2"),
+               "n_heads": (1, "heads 1"), "dropout_prob": (0.5, "dropout 0.5"), "pad_text_layers": (1, "text layers 1"),
+               "pad_mmd_weight": (0.0, "MMD weight 0"), "pad_mmd_users": (128, "MMD users 128"),
+               "pad_gate_bins": (5, "bins 5"), "pad_gate_aligned_init": (0, "aligned gate start 0"),
+               "llm_encoder": ("/models/smollm2", "encoder smollm2"), "item_text": ("full", "item text full")}
+    for key, (value, words) in changed.items():
+        assert PAD.run_label({**official, "pipeline": True, "learning_rate": 1e-4, key: value}) == f"PAD({words})", key
+    assert PAD.run_label({**official, "pipeline": True, "MAX_ITEM_LIST_LENGTH": 10, "learning_rate": 1e-3,
+                          "hidden_size": 64}) == "PAD(history 10, lr 0.001, hidden 64)"
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_each_stage_trains_at_its_rate_and_the_gate_with_adamws_default_decay(stages: dict, stage: int) -> None:
     """``learning_rate`` unset: the reference's rate of the stage (1e-5, 1e-5, 1e-4); set: kept.

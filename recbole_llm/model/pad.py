@@ -26,7 +26,9 @@ reference), so RecBole's right-padded sequences are shifted inside the model.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -184,6 +186,28 @@ def left_pad(seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 STAGE_LEARNING_RATES = {1: 1e-5, 2: 1e-5, 3: 1e-4}   # the reference's train_amazon_id_pantry*.py
 GATE_WEIGHT_DECAY = 0.01                             # AdamW's default, which the reference leaves the gate
+# Settings of PAD.yaml (the reference's) that a run's label names when they differ, with its words.
+LABELLED_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight decay", "train_batch_size": "batch",
+                     "hidden_size": "hidden", "n_layers": "layers", "n_heads": "heads", "dropout_prob": "dropout",
+                     "pad_text_layers": "text layers", "pad_mmd_weight": "MMD weight", "pad_mmd_users": "MMD users",
+                     "pad_gate_bins": "bins", "pad_gate_aligned_init": "aligned gate start",
+                     "llm_encoder": "encoder", "item_text": "item text"}
+
+
+@functools.lru_cache(maxsize=None)
+def _yaml_settings(path: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _same_setting(value: Any, reference: Any) -> bool:
+    if value is None or reference is None:
+        return value is reference
+    try:
+        return math.isclose(float(value), float(reference), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(value) == str(reference)
 
 
 class StagedTrainer(Trainer):
@@ -234,10 +258,25 @@ class PAD(SequentialRecommender):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        parts = [] if config.get("pipeline") else [f"stage {int(config.get('pad_stage') or 1)}"]
+        """Leaderboard name: the stage of a single-stage run, a history other than the reference's
+        20 items and every setting in ``LABELLED_SETTINGS`` that differs from PAD.yaml (the
+        reference's), so that no variant is shown under the paper's name."""
+        stage = 3 if config.get("pipeline") else int(config.get("pad_stage") or 1)
+        parts = [] if config.get("pipeline") else [f"stage {stage}"]
         history = config.get("MAX_ITEM_LIST_LENGTH")
         if history is not None and int(history) != 20:
             parts.append(f"history {history}")
+        from recbole_llm.registry import plugin_entry
+
+        entry = plugin_entry("PAD")
+        reference = _yaml_settings(str(entry.config_file)) if entry and entry.config_file else {}
+        if config.get("learning_rate") is not None:  # the trainer writes the stage's rate into the config
+            reference = {**reference, "learning_rate": STAGE_LEARNING_RATES[stage]}
+        for key, words in LABELLED_SETTINGS.items():
+            value = config.get(key)
+            if key in config and key in reference and not _same_setting(value, reference[key]):
+                shown = Path(str(value)).name if key == "llm_encoder" else f"{value:g}" if isinstance(value, float) else value
+                parts.append(f"{words} {shown}")
         return f"PAD({', '.join(parts)})" if parts else "PAD"
 
     def __init__(self, config, dataset):
