@@ -277,6 +277,29 @@ def test_run_label_names_what_differs_from_the_default() -> None:
         "Molar(text+image)"
 
 
+def test_run_label_names_every_training_setting_that_differs() -> None:
+    """The defaults (the paper's where it gives them: batch 128, stage 2 at 1e-4; docs/molar.md for
+    the rest) stay unnamed; the trainer writes each stage's rate into the config."""
+    from recbole_llm.model.molar import Molar
+
+    defaults = {"weight_decay": 0.0, "train_batch_size": 128, "item_text": "full", "molar_center_items": True,
+                "molar_align_weight": 0.1, "molar_score_temperature": 0.07, "molar_align_temperature": 0.07,
+                "molar_train_id": False, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.5,
+                "attn_dropout_prob": 0.5}
+    assert Molar.run_label({**defaults, "pipeline": True, "learning_rate": 1e-4}) == "Molar(text)"
+    assert Molar.run_label({**defaults, "molar_stage": 1, "learning_rate": 1e-3}) == "Molar(text, stage 1)"
+    assert Molar.run_label({**defaults, "molar_stage": 2, "learning_rate": None}) == "Molar(text, stage 2)"
+    assert Molar.run_label({**defaults, "pipeline": True, "learning_rate": 1e-3}) == "Molar(text, lr 0.001)"
+    changed = {"weight_decay": (0.01, "weight decay 0.01"), "train_batch_size": (64, "batch 64"),
+               "item_text": ("title", "item text title"), "molar_center_items": (False, "centred items off"),
+               "molar_align_weight": (1.0, "align weight 1"), "molar_score_temperature": (1.0, "score temperature 1"),
+               "molar_align_temperature": (0.2, "align temperature 0.2"), "molar_train_id": (True, "trained ID model on"),
+               "n_layers": (1, "ID layers 1"), "n_heads": (4, "ID heads 4"), "hidden_dropout_prob": (0.1, "ID dropout 0.1"),
+               "attn_dropout_prob": (0.2, "ID attention dropout 0.2")}
+    for key, (value, words) in changed.items():
+        assert Molar.run_label({**defaults, "pipeline": True, "learning_rate": 1e-4, key: value}) == f"Molar(text, {words})", key
+
+
 def test_user_model_owns_its_layers_and_accepts_one_to_all_layers(tiny_lm: Path) -> None:
     from transformers import AutoModelForCausalLM
 

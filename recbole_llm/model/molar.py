@@ -42,7 +42,7 @@ from recbole_llm.data.features import preloaded_matrix
 from recbole_llm.errors import UserError
 from recbole_llm.llm.decoder import copied_layers, decoder_of, run_layers
 from recbole_llm.model.layers import TrainPositives
-from recbole_llm.model.pad import StagedTrainer, training_matrix
+from recbole_llm.model.pad import StagedTrainer, setting_departures, training_matrix
 from recbole_llm.registry import register_model
 
 
@@ -123,6 +123,14 @@ class IDSASRec(nn.Module):
 
 # Stage 1 is RecBole's SASRec at its default rate; stage 2 the paper's 1e-4 (``learning_rate`` set: both).
 STAGE_LEARNING_RATES = {1: 1e-3, 2: 1e-4}
+# Settings of Molar.yaml that a run's label names when they differ (the encoder and the user
+# model's layers are named above), with its words.
+LABELLED_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight decay", "train_batch_size": "batch",
+                     "item_text": "item text", "molar_center_items": "centred items",
+                     "molar_align_weight": "align weight", "molar_score_temperature": "score temperature",
+                     "molar_align_temperature": "align temperature", "molar_train_id": "trained ID model",
+                     "n_layers": "ID layers", "n_heads": "ID heads", "hidden_dropout_prob": "ID dropout",
+                     "attn_dropout_prob": "ID attention dropout"}
 
 
 class MolarTrainer(StagedTrainer):
@@ -168,6 +176,8 @@ class Molar(SequentialRecommender):
         history = config.get("MAX_ITEM_LIST_LENGTH")
         if history is not None and int(history) != 10:  # the authors' code (an HLLM fork) reads 10 items
             parts.append(f"history {history}")
+        stage = 2 if config.get("pipeline") else int(config.get("molar_stage") or 1)
+        parts += setting_departures("Molar", config, LABELLED_SETTINGS, STAGE_LEARNING_RATES[stage])
         return f"Molar({', '.join(parts)})"
 
     def __init__(self, config, dataset):

@@ -194,6 +194,26 @@ LABELLED_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight decay", "tra
                      "llm_encoder": "encoder", "item_text": "item text"}
 
 
+def setting_departures(model: str, config: dict, labelled: dict[str, str], stage_rate: float) -> list[str]:
+    """``"words value"`` for every setting in ``labelled`` that ``config`` sets to something other
+    than the model's YAML (the reference's). A staged model's trainer writes its stage's rate into
+    the config, so ``stage_rate`` counts as the reference learning rate."""
+    from recbole_llm.registry import plugin_entry
+
+    entry = plugin_entry(model)
+    reference = dict(_yaml_settings(str(entry.config_file))) if entry and entry.config_file else {}
+    if config.get("learning_rate") is not None:
+        reference["learning_rate"] = stage_rate
+    parts = []
+    for key, words in labelled.items():
+        value = config.get(key)
+        if key in config and key in reference and not _same_setting(value, reference[key]):
+            shown = (Path(str(value)).name if key == "llm_encoder" else ("on" if value else "off") if isinstance(value, bool)
+                     else f"{value:g}" if isinstance(value, float) else value)
+            parts.append(f"{words} {shown}")
+    return parts
+
+
 @functools.lru_cache(maxsize=None)
 def _yaml_settings(path: str) -> dict[str, Any]:
     import yaml
@@ -204,6 +224,8 @@ def _yaml_settings(path: str) -> dict[str, Any]:
 def _same_setting(value: Any, reference: Any) -> bool:
     if value is None or reference is None:
         return value is reference
+    if isinstance(value, bool) or isinstance(reference, bool):
+        return bool(value) == bool(reference)
     try:
         return math.isclose(float(value), float(reference), rel_tol=1e-9)
     except (TypeError, ValueError):
@@ -266,17 +288,7 @@ class PAD(SequentialRecommender):
         history = config.get("MAX_ITEM_LIST_LENGTH")
         if history is not None and int(history) != 20:
             parts.append(f"history {history}")
-        from recbole_llm.registry import plugin_entry
-
-        entry = plugin_entry("PAD")
-        reference = _yaml_settings(str(entry.config_file)) if entry and entry.config_file else {}
-        if config.get("learning_rate") is not None:  # the trainer writes the stage's rate into the config
-            reference = {**reference, "learning_rate": STAGE_LEARNING_RATES[stage]}
-        for key, words in LABELLED_SETTINGS.items():
-            value = config.get(key)
-            if key in config and key in reference and not _same_setting(value, reference[key]):
-                shown = Path(str(value)).name if key == "llm_encoder" else f"{value:g}" if isinstance(value, float) else value
-                parts.append(f"{words} {shown}")
+        parts += setting_departures("PAD", config, LABELLED_SETTINGS, STAGE_LEARNING_RATES[stage])
         return f"PAD({', '.join(parts)})" if parts else "PAD"
 
     def __init__(self, config, dataset):
