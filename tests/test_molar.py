@@ -289,6 +289,11 @@ def test_run_label_names_every_training_setting_that_differs() -> None:
     assert Molar.run_label({**defaults, "pipeline": True, "learning_rate": 1e-4}) == "Molar(text)"
     assert Molar.run_label({**defaults, "molar_stage": 1, "learning_rate": 1e-3}) == "Molar(text, stage 1)"
     assert Molar.run_label({**defaults, "molar_stage": 2, "learning_rate": None}) == "Molar(text, stage 2)"
+    assert Molar.run_label({**defaults, "molar_stage": 2, "learning_rate": 1e-4}) == "Molar(text, stage 2)"
+    assert Molar.run_label({**defaults, "learning_rate": 1e-3}) == "Molar(text, stage 1)"   # stage 1 by default
+    assert Molar.run_label({**defaults, "molar_stage": 2, "learning_rate": 1e-3}) == "Molar(text, stage 2, lr 0.001)"
+    assert Molar.run_label({**defaults, "molar_stage": 2, "molar_center_items": 1, "learning_rate": 1e-4}) == \
+        "Molar(text, stage 2)"
     assert Molar.run_label({**defaults, "pipeline": True, "learning_rate": 1e-3}) == "Molar(text, lr 0.001)"
     changed = {"weight_decay": (0.01, "weight decay 0.01"), "train_batch_size": (64, "batch 64"),
                "item_text": ("title", "item text title"), "molar_center_items": (False, "centred items off"),

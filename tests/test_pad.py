@@ -388,6 +388,12 @@ def test_the_label_names_every_setting_other_than_the_references() -> None:
                "llm_encoder": ("/models/smollm2", "encoder smollm2"), "item_text": ("full", "item text full")}
     for key, (value, words) in changed.items():
         assert PAD.run_label({**official, "pipeline": True, "learning_rate": 1e-4, key: value}) == f"PAD({words})", key
+    # numbers compare as numbers (a config may hold 128.0 or the text "1e-5"), text as text
+    assert PAD.run_label({**official, "pad_stage": 1, "learning_rate": "1e-5", "hidden_size": 128.0}) == "PAD(stage 1)"
+    assert PAD.run_label({**official, "pad_stage": 1, "learning_rate": 1e-5, "hidden_size": 128.5}) == \
+        "PAD(stage 1, hidden 128.5)"
+    assert PAD.run_label({**official, "pad_stage": 1, "learning_rate": 1e-5, "item_text": None}) == \
+        "PAD(stage 1, item text None)"
     assert PAD.run_label({**official, "pipeline": True, "MAX_ITEM_LIST_LENGTH": 10, "learning_rate": 1e-3,
                           "hidden_size": 64}) == "PAD(history 10, lr 0.001, hidden 64)"
 

@@ -162,7 +162,8 @@ class Molar(SequentialRecommender):
 
     @classmethod
     def run_label(cls, config: dict) -> str:
-        parts = [] if config.get("pipeline") else [f"stage {int(config.get('molar_stage') or 1)}"]
+        stage = 2 if config.get("pipeline") else int(config.get("molar_stage") or 1)
+        parts = [] if config.get("pipeline") else [f"stage {stage}"]
         if (config.get("llm_feature_fields") or {}).get("item_image"):
             parts.insert(0, "text+image")
         else:
@@ -176,7 +177,6 @@ class Molar(SequentialRecommender):
         history = config.get("MAX_ITEM_LIST_LENGTH")
         if history is not None and int(history) != 10:  # the authors' code (an HLLM fork) reads 10 items
             parts.append(f"history {history}")
-        stage = 2 if config.get("pipeline") else int(config.get("molar_stage") or 1)
         parts += setting_departures("Molar", config, LABELLED_SETTINGS, STAGE_LEARNING_RATES[stage])
         return f"Molar({', '.join(parts)})"
 

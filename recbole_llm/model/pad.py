@@ -200,8 +200,7 @@ def setting_departures(model: str, config: dict, labelled: dict[str, str], stage
     the config, so ``stage_rate`` counts as the reference learning rate."""
     from recbole_llm.registry import plugin_entry
 
-    entry = plugin_entry(model)
-    reference = dict(_yaml_settings(str(entry.config_file))) if entry and entry.config_file else {}
+    reference = dict(_yaml_settings(str(plugin_entry(model).config_file)))
     if config.get("learning_rate") is not None:
         reference["learning_rate"] = stage_rate
     parts = []
@@ -222,13 +221,9 @@ def _yaml_settings(path: str) -> dict[str, Any]:
 
 
 def _same_setting(value: Any, reference: Any) -> bool:
-    if value is None or reference is None:
-        return value is reference
-    if isinstance(value, bool) or isinstance(reference, bool):
-        return bool(value) == bool(reference)
-    try:
-        return math.isclose(float(value), float(reference), rel_tol=1e-9)
-    except (TypeError, ValueError):
+    try:  # numbers as numbers (128 and 128.0, 1e-5 and "1e-5"); booleans are numbers too
+        return math.isclose(float(value), float(reference))
+    except (TypeError, ValueError):  # text, None
         return str(value) == str(reference)
 
 
