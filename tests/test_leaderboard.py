@@ -78,6 +78,17 @@ def test_a_variant_is_never_shown_under_the_papers_name(tmp_path: Path) -> None:
     assert _label(pruned) == "RLMRec-Con(LightGCN, RecBole code, unchecked profiles)"
 
 
+def test_a_staged_models_whole_run_is_named_as_a_whole_not_by_its_last_stage() -> None:
+    """PAD's and Molar's records hold their last stage's config (pad_stage 3); the record of the
+    whole run lists its stages and is PAD, a single stage's record is that stage."""
+    whole = {"model": "PAD", "label": "PAD(history 10)", "config": {"pad_stage": 3, "MAX_ITEM_LIST_LENGTH": 10},
+             "stages": [{"stage": "pre-train"}, {"stage": "align"}, {"stage": "disentangle"}]}
+    assert _label(whole) == "PAD(history 10)"
+    assert _label({**whole, "stages": []}) == "PAD(history 10, stage 3)"
+    molar = {"model": "Molar", "label": "Molar(text)", "config": {"molar_stage": 2}, "stages": [{}, {}]}
+    assert _label(molar) == "Molar(text)" and _label({**molar, "stages": None}) == "Molar(text, stage 2)"
+
+
 def _results(tmp_path: Path) -> Path:
     lines = []
     for label, seeds in NDCG.items():

@@ -211,6 +211,8 @@ def _label(record: dict[str, Any]) -> str:
         defaults = _model_defaults(entry) if record.get("overrides_over_defaults") else {}
         config = {**defaults, **record["overrides"]}
     if run_label is not None and isinstance(config, dict):
+        if record.get("stages"):  # a staged model's whole run: its record holds the last stage's config
+            config = {**config, "pipeline": True}
         name, parts = _label_parts(label)
         missing = [part for part in _label_parts(run_label(config))[1] if part not in parts]
         if missing:
