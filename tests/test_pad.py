@@ -444,3 +444,22 @@ def test_a_stage_starts_from_the_previous_ones_weights_and_stage_two_copies_the_
     assert third.id_embedding.padding_idx == 0 and third.other_embedding.padding_idx == 0
     norms = [m for m in third.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(m.eps == 1e-6 for m in norms)
+
+
+def test_training_rows_are_each_users_own_sequence_once_an_epoch(amazon_root: Path) -> None:
+    """Stage 1's loader: one row per user and epoch whose target is the user's last training item
+    (PAD draws its negatives itself; RecBole's sampling would add rows with random targets)."""
+    from tests.conftest import split_for
+
+    _, config, dataset, (train, _, _) = split_for("PAD", "amazon-beauty", amazon_root,
+                                                  {**TINY, "pad_stage": 1, "train_batch_size": 16})
+    train_seq = train.dataset
+    last = {}
+    for user, item in zip(train_seq.inter_feat[dataset.uid_field].tolist(), train_seq.inter_feat[dataset.iid_field].tolist()):
+        last[user] = item  # rows are in time order per user: the last one is the longest prefix
+    rows, batches = [], 0
+    for batch in train:
+        batches += 1
+        rows += list(zip(batch[dataset.uid_field].tolist(), batch[dataset.iid_field].tolist()))
+        assert len(batch) <= 16
+    assert sorted(rows) == sorted(last.items()) and batches == math.ceil(len(last) / 16)

@@ -139,3 +139,22 @@ def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
 def test_unknown_model_suggests_names() -> None:
     with pytest.raises(recbole_llm.errors.UserError, match="Did you mean LightGCN"):
         registry.get_model_class("LightGNC")
+
+
+def test_no_model_of_this_package_trains_on_recboles_sampled_rows(tmp_path: Path) -> None:
+    """RecBole's default ``train_neg_sample_args`` (uniform, 1) makes a pointwise model's training
+    loader add, beside every row, a copy whose target is a random item, and halves the rows a step
+    holds. Every model here draws its own negatives or trains on labelled impressions, so each one
+    must resolve to no sampling under its protocol (PAD and Molar once trained on the copies)."""
+    from recbole.utils import InputType
+
+    import recbole_llm.model  # noqa: F401  (registers the package's models)
+    from recbole_llm.config import build_config_dict
+    from recbole_llm.registry import list_models
+
+    ours = [entry for entry in list_models() if entry.source == "recbole-llm"]
+    assert {"PAD", "Molar", "AlphaRec", "LLMESR", "TIGER"} <= {entry.name for entry in ours}
+    for entry in ours:
+        config = build_config_dict(entry.cls, "ml-100k", tmp_path)
+        if entry.cls.input_type == InputType.POINTWISE:
+            assert config.get("train_neg_sample_args", "RecBole's default") is None, entry.name
