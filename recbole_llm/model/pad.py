@@ -26,7 +26,6 @@ reference), so RecBole's right-padded sequences are shifted inside the model.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -198,9 +197,9 @@ def setting_departures(model: str, config: dict, labelled: dict[str, str], stage
     """``"words value"`` for every setting in ``labelled`` that ``config`` sets to something other
     than the model's YAML (the reference's). A staged model's trainer writes its stage's rate into
     the config, so ``stage_rate`` counts as the reference learning rate."""
-    from recbole_llm.registry import plugin_entry
+    from recbole_llm.config import load_yaml, model_yaml
 
-    reference = dict(_yaml_settings(str(plugin_entry(model).config_file)))
+    reference = load_yaml(model_yaml(model))
     if config.get("learning_rate") is not None:
         reference["learning_rate"] = stage_rate
     parts = []
@@ -211,13 +210,6 @@ def setting_departures(model: str, config: dict, labelled: dict[str, str], stage
                      else f"{value:g}" if isinstance(value, float) else value)
             parts.append(f"{words} {shown}")
     return parts
-
-
-@functools.lru_cache(maxsize=None)
-def _yaml_settings(path: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(Path(path).read_text()) or {}
 
 
 def _same_setting(value: Any, reference: Any) -> bool:
