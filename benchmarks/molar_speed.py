@@ -10,7 +10,7 @@
 Prints training seconds per epoch, evaluation seconds, and the ratios to SASRec. Run it on a quiet
 machine, with the same threads for every row:
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/molar_speed.py -d ml-100k [--set molar_user_layers=4]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/molar_speed.py -d ml-100k [--history 10] [--set molar_user_layers=4]
 """
 from __future__ import annotations
 
@@ -31,14 +31,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", "--dataset", default="ml-100k")
+    parser.add_argument("--history", type=int, default=None, metavar="N",
+                        help="history length for every row (MAX_ITEM_LIST_LENGTH; default: the dataset's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="a Molar setting (repeatable)")
     args = parser.parse_args()
-    molar = parse_overrides(args.overrides)
+    shared = {} if args.history is None else {"MAX_ITEM_LIST_LENGTH": args.history}
+    molar = {**shared, **parse_overrides(args.overrides)}
     rows = []
     with tempfile.TemporaryDirectory(prefix="molar-speed-") as tmp:
         folder = Path(tmp)
-        plan = [("SASRec", "SASRec", {}),
+        plan = [("SASRec", "SASRec", shared),
                 ("Molar stage 1 (ID SASRec)", "Molar", {**molar, "molar_stage": 1}),
                 ("Molar stage 2 (content + alignment)", "Molar",
                  {**molar, "molar_stage": 2, "molar_init_from": str(folder / "Molar stage 1 (ID SASRec)")})]
@@ -49,7 +52,8 @@ def main() -> None:
             rows.append((name, record["train_time_s"], time.time() - started - record["train_time_s"]))
             print(f"{name}: {record['train_time_s']:.1f} s training", flush=True)
     base = rows[0][1]
-    print(f"\n{args.dataset}, {torch.get_num_threads()} thread(s), one epoch each\n")
+    history = "the dataset's history length" if args.history is None else f"history {args.history}"
+    print(f"\n{args.dataset}, {history}, {torch.get_num_threads()} thread(s), one epoch each\n")
     print("| model | training s / epoch | x SASRec | rest of the run s (load, evaluation) |")
     print("|---|---|---|---|")
     for name, train, rest in rows:

@@ -351,3 +351,42 @@ def test_fresh_stage_two_starts_as_documented(molar_runs: dict) -> None:
     assert trained.id_model.training
     fresh.train()   # stage 1 trains its ID model
     assert fresh.id_model.training
+
+
+def test_id_sasrec_builds_every_configured_size_and_keeps_padding_out_of_training() -> None:
+    """Each ID-model setting reaches RecBole's layers (non-default values, so a dropped argument
+    falls back to another value), and row 0 is the padding row."""
+    from recbole_llm.model.molar import IDSASRec
+
+    config = {"n_layers": 3, "n_heads": 4, "hidden_dropout_prob": 0.3, "attn_dropout_prob": 0.2,
+              "hidden_act": "relu", "layer_norm_eps": 1e-6, "initializer_range": 0.02}
+    model = IDSASRec(n_items=9, max_len=5, d=16, config=config)
+    assert len(model.encoder.layer) == 3
+    layer = model.encoder.layer[0]
+    assert layer.multi_head_attention.num_attention_heads == 4
+    assert layer.multi_head_attention.attn_dropout.p == 0.2
+    assert layer.multi_head_attention.out_dropout.p == 0.3 and layer.feed_forward.dropout.p == 0.3
+    assert layer.feed_forward.intermediate_act_fn is F.relu
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
+    assert model.item_embedding.padding_idx == 0
+
+
+def test_stage_checkpoints_hold_no_item_vectors_and_a_bad_stage_is_refused(molar_runs: dict) -> None:
+    """The frozen item vectors are rebuilt from the feature file, not saved with each checkpoint;
+    a model built by RecBole's entry points names what molar_stage may be."""
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    state = load_checkpoint(molar_runs["root"] / "stage-2")
+    assert "item_llm" not in state["state_dict"] and any(k.startswith("user_model.") for k in state["state_dict"])
+    config = load_checkpoint(molar_runs["root"] / "stage-1")["config"]
+    _, train, _, _ = load_split(config)
+    config["molar_stage"] = "all"
+    with pytest.raises(UserError, match="molar_stage=all runs both stages through `recbole-llm run`"):
+        get_model("Molar")(config, train._dataset)
+    for bad in ("x", "3"):
+        config["molar_stage"] = bad
+        with pytest.raises(UserError, match=rf"molar_stage='{bad}': expected all, 1 \(ID SASRec\) or 2"):
+            get_model("Molar")(config, train._dataset)
