@@ -146,6 +146,24 @@ def test_the_head_is_relu_mlp_then_one_logit(bahe_run: dict) -> None:
         torch.testing.assert_close(model.head(x), expected)
 
 
+@pytest.mark.parametrize("hidden", [[8], [8, 6, 4]])
+def test_the_head_follows_mlp_hidden_size_and_dropout_prob(bahe_run: dict, hidden: list[int]) -> None:
+    """Any number of hidden layers: 2d -> each size in turn -> one logit, dropout as configured."""
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import load_checkpoint, load_split
+
+    config = load_checkpoint(bahe_run["root"] / "run")["config"]
+    _, train, _, _ = load_split(config, check_topk=False)
+    config["mlp_hidden_size"], config["dropout_prob"] = hidden, 0.3
+    model = get_model("BAHE")(config, train._dataset)
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    sizes = [32, *hidden, 1]
+    assert [(m.in_features, m.out_features) for m in linears] == list(zip(sizes, sizes[1:]))
+    dropouts = [m.p for m in model.head.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.3] * len(hidden)
+
+
 def test_training_moves_the_upper_layers_and_never_the_offline_table(bahe_run: dict, tiny_lm: Path) -> None:
     from transformers import AutoModelForCausalLM
 
