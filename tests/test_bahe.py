@@ -202,6 +202,27 @@ def test_encoders_sharing_one_cached_lm_pad_each_their_own_way(tiny_lm: Path) ->
     assert lower.shape == before.shape
 
 
+def test_copied_layers_are_the_callers_own_and_run_eager_attention(tiny_lm: Path) -> None:
+    """The copies take the additive mask as given (eager attention) while the LM keeps its own
+    attention setting; training a copy leaves the LM's layers as they were."""
+    from transformers import AutoModelForCausalLM
+
+    from recbole_llm.llm.decoder import copied_layers
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm, attn_implementation="sdpa")
+    before = copy.deepcopy(lm.model.layers[1].state_dict())
+    layers = copied_layers(lm, 1, 3)
+    assert len(layers) == 2
+    assert [layer.self_attn.config._attn_implementation for layer in layers] == ["eager", "eager"]
+    assert lm.config._attn_implementation == "sdpa"
+    assert all(layer.self_attn.config._attn_implementation == "sdpa" for layer in lm.model.layers)
+    with torch.no_grad():
+        for p in layers[0].parameters():
+            p.add_(1.0)
+    for name, value in lm.model.layers[1].state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("n_layers", [1, 3])
 def test_reading_one_position_equals_the_full_stack_read_there(tiny_lm: Path, n_layers: int) -> None:
     """``run_layers_to_last`` (the top layer computed for one query per row) against HF's own forward

@@ -118,6 +118,33 @@ def test_deepfm_runs_under_the_ctr_protocol_with_gauc_beside_auc() -> None:
     assert 0.6 < record["test"]["auc"] < 0.9
 
 
+def test_labelled_scores_reads_every_batch_and_flattens_column_scores() -> None:
+    """A model whose predict returns [B, 1] (as some CTR heads do) still gives one flat score per row,
+    in loader order, beside that row's user and label."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.evaluation.ctr import labelled_scores
+
+    class ColumnScores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(0.5))
+
+        def predict(self, interaction: Interaction) -> torch.Tensor:
+            return (self.weight * interaction["item_id"].float())[:, None]
+
+    batches = [(Interaction({"user_id": torch.tensor([1, 1, 2]), "item_id": torch.tensor([4, 6, 8]),
+                             "label": torch.tensor([1.0, 0.0, 1.0])}),),
+               (Interaction({"user_id": torch.tensor([3]), "item_id": torch.tensor([10]),
+                             "label": torch.tensor([0.0])}),)]
+    users, labels, scores = labelled_scores(ColumnScores(), batches, "user_id", "label")
+    assert scores.shape == (4,)
+    np.testing.assert_allclose(scores, [2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_array_equal(users, [1, 1, 2, 3])
+    np.testing.assert_array_equal(labels, [1.0, 0.0, 1.0, 0.0])
+
+
 @pytest.mark.parametrize("model", ["DCNV2", "DIN"])
 def test_context_and_din_style_models_run_on_a_dataset_with_its_own_ctr_protocol(tmp_path: Path, model: str) -> None:
     write_ctr_fixture(tmp_path / "data")

@@ -16,7 +16,7 @@ from torch import nn
 
 def decoder_of(lm: Any) -> Any:
     """The decoder stack (embeddings, layers, final norm, rotary embedding) of a causal LM."""
-    return lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+    return lm.get_decoder()
 
 
 def check_split(split: int, total: int) -> None:
@@ -32,8 +32,7 @@ def copied_layers(lm: Any, start: int, stop: int) -> nn.ModuleList:
     """Copies of decoder layers ``start``..``stop - 1``, owned by the caller (training them leaves the
     LM as it is), set to eager attention: it takes an additive mask as given."""
     layers = nn.ModuleList(copy.deepcopy(layer) for layer in decoder_of(lm).layers[start:stop])
-    for layer in layers:
-        layer.self_attn.config = copy.copy(layer.self_attn.config)
+    for layer in layers:  # each deep copy holds its own copy of the config
         layer.self_attn.config._attn_implementation = "eager"
     return layers
 
@@ -46,8 +45,8 @@ def run_layers(layers: nn.ModuleList, rotary: Any, h: torch.Tensor, positions: t
     additive = _additive(allowed, h.dtype)[:, None].expand(h.shape[0], 1, -1, -1)
     position_embeddings = rotary(h, positions)
     for layer in layers:
-        out = layer(h, attention_mask=additive, position_ids=positions, position_embeddings=position_embeddings)
-        h = out[0] if isinstance(out, tuple) else out
+        out = layer(h, attention_mask=additive, position_embeddings=position_embeddings)
+        h = out[0] if isinstance(out, tuple) else out  # transformers < 4.54 returns (hidden states, ...)
     return h
 
 
