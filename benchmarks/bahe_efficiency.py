@@ -81,6 +81,23 @@ class TokenLevel:
         return self.bahe.head(torch.cat([user, item], dim=-1)).squeeze(-1)
 
 
+def paired_auc_interval(labels: list[int], first: list[float], second: list[float], draws: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """95 % interval of AUC(first) - AUC(second) over test rows resampled with replacement (the same
+    rows for both models, so the interval is the noise of this test set for this comparison)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, a, b = np.asarray(labels), np.asarray(first), np.asarray(second)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(y), len(y))
+        if y[rows].min() != y[rows].max():  # both classes drawn
+            differences.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def measure(approach: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -114,9 +131,13 @@ def measure(approach: str, length: int, args: argparse.Namespace) -> dict[str, A
     score = token_level.logits if token_level else bahe.forward
 
     def rows(part: Any, full_only: bool, limit: int) -> Any:
+        """Timed steps: the first rows whose history holds exactly L behaviours. Training and test
+        rows for AUC: a seeded draw over all users (the first rows would be a few users' only)."""
         feat = part.dataset.inter_feat
-        keep = np.where(feat[bahe.ITEM_SEQ_LEN].numpy() == length)[0] if full_only else np.arange(len(feat))
-        keep = keep[:limit]
+        if full_only:
+            keep = np.where(feat[bahe.ITEM_SEQ_LEN].numpy() == length)[0][:limit]
+        else:
+            keep = np.sort(np.random.default_rng(0).permutation(len(feat))[:limit])
         return Interaction({k: feat[k][keep] for k in (bahe.ITEM_SEQ, bahe.ITEM_SEQ_LEN, bahe.ITEM_ID, bahe.LABEL)})
 
     timed = rows(train, True, args.batch * args.steps)
@@ -174,7 +195,8 @@ def measure(approach: str, length: int, args: argparse.Namespace) -> dict[str, A
             scores = torch.cat([score(evaluation[s:s + args.batch].to(device)).float().cpu()
                                 for s in range(0, len(evaluation), args.batch)])
         out["auc"] = round(float(roc_auc_score(evaluation[bahe.LABEL].numpy(), scores.numpy())), 4)
-        out.update(train_rows=len(training), test_rows=len(evaluation), epochs=args.epochs)
+        out.update(train_rows=len(training), test_rows=len(evaluation), epochs=args.epochs,
+                   labels=evaluation[bahe.LABEL].int().tolist(), scores=scores.tolist())
     return out
 
 
@@ -210,12 +232,12 @@ def main() -> None:
                 print("  failed: " + " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:]), flush=True)
                 continue
             results.append(json.loads(line[0][7:]))
-            print("  " + json.dumps(results[-1]), flush=True)
+            print("  " + json.dumps({k: v for k, v in results[-1].items() if k not in ("labels", "scores")}), flush=True)
     print(f"\n{args.dataset}, ctr protocol rows with a full history, batch {args.batch}, LM {args.encoder}, "
           f"split {args.split}, device {args.device}\n")
     print("| history | BAHE s/step | token-level s/step | time ratio | BAHE peak MB | token-level peak MB | memory ratio |"
-          + (" BAHE AUC | token-level AUC |" if args.train_rows else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.train_rows else ""))
+          + (" BAHE AUC | token-level AUC | difference [95 % paired bootstrap] |" if args.train_rows else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|" if args.train_rows else ""))
     for length in args.lengths:
         mine = {r["approach"]: r for r in results if r["history"] == length}
         if len(mine) < 2:
@@ -224,7 +246,8 @@ def main() -> None:
         cells = [length, f"{b['s_per_step']:.3f}", f"{t['s_per_step']:.3f}", f"{t['s_per_step'] / b['s_per_step']:.1f}x",
                  f"{b['peak_mb']:.0f}", f"{t['peak_mb']:.0f}", f"{t['peak_mb'] / max(b['peak_mb'], 1):.1f}x"]
         if args.train_rows:
-            cells += [b.get("auc"), t.get("auc")]
+            low, high = paired_auc_interval(b["labels"], b["scores"], t["scores"])
+            cells += [b.get("auc"), t.get("auc"), f"{b['auc'] - t['auc']:+.4f} [{low:+.4f}, {high:+.4f}]"]
         print("| " + " | ".join(map(str, cells)) + " |")
     offline = next((r["offline_encode_s"] for r in results if r.get("offline_encode_s")), None)
     if offline:

@@ -440,3 +440,77 @@ def test_each_rows_examples_are_shuffled_by_a_fixed_order_of_its_own() -> None:
     assert len({tuple(row) for row in order.tolist()}) >= 12  # of the 24 orders of 4
     first = torch.bincount(order[:, 0], minlength=4)
     assert int(first.min()) >= 25  # every example comes first in about a quarter of the rows
+
+
+@pytest.mark.parametrize("template", ["given", "inferred"])
+def test_the_pool_is_the_seeded_rows_with_prompts_of_their_target_latest_history_and_label(built, monkeypatch, template) -> None:
+    """build_pool's prompts, written from the rule: rows a seeded draw of cot_rows training rows; a
+    row's prompt the target's text, the texts of its cot_history_items most recent earlier items and
+    its true label, keyed user|item|position; the generation settings and the CoT vectors' file are
+    the run's own, and the pool holds exactly those rows with their vectors."""
+    from recbole_llm.data.text import TextTemplate, infer_template
+    from recbole_llm.llm.encoders import slug
+    from recbole_llm.model import llmcf
+
+    config, dataset = built["config"], built["train"]._dataset
+    inter = dataset.inter_feat
+    seen: dict = {}
+
+    def fake_generation(folder, config_, settings, prompts):
+        seen["settings"], seen["prompts"] = settings, prompts
+        return {key: f"because {i}" for i, key in enumerate(prompts)}
+
+    def fake_vectors(path, keys, cots, encoder, load, progress):
+        seen["vectors"] = (path, keys, cots, encoder)
+        return np.arange(len(keys) * 3, dtype=np.float32).reshape(len(keys), 3)
+
+    from recbole_llm.data import text as text_module
+
+    n = len(inter)
+    rows = sorted(np.random.default_rng(5).choice(n, size=7, replace=False).tolist())
+    shown = next(r for r in rows if int(inter["item_length"][r]) > 0)
+    textless = {str(dataset.id2token("item_id", int(i)))  # items without text, a target and a shown one: ""
+                for i in (inter["item_id"][rows[0]], inter["item_id_list"][shown, int(inter["item_length"][shown]) - 1])}
+
+    def texts_but_two(*args):
+        return {k: v for k, v in real_item_texts(*args).items() if k not in textless}
+
+    real_item_texts = text_module.item_texts
+    monkeypatch.setattr(text_module, "item_texts", texts_but_two)
+    monkeypatch.setattr(llmcf, "generate_or_explain", fake_generation)
+    monkeypatch.setattr(cot, "encode_cots", fake_vectors)
+    saved = {k: config[k] for k in ("cot_history_items", "cot_seed", "cot_rows", "item_text_template")}
+    config["cot_history_items"], config["cot_seed"], config["cot_rows"] = 2, 5, 7
+    if template == "inferred":  # no template in the config: the dataset's .item columns give it
+        config["item_text_template"] = None
+    try:
+        pool = llmcf.build_pool(config, dataset)
+    finally:
+        for k, v in saved.items():
+            config[k] = v
+    folder = built["root"] / DATASET
+    texts = real_item_texts(folder, DATASET, TextTemplate.from_config(["Title: {title}.", "Brand: {brand}."], ())
+                            if template == "given" else infer_template(folder, DATASET))
+    texts.update(dict.fromkeys(textless, ""))
+    users, items, labels = inter["user_id"].tolist(), inter["item_id"].tolist(), inter["label"].long().tolist()
+    position = [users[:r].count(users[r]) for r in range(n)]  # rows are in (user, time) order
+    expected = {}
+    for r in rows:
+        past = inter["item_id_list"][r, :int(inter["item_length"][r])].tolist()
+        item_token = dataset.id2token("item_id", items[r])
+        key = f"{dataset.id2token('user_id', users[r])}|{item_token}|{position[r]}"
+        expected[key] = cot.cot_prompt(texts[str(item_token)], [texts[str(dataset.id2token("item_id", i))] for i in past[-2:]],
+                                       labels[r])
+    assert any(int(inter["item_length"][r]) > 2 for r in rows)  # the history is cut somewhere
+    assert sum(f"[{''}]" in prompt for prompt in expected.values()) >= 1
+    assert seen["prompts"] == expected
+    assert seen["settings"] == cot.CotSettings(str(config["cot_generator"]), "greedy", 6, 2, int(config["cot_batch_size"]))
+    path, keys, cots, encoder = seen["vectors"]
+    assert path == cot.cot_files(Path(config["data_path"]), DATASET, str(config["cot_generator"]), str(config["llm_encoder"]))[1]
+    assert keys == list(expected) and encoder == slug(str(config["llm_encoder"]))
+    assert cots == {key: f"because {i}" for i, key in enumerate(expected)}
+    for name, column in (("user", "user_id"), ("item", "item_id"), ("label", "label")):
+        assert pool[name].tolist() == [int(inter[column][r]) for r in rows]
+    assert pool["position"].tolist() == [position[r] for r in rows]
+    assert torch.equal(pool["history"], inter["item_id_list"][rows].long())
+    torch.testing.assert_close(pool["cot"], torch.arange(21, dtype=torch.float32).reshape(7, 3))
