@@ -479,8 +479,8 @@ def test_the_pool_is_the_seeded_rows_with_prompts_of_their_target_latest_history
     monkeypatch.setattr(text_module, "item_texts", texts_but_two)
     monkeypatch.setattr(llmcf, "generate_or_explain", fake_generation)
     monkeypatch.setattr(cot, "encode_cots", fake_vectors)
-    saved = {k: config[k] for k in ("cot_history_items", "cot_seed", "cot_rows", "item_text_template")}
-    config["cot_history_items"], config["cot_seed"], config["cot_rows"] = 2, 5, 7
+    saved = {k: config[k] for k in ("cot_history_items", "cot_seed", "cot_rows", "cot_batch_size", "item_text_template")}
+    config["cot_history_items"], config["cot_seed"], config["cot_rows"], config["cot_batch_size"] = 2, 5, 7, 3
     if template == "inferred":  # no template in the config: the dataset's .item columns give it
         config["item_text_template"] = None
     try:
@@ -504,7 +504,7 @@ def test_the_pool_is_the_seeded_rows_with_prompts_of_their_target_latest_history
     assert any(int(inter["item_length"][r]) > 2 for r in rows)  # the history is cut somewhere
     assert sum(f"[{''}]" in prompt for prompt in expected.values()) >= 1
     assert seen["prompts"] == expected
-    assert seen["settings"] == cot.CotSettings(str(config["cot_generator"]), "greedy", 6, 2, int(config["cot_batch_size"]))
+    assert seen["settings"] == cot.CotSettings(str(config["cot_generator"]), "greedy", 6, 2, 3)
     path, keys, cots, encoder = seen["vectors"]
     assert path == cot.cot_files(Path(config["data_path"]), DATASET, str(config["cot_generator"]), str(config["llm_encoder"]))[1]
     assert keys == list(expected) and encoder == slug(str(config["llm_encoder"]))
