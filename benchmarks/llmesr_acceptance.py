@@ -5,7 +5,7 @@ t-tests against SASRec:
     OMP_NUM_THREADS=1 python benchmarks/llmesr_acceptance.py --seed 2020 --model LLMESR   # one run
     recbole-llm leaderboard /tmp/llmesr_acceptance.jsonl -o /tmp/llmesr-acceptance
 
-The README's table (records in results/llmesr-ml-100k.jsonl) came from the SASRec seeds run
+The table in docs/llmesr.md (records in results/llmesr-ml-100k.jsonl) came from the SASRec seeds run
 one after another on a shared, loaded 2-core machine, and the LLM-ESR seeds one after another on
 one core of the otherwise quiet machine:
 

@@ -10,8 +10,7 @@ files, profile generation and its estimate, progress bars). Run from the reposit
 
 These are hand-picked mutants whose tests are whole runs (RecBole's doors) or that read across
 files. The exhaustive mutation test of the models' math is mutmut's (setup.cfg [mutmut]: its
-workers come from a fork server, as forked workers hang once torch is imported); see the README's
-development section. Here each mutant is applied in turn and the source restored after each.
+workers come from a fork server, as forked workers hang once torch is imported); see docs/development.md. Here each mutant is applied in turn and the source restored after each.
 """
 from __future__ import annotations
 
