@@ -1,0 +1,42 @@
+"""The README and the pages under docs/ and results/ link to files and headings that exist."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "results").rglob("*.md"))]
+CODE_BLOCK = re.compile(r"```.*?```", re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = CODE_BLOCK.sub("", page.read_text(encoding="utf-8"))
+    return {heading_anchor(m.group(1)) for m in re.finditer(r"^#+ (.*)$", text, flags=re.M)}
+
+
+def test_heading_anchor_follows_github() -> None:
+    assert heading_anchor("Results on ml-100k (ctr protocol)") == "results-on-ml-100k-ctr-protocol"
+    assert heading_anchor("What recbole-llm repairs in RecBole 1.2.1") == "what-recbole-llm-repairs-in-recbole-121"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page: Path) -> None:
+    broken = []
+    for link in LINK.findall(CODE_BLOCK.sub("", page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", link):  # http(s), mailto: not checked (no network in tests)
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{link} (no such file)")
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+            broken.append(f"{link} (no such heading)")
+    assert not broken, f"{page.relative_to(ROOT)}: " + ", ".join(broken)
