@@ -403,8 +403,8 @@ def test_weight_init_official_is_pytorchs_default_and_xavier_a_labelled_variant(
     for init in ("official", "xavier"):
         model_class, config, _, (train, _, _) = split_for("LLMCFDeepFM", DATASET, root, {"weight_init": init})
         model = model_class(config, train._dataset)
-        stds[init] = float(model.user_emb.weight[1:].std())
-        stds[init + " bias"] = float(model.dnn_out.bias.abs().max())
+        stds[init] = float(model.user_emb.weight[1:].detach().std())
+        stds[init + " bias"] = float(model.dnn_out.bias.detach().abs().max())
     n, d = 41, 32
     assert stds["official"] == pytest.approx(1.0, rel=0.1)  # nn.Embedding's N(0, 1)
     assert stds["xavier"] == pytest.approx(math.sqrt(2 / (n + d)), rel=0.15)

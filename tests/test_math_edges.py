@@ -71,7 +71,7 @@ def test_csr_product_of_an_asymmetric_matrix_and_its_gradient_by_hand() -> None:
     has lost all its edges, so the shape cannot be read off the indices)."""
     index = torch.tensor([[0, 0, 1, 2, 2, 2], [1, 2, 2, 0, 1, 1]])
     values = torch.tensor([0.5, -1.0, 2.0, 1.5, 0.25, 0.75], dtype=torch.float64)
-    coo = torch.sparse_coo_tensor(index, values, (4, 4))
+    coo = torch.sparse_coo_tensor(index, values, (4, 4), check_invariants=True)
     dense = coo.to_dense().numpy()
     assert not np.allclose(dense, dense.T)
     multiply = csr_product(coo)
@@ -88,10 +88,10 @@ def test_symmetric_graph_refuses_an_asymmetric_matrix_and_copies_like_a_module()
     """Its backward multiplies by A for A^T, so an asymmetric matrix is refused; the CSR parts are
     buffers, so the graph deep-copies (RecBole's FLOPs count copies the model) and stays out of
     state dicts."""
-    asymmetric = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 1]]), torch.tensor([1.0, 2.0]), (2, 2))
+    asymmetric = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 1]]), torch.tensor([1.0, 2.0]), (2, 2), check_invariants=True)
     with pytest.raises(ValueError, match="differs from its transpose"):
         SymmetricGraph(asymmetric)
-    mirrored_edges = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2))
+    mirrored_edges = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2), check_invariants=True)
     with pytest.raises(ValueError, match="differs from its transpose"):  # the same edges both ways, other weights
         SymmetricGraph(mirrored_edges)
     with pytest.raises(ValueError, match="expected a sparse COO or CSR"):
@@ -186,7 +186,7 @@ def test_sampled_info_nce_with_rows_is_the_loss_over_every_sample(n_items: int, 
         for r, p, negs in zip(rows.tolist(), positives.tolist(), negatives.tolist())])
     u1, i1 = users.clone().requires_grad_(), items.clone().requires_grad_()
     got = sampled_info_nce(u1, i1, positives, negatives, tau, rows)
-    assert abs(float(got) - expected) < 1e-12
+    assert abs(float(got.detach()) - expected) < 1e-12
     got.backward()
     # Gradient: the same as one user row per sample (the default, rows=None).
     u2, i2 = users.clone().requires_grad_(), items.clone().requires_grad_()

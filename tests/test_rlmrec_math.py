@@ -205,7 +205,7 @@ def test_drop_edges_keeps_the_graphs_shape_and_the_kept_values(monkeypatch: pyte
     from recbole_llm.model.rlmrec_backbones import drop_edges
 
     index = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
-    graph = torch.sparse_coo_tensor(index, torch.tensor([0.5, 0.5, 0.25, 0.25]), (5, 5)).coalesce()
+    graph = torch.sparse_coo_tensor(index, torch.tensor([0.5, 0.5, 0.25, 0.25]), (5, 5), check_invariants=True).coalesce()
     monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.tensor([0.9, 0.1, 0.5, 0.05]))
     dropped = drop_edges(graph, 0.4)  # u >= 0.6 survives: edge (0, 1) only
     expected = np.zeros((5, 5))

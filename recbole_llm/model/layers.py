@@ -3,6 +3,7 @@ InfoNCE over sampled negatives, uniform negative sampling that excludes training
 the LLM-vector projectors."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -12,6 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_llm.errors import UserError
+
+# The graph models multiply by CSR matrices (SymmetricGraph, csr_product); torch announces once per
+# process that CSR support is beta, which every graph run would print. Only that notice is hidden.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
 
 def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) -> torch.Tensor:
@@ -33,7 +38,8 @@ def normalized_adjacency(interactions: sp.spmatrix, n_users: int, n_items: int) 
     norm.sort_indices()
     return torch.sparse_csr_tensor(torch.from_numpy(norm.indptr.astype(np.int64)),
                                    torch.from_numpy(norm.indices.astype(np.int64)),
-                                   torch.from_numpy(norm.data.astype(np.float32)), (n, n))
+                                   torch.from_numpy(norm.data.astype(np.float32)), (n, n),
+                                   check_invariants=False)  # SciPy's sorted CSR is valid; opting out silences torch's warning
 
 
 class _CSRProduct(torch.autograd.Function):
@@ -60,7 +66,7 @@ def csr_product(adjacency: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
 
 def _transposed(coo: torch.Tensor) -> torch.Tensor:
     """The transpose of a coalesced COO matrix, coalesced (its entries in row order)."""
-    return torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape).coalesce()
+    return torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape, check_invariants=False).coalesce()
 
 
 class SymmetricGraph(nn.Module):
