@@ -236,7 +236,7 @@ def test_reconstruction_loss_from_its_formula(built) -> None:
     total = 0.0
     for b in range(3):
         for k, position in enumerate([0, 3, 6, 9]):  # each example's feature token
-            r = model.reconstruct(hidden[b, position])
+            r = model.reconstruct(hidden[b, position]).detach()
             total += float(r @ cots[b, k] / (r.norm() * cots[b, k].norm()))
     with torch.no_grad():
         assert float(model.reconstruction_loss(hidden, cots)) == pytest.approx(1 - total / 12, rel=1e-5)
