@@ -1,6 +1,7 @@
 """The README and the pages under docs/ and results/ link to files and headings that exist."""
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def heading_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache  # a page linked from many places is read once
 def anchors(page: Path) -> set[str]:
     text = CODE_BLOCK.sub("", page.read_text(encoding="utf-8"))
     return {heading_anchor(m.group(1)) for m in re.finditer(r"^#+ (.*)$", text, flags=re.M)}

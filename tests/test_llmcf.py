@@ -502,7 +502,7 @@ def test_the_pool_is_the_seeded_rows_with_prompts_of_their_target_latest_history
         expected[key] = cot.cot_prompt(texts[str(item_token)], [texts[str(dataset.id2token("item_id", i))] for i in past[-2:]],
                                        labels[r])
     assert any(int(inter["item_length"][r]) > 2 for r in rows)  # the history is cut somewhere
-    assert sum(f"[{''}]" in prompt for prompt in expected.values()) >= 1
+    assert sum("[]" in prompt for prompt in expected.values()) >= 1  # a textless item shows as []
     assert seen["prompts"] == expected
     assert seen["settings"] == cot.CotSettings(str(config["cot_generator"]), "greedy", 6, 2, 3)
     path, keys, cots, encoder = seen["vectors"]
