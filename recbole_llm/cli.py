@@ -232,9 +232,12 @@ EPILOG_LEADERBOARD = """\
 examples:
   recbole-llm leaderboard                                  # results/runs.jsonl -> results/leaderboard.{md,html}
   recbole-llm leaderboard my-runs.jsonl -o reports/
+  recbole-llm leaderboard results/runs.jsonl --readme README.md   # also refresh README's summary
 
 One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
 t-test over seeds against the best baseline, the protocol, tuning budget, hardware and versions.
+--readme rewrites each block of FILE between a line '<!-- glance DATASET -->' and a line
+'<!-- glance end -->' with DATASET's rows, main metric, epochs and compute.
 """
 
 
@@ -257,6 +260,7 @@ def _add_bench_parsers(sub: Any) -> None:
                        epilog=EPILOG_LEADERBOARD, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", default=None, metavar="RESULTS", help="results file (default results/runs.jsonl)")
     p.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="where to write them (default: the results file's folder)")
+    p.add_argument("--readme", metavar="FILE", help="also rewrite FILE's glance blocks (the summary tables of README.md)")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -293,7 +297,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from recbole_llm.records import DEFAULT_RESULTS
 
     results = Path(args.results or DEFAULT_RESULTS)
-    boards, written, bad = leaderboard(results, args.output_dir or results.parent)
+    boards, written, bad = leaderboard(results, args.output_dir or results.parent, readme=args.readme)
     print(render_markdown(boards, results.name))
     if bad:
         print(f"skipped {len(bad)} corrupt line(s): " + ", ".join(f"{b.path.name}:{b.line_number}" for b in bad))

@@ -42,3 +42,15 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and target.suffix == ".md" and anchor not in anchors(target):
             broken.append(f"{link} (no such heading)")
     assert not broken, f"{page.relative_to(ROOT)}: " + ", ".join(broken)
+
+
+def test_readme_summary_is_the_committed_board() -> None:
+    """The README's glance tables are what `leaderboard --readme` renders from results/runs.jsonl
+    today: a record added without regenerating them, or a hand edit, fails here."""
+    from recbole_llm.bench.leaderboard import build_boards, readme_with_glance
+    from recbole_llm.records import read_records
+
+    readme = ROOT / "README.md"
+    boards = build_boards(list(read_records(ROOT / "results" / "runs.jsonl", [])))
+    assert readme.read_text(encoding="utf-8") == readme_with_glance(readme, boards), (
+        "README.md's glance is stale: run `recbole-llm leaderboard results/runs.jsonl --readme README.md`")

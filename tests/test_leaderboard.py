@@ -352,3 +352,56 @@ def test_the_reference_baseline_is_a_complete_row_not_one_short_of_seeds() -> No
     alone = [r for r in records if r["label"] != "LightGCN" and r["label"] != "Pop"]
     [board] = build_boards(alone)
     assert board.best_baseline("ndcg@20").label == "LightGCN(to plateau)"
+
+
+README = """# My fork
+
+Intro.
+
+<!-- glance ml-100k: generated -->
+stale table
+<!-- glance end -->
+
+Closing words.
+"""
+
+
+def test_readme_glance_rewritten_from_the_board(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale table" not in text
+    assert text.startswith("# My fork\n\nIntro.\n\n<!-- glance ml-100k: generated -->\n")
+    assert text.endswith("<!-- glance end -->\n\nClosing words.\n")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # Best first, with the board's marks: baseline ◦, bold best, ▲ against the best baseline,
+    # epochs to the best validation (best_epoch 1 is the 2nd) / trained, ‡ at the 20-epoch cap.
+    assert [r.split("|")[1].strip() for r in rows] == ["AlphaRec(minilm)", "LightGCN ◦", "Pop ◦"]
+    alpha, lightgcn, pop = ([c.strip() for c in r.split("|")[2:-1]] for r in rows)
+    assert alpha == ["3", "**0.3400 ± 0.0100** ▲", "2/20 ‡", f"{3 * 20 / 3600:.2f}"]
+    assert lightgcn == ["3", "0.3100 ± 0.0100", "2/20 ‡", f"{3 * 10 / 3600:.2f}"]
+    assert pop[1] == "0.2000 ± 0.0000 ▼"
+    assert "**ml-100k, general protocol** (test ndcg@20):" in text
+    # Rewriting again changes nothing, the HTML page included (no random plot ids).
+    page = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board"), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text and (tmp_path / "board" / "leaderboard.html").read_text() == page
+
+
+@pytest.mark.parametrize("readme_text, error", [
+    ("# No block here\n", "has no glance block; expected a line '<!-- glance DATASET -->'"),
+    (README.replace("ml-100k", "ml-1m"), "no finished run on dataset 'ml-1m'; expected one of: ml-100k"),
+])
+def test_readme_glance_errors_leave_every_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         readme_text: str, error: str) -> None:
+    path = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(readme_text)
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board"), "--readme", str(readme)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # not the corrupt-line warning
+    assert len(errors) == 1 and error in errors[0]
+    assert readme.read_text() == readme_text and not (tmp_path / "board").exists()
+    assert main(["leaderboard", str(path), "--readme", str(tmp_path / "missing.md")]) == 2
+    assert "README" in capsys.readouterr().err and not (tmp_path / "leaderboard.md").exists()

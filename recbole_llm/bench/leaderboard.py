@@ -517,6 +517,49 @@ def render_markdown(boards: list[Board], source: str) -> str:
     return "\n".join(out)
 
 
+# The README's summary tables live between these two lines, one block per dataset; `recbole-llm
+# leaderboard --readme README.md` rewrites what is between them, so the front page never drifts
+# from the committed board.
+GLANCE_BLOCK = re.compile(r"(?P<begin><!-- glance (?P<dataset>[^\s:>]+)[^>]*-->\n)(?P<body>.*?)(?P<end><!-- glance end -->)",
+                          re.S)
+PROTOCOL_ORDER = {"general": 0, "sequential": 1, "ctr": 2}
+
+
+def render_glance(boards: list[Board], dataset: str) -> str:
+    """A short summary of ``dataset``'s tables: per table, each row's seeds, main metric (with the
+    board's marks), epochs to the best validation and compute; the full tables are in leaderboard.md."""
+    from tabulate import tabulate
+
+    mine = sorted((b for b in boards if b.dataset == dataset),
+                  key=lambda b: (PROTOCOL_ORDER.get(b.protocol, len(PROTOCOL_ORDER)), b.protocol, b.evaluation))
+    if not mine:
+        raise UserError(f"the results hold no finished run on dataset {dataset!r}; expected one of: "
+                        + ", ".join(sorted({b.dataset for b in boards})))
+    out = []
+    for board in mine:
+        cells = [[row.label + ("" if row.llm_enhanced else " ◦"),
+                  f"{len(row.records)}{' †' if board.short_of_seeds(row) else ''}",
+                  _cell(board, row, board.main_metric), row.epochs_cell(), f"{row.compute_s / 3600:.2f}"]
+                 for row in board.rows]
+        out += [f"**{board.title}** (test {board.main_metric}):", "",
+                tabulate(cells, headers=["model", "seeds", board.main_metric, "epochs best/run", "compute h"],
+                         tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(out)
+
+
+def readme_with_glance(readme: str | os.PathLike, boards: list[Board]) -> str:
+    """``readme``'s text with every glance block rewritten from ``boards``."""
+    readme = Path(readme)
+    if not readme.is_file():
+        raise UserError(f"README {readme} does not exist; expected a Markdown file holding a glance block")
+    text = readme.read_text(encoding="utf-8")
+    if not GLANCE_BLOCK.search(text):
+        raise UserError(f"{readme} has no glance block; expected a line '<!-- glance DATASET -->' and, below it, "
+                        "a line '<!-- glance end -->'")
+    return GLANCE_BLOCK.sub(lambda m: m.group("begin") + render_glance(boards, m.group("dataset")) + "\n"
+                            + m.group("end"), text)
+
+
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
   const table = th.closest('table'), body = table.tBodies[0];
@@ -578,7 +621,9 @@ def _figures(board: Board, include_js: bool) -> str:
     curves = _validation_curves(board)
     if curves is not None:
         figures.append(curves)
-    return "".join(figure.to_html(full_html=False, include_plotlyjs=include_js and i == 0)
+    # Ids from the table's name, not plotly's random ones: the same records give the same page.
+    slug = re.sub(r"[^a-z0-9]+", "-", board.title.lower()).strip("-")
+    return "".join(figure.to_html(full_html=False, include_plotlyjs=include_js and i == 0, div_id=f"{slug}-{i}")
                    for i, figure in enumerate(figures))
 
 
@@ -638,8 +683,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[list[Board], list[Path], list[BadLine]]:
-    """Read ``results``, write leaderboard.md and leaderboard.html into ``out_dir``."""
+def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
+                readme: str | os.PathLike | None = None) -> tuple[list[Board], list[Path], list[BadLine]]:
+    """Read ``results``, write leaderboard.md and leaderboard.html into ``out_dir`` and, given
+    ``readme``, rewrite its glance blocks; everything renders before the first file is written."""
     results = Path(results)
     if not results.is_file():
         raise UserError(f"results file {results} does not exist; expected the JSONL written by "
@@ -650,9 +697,12 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike) -> tuple
     if not boards:
         raise UserError(f"{results} holds no finished run ({len(records)} records); expected records with status ok")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
-    _write_atomic(md, render_markdown(boards, results.name))
-    _write_atomic(page, render_html(boards, results.name))
-    return boards, [md, page], bad
+    texts = {md: render_markdown(boards, results.name), page: render_html(boards, results.name)}
+    if readme is not None:
+        texts[Path(readme)] = readme_with_glance(readme, boards)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, text in texts.items():
+        _write_atomic(path, text)
+    return boards, list(texts), bad
 
