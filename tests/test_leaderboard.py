@@ -127,7 +127,7 @@ def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
     assert "**0.3400 ± 0.0100**" in alpha_line and "▲" in alpha_line and f"{expected_p:.3f}" in alpha_line
     assert "| LightGCN ◦" in md and "0.3100 ± 0.0100" in md and "0.99" not in md
     assert "LightGCN 1 trial" in md and "RS [0.8, 0.1, 0.1]" in md and "2 CPU cores" in md
-    assert "**Budget:** epoch cap 20; training batch 4096" in md
+    assert "**Budget:** epoch cap 20; early-stopping patience 11 validations; training batch 4096" in md
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
     assert "validation NDCG@20 per epoch" in page and page.count("kept epoch") == 9  # one star per run shown
@@ -167,7 +167,8 @@ def test_zero_shot_evaluations_are_seeds_of_their_sources_configuration() -> Non
     rows = {row.label: row for row in board.rows}
     assert rows["AlphaRec(minilm) (zero-shot from mix)"].seeds == [1, 2, 3]
     assert rows["AlphaRec(minilm) (zero-shot from mix)"].mean("ndcg@20") == pytest.approx(0.22)
-    assert board.notes["budget"] == "epoch cap 20; training batch 4096; zero-shot rows: no training on this dataset"
+    assert board.notes["budget"] == ("epoch cap 20; early-stopping patience 11 validations; training batch 4096; "
+                                     "zero-shot rows: no training on this dataset")
 
 def test_models_own_numbers_get_their_own_table(tmp_path: Path) -> None:
     records = [_record("LightGCN", seed, 0.3 + seed / 100, False) for seed in (1, 2)]
@@ -405,3 +406,20 @@ def test_readme_glance_errors_leave_every_file_as_it_was(tmp_path: Path, capsys:
     assert readme.read_text() == readme_text and not (tmp_path / "board").exists()
     assert main(["leaderboard", str(path), "--readme", str(tmp_path / "missing.md")]) == 2
     assert "README" in capsys.readouterr().err and not (tmp_path / "leaderboard.md").exists()
+
+
+def test_each_rows_early_stopping_patience_is_stated() -> None:
+    """Patience is the model's where it departs from the protocol's (an official code's 2 or 20
+    validations, or a validation every 3 epochs): the budget line names each, never one for all."""
+    def record(label: str, seed: int, stopping_step: int, eval_step: int | None) -> dict:
+        r = _record(label, seed, 0.3 + seed / 100, False)
+        r["config"].update(stopping_step=stopping_step, **({"eval_step": eval_step} if eval_step else {}))
+        return r
+
+    records = [record("BPR", s, 10, 1) for s in (1, 2)] + [record("RLMRec", s, 4, 3) for s in (1, 2)] \
+        + [record("SASRec", s, 19, None) for s in (1, 2)]
+    [board] = build_boards(records)
+    assert "early-stopping patience 11 validations (BPR), 5 validations 3 epochs apart (RLMRec), " \
+           "20 validations (SASRec);" in board.notes["budget"]
+    assert board.notes["protocol"].endswith("model selection: best validation NDCG@20 with early stopping "
+                                            "(patience: see Budget)")

@@ -20,7 +20,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from recbole_llm.bench.grid import stable_hash
 from recbole_llm.errors import UserError
@@ -276,27 +276,28 @@ def _protocol_note(records: list[dict[str, Any]]) -> str:
              (f"ranking: {mode}" if mode != "labeled" else "scored: each labelled impression") if mode else "",
              f"filters: {'; '.join(filters)}" if filters else "",
              f"model selection: best validation {records[0].get('valid_metric')} with early stopping "
-             f"({_stops_after(config.get('stopping_step'))})" if config else ""]
+             "(patience: see Budget)" if config else ""]
     return "; ".join(p for p in parts if p)
 
 
-
-def _stops_after(stopping_step: Any) -> str:
-    """RecBole stops once stopping_step + 1 validations in a row bring no gain (its counter must pass
-    stopping_step), so a patience of n in the usual sense is stopping_step n - 1."""
-    if stopping_step is None:
-        return "stopping_step unknown"
-    return f"stops after {int(stopping_step) + 1} validations without a gain"
+def _patience(config: dict[str, Any]) -> str | None:
+    """How long a run goes on without a gain. RecBole stops once stopping_step + 1 validations in a
+    row bring none (its counter must pass stopping_step), one validation every eval_step epochs."""
+    if config.get("stopping_step") is None:
+        return None
+    every = int(config.get("eval_step") or 1)
+    return f"{int(config['stopping_step']) + 1} validations" + (f" {every} epochs apart" if every > 1 else "")
 
 
 def _budget_note(rows: list[Row], protocol: str) -> str:
-    """The training budget of the rows shown: epoch cap and batch (and history length for
+    """The training budget of the rows shown: epoch cap, early-stopping patience and batch (and history length for
     sequential models), one value when all rows share it, else per row. A zero-shot row did not
     train on this dataset (its budget is its source's), so its settings are left out."""
     trained = [row for row in rows if not row.records[0].get("zero_shot")]
 
-    def setting(key: str, name: str) -> str | None:
-        values = {row.label: (row.records[0].get("config") or {}).get(key) for row in trained}
+    def setting(key: str | Callable[[dict[str, Any]], Any], name: str) -> str | None:
+        read = key if callable(key) else (lambda config: config.get(key))
+        values = {row.label: read(row.records[0].get("config") or {}) for row in trained}
         known = {label: v for label, v in values.items() if v is not None}
         if not known:
             return None
@@ -307,7 +308,8 @@ def _budget_note(rows: list[Row], protocol: str) -> str:
             by_value[str(value)].append(label)
         return f"{name} " + ", ".join(f"{value} ({', '.join(labels)})" for value, labels in by_value.items())
 
-    keys = [("epochs", "epoch cap"), ("train_batch_size", "training batch")]
+    keys: list[tuple[Any, str]] = [("epochs", "epoch cap"), (_patience, "early-stopping patience"),
+                                   ("train_batch_size", "training batch")]
     if protocol in ("sequential", "ctr"):  # ctr: the history of DIN-style models
         keys.append(("MAX_ITEM_LIST_LENGTH", "history length"))
     parts = [text for key, name in keys if (text := setting(key, name))]
