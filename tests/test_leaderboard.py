@@ -423,3 +423,59 @@ def test_each_rows_early_stopping_patience_is_stated() -> None:
            "20 validations (SASRec);" in board.notes["budget"]
     assert board.notes["protocol"].endswith("model selection: best validation NDCG@20 with early stopping "
                                             "(patience: see Budget)")
+
+
+def test_glance_shows_one_datasets_tables_in_protocol_order() -> None:
+    """General, then sequential, then ctr (not the alphabetical order of the board), each headed by
+    its table and main metric; another dataset's rows stay out, and an unknown one lists the known."""
+    from recbole_llm.bench.leaderboard import render_glance
+    from recbole_llm.errors import UserError
+
+    def other(protocol: str, metric: str, label: str, dataset: str = "ml-100k") -> list[dict]:
+        out = []
+        for seed in (1, 2):
+            r = _record(label, seed, 0.3, False, protocol=protocol, dataset=dataset, valid_metric=metric.upper())
+            r["test"] = {metric: 0.1 * seed}
+            out.append(r)
+        return out
+
+    records = (other("ctr", "auc", "DeepFM") + other("sequential", "ndcg@10", "SASRec")
+               + [_record("BPR", s, 0.2, False) for s in (1, 2)] + other("general", "ndcg@20", "ItemKNN", "ml-1m"))
+    text = render_glance(build_boards(records), "ml-100k")
+    headings = [line for line in text.splitlines() if line.startswith("**")]
+    assert headings == ["**ml-100k, general protocol** (test ndcg@20):",
+                        "**ml-100k, sequential protocol** (test ndcg@10):",
+                        "**ml-100k, ctr protocol** (test auc):"]
+    assert "| SASRec ◦" in text and "0.1500 ± 0.0707" in text and "ItemKNN" not in text
+    with pytest.raises(UserError, match="dataset 'ml-20m'; expected one of: ml-100k, ml-1m$"):
+        render_glance(build_boards(records), "ml-20m")
+
+
+def test_the_pages_plots_show_the_tables_numbers(tmp_path: Path) -> None:
+    """Bars: each metric's mean and std per row; scatter: mean training time against the main
+    metric, red for LLM-enhanced rows; curves: every run's validation scores, its tested epoch starred."""
+    from recbole_llm.bench.leaderboard import figures
+
+    [board] = build_boards(list(read_records(_results(tmp_path), [])))
+    bars, scatter, curves = figures(board)
+    labels = ["AlphaRec(minilm)", "LightGCN", "Pop"]
+    ndcg = {label: [NDCG[label][s] for s in (1, 2, 3)] for label in labels}
+    by_metric = {trace.name: trace for trace in bars.data}
+    assert sorted(by_metric) == ["ndcg@20", "recall@20"]
+    for metric, shift in (("ndcg@20", 0.0), ("recall@20", 0.05)):
+        trace = by_metric[metric]
+        assert list(trace.x) == labels
+        assert list(trace.y) == pytest.approx([statistics.fmean(ndcg[label]) + shift for label in labels])
+        assert list(trace.error_y.array) == pytest.approx([statistics.stdev(ndcg[label]) for label in labels])
+    [points] = scatter.data
+    assert list(points.x) == [20.0, 10.0, 10.0] and list(points.text) == labels
+    assert list(points.y) == pytest.approx([statistics.fmean(ndcg[label]) for label in labels])
+    assert list(points.error_y.array) == pytest.approx([statistics.stdev(ndcg[label]) for label in labels])
+    assert list(points.marker.color) == ["#d62728", "#1f77b4", "#1f77b4"]
+    lines = [t for t in curves.data if t.mode == "lines"]
+    stars = [t for t in curves.data if t.mode == "markers"]
+    assert len(lines) == len(stars) == 9
+    first = ndcg["AlphaRec(minilm)"][0]  # seed 1: valid scores ndcg - 0.03, - 0.01, - 0.02; epoch 1 kept
+    assert list(lines[0].x) == [0, 1, 2] and list(lines[0].y) == pytest.approx([first - 0.03, first - 0.01, first - 0.02])
+    assert list(stars[0].x) == [1] and list(stars[0].y) == pytest.approx([first - 0.01])
+    assert [t.showlegend for t in lines[:3]] == [True, False, False]

@@ -600,7 +600,9 @@ def _html_table(board: Board) -> str:
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _figures(board: Board, include_js: bool) -> str:
+def figures(board: Board) -> list[Any]:
+    """The table's plotly figures: test metrics with error bars, the main metric against training
+    time (red: LLM-enhanced), and the validation curves where the records hold them."""
     import plotly.graph_objects as go
 
     labels = [row.label for row in board.rows]
@@ -619,14 +621,15 @@ def _figures(board: Board, include_js: bool) -> str:
                                 "(red: LLM-enhanced, blue: baselines)",
                           xaxis={"title": "mean training time per run (s, log)", "type": "log"},
                           yaxis={"title": board.main_metric}, height=460, width=1150)
-    figures = [bars, scatter]
     curves = _validation_curves(board)
-    if curves is not None:
-        figures.append(curves)
+    return [bars, scatter] + ([curves] if curves is not None else [])
+
+
+def _figures_html(board: Board, include_js: bool) -> str:
     # Ids from the table's name, not plotly's random ones: the same records give the same page.
     slug = re.sub(r"[^a-z0-9]+", "-", board.title.lower()).strip("-")
     return "".join(figure.to_html(full_html=False, include_plotlyjs=include_js and i == 0, div_id=f"{slug}-{i}")
-                   for i, figure in enumerate(figures))
+                   for i, figure in enumerate(figures(board)))
 
 
 def _validation_curves(board: Board) -> Any:
@@ -674,7 +677,7 @@ def render_html(boards: list[Board], source: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
             parts.append(f"<p class='note'><b>{html.escape(title)}</b></p>"
                          f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
-        parts.append(f"<div class='plots'>{_figures(board, include_js=(i == 0))}</div>")
+        parts.append(f"<div class='plots'>{_figures_html(board, include_js=(i == 0))}</div>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recbole-llm leaderboard</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SORT_SCRIPT}</script></body></html>")
 
