@@ -426,8 +426,8 @@ def test_each_rows_early_stopping_patience_is_stated() -> None:
 
 
 def test_glance_shows_one_datasets_tables_in_protocol_order() -> None:
-    """General, then sequential, then ctr (not the alphabetical order of the board), each headed by
-    its table and main metric; another dataset's rows stay out, and an unknown one lists the known."""
+    """General, then sequential, then ctr (not alphabetical), each headed by its table and main
+    metric; another dataset's rows stay out, and an unknown one lists the known."""
     from recbole_llm.bench.leaderboard import render_glance
     from recbole_llm.errors import UserError
 
@@ -440,14 +440,18 @@ def test_glance_shows_one_datasets_tables_in_protocol_order() -> None:
         return out
 
     records = (other("ctr", "auc", "DeepFM") + other("sequential", "ndcg@10", "SASRec")
-               + [_record("BPR", s, 0.2, False) for s in (1, 2)] + other("general", "ndcg@20", "ItemKNN", "ml-1m"))
+               + [_record("BPR", s, 0.2, False) for s in (1, 2)] + other("general", "ndcg@20", "ItemKNN", "aaa-small"))
+    # The board: the dataset with the most rows first, whatever its name, its tables in protocol order.
+    assert [b.title for b in build_boards(records)] == [
+        "ml-100k, general protocol", "ml-100k, sequential protocol", "ml-100k, ctr protocol",
+        "aaa-small, general protocol"]
     text = render_glance(build_boards(records), "ml-100k")
     headings = [line for line in text.splitlines() if line.startswith("**")]
     assert headings == ["**ml-100k, general protocol** (test ndcg@20):",
                         "**ml-100k, sequential protocol** (test ndcg@10):",
                         "**ml-100k, ctr protocol** (test auc):"]
     assert "| SASRec ◦" in text and "0.1500 ± 0.0707" in text and "ItemKNN" not in text
-    with pytest.raises(UserError, match="dataset 'ml-20m'; expected one of: ml-100k, ml-1m$"):
+    with pytest.raises(UserError, match="dataset 'ml-20m'; expected one of: aaa-small, ml-100k$"):
         render_glance(build_boards(records), "ml-20m")
 
 

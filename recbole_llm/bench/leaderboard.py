@@ -29,6 +29,7 @@ from recbole_llm.records import BadLine, read_records, without_run_keys
 METRICS = {"general": ["recall@10", "ndcg@10", "recall@20", "ndcg@20"],
            "sequential": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"],
            "ctr": ["auc", "gauc", "logloss"]}
+PROTOCOL_ORDER = {"general": 0, "sequential": 1, "ctr": 2}  # the order of a dataset's tables
 SIGNIFICANCE = 0.05
 # A RecBole metric, optionally of a long-tail / cold-start group: ndcg@10, recall@20_tail_item. Any
 # other number in a record's test result is a model's own diagnostic (tiger_decode_users_per_s ...).
@@ -401,7 +402,7 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         if record.get("dataset"):
             groups[(record["dataset"], record.get("protocol") or "general", _evaluation(record))].append(record)
     boards = []
-    for (dataset, protocol, evaluation), group in sorted(groups.items()):
+    for (dataset, protocol, evaluation), group in sorted(groups.items(), key=lambda item: _board_order(*item[0])):
         rows = select_rows(group)
         if not rows:
             continue
@@ -427,7 +428,17 @@ def build_boards(records: list[dict[str, Any]]) -> list[Board]:
         notes = {"protocol": protocol_note, "budget": _budget_note(rows, protocol),
                  "tuning": _tuning_note(records, dataset, rows), "hardware": hardware, "versions": versions}
         boards.append(Board(dataset, protocol, rows, metrics, main, extra, diagnostics, bins, notes, evaluation))
+    # The dataset with the most rows first (the one the board is about), then the others by name.
+    rows_per_dataset: dict[str, int] = defaultdict(int)
+    for board in boards:
+        rows_per_dataset[board.dataset] += len(board.rows)
+    boards.sort(key=lambda b: -rows_per_dataset[b.dataset])  # stable: protocol order kept within a dataset
     return boards
+
+
+def _board_order(dataset: str, protocol: str, evaluation: str) -> tuple[str, int, str, str]:
+    """A dataset's tables: general, then sequential, then ctr, each protocol's default evaluation first."""
+    return dataset, PROTOCOL_ORDER.get(protocol, len(PROTOCOL_ORDER)), protocol, evaluation
 
 
 def _cell(board: Board, row: Row, metric: str, bold: tuple[str, str] = ("**", "**")) -> str:
@@ -524,7 +535,6 @@ def render_markdown(boards: list[Board], source: str) -> str:
 # from the committed board.
 GLANCE_BLOCK = re.compile(r"(?P<begin><!-- glance (?P<dataset>[^\s:>]+)[^>]*-->\n)(?P<body>.*?)(?P<end><!-- glance end -->)",
                           re.S)
-PROTOCOL_ORDER = {"general": 0, "sequential": 1, "ctr": 2}
 
 
 def render_glance(boards: list[Board], dataset: str) -> str:
@@ -532,8 +542,7 @@ def render_glance(boards: list[Board], dataset: str) -> str:
     board's marks), epochs to the best validation and compute; the full tables are in leaderboard.md."""
     from tabulate import tabulate
 
-    mine = sorted((b for b in boards if b.dataset == dataset),
-                  key=lambda b: (PROTOCOL_ORDER.get(b.protocol, len(PROTOCOL_ORDER)), b.protocol, b.evaluation))
+    mine = [b for b in boards if b.dataset == dataset]  # in build_boards' order: general, sequential, ctr
     if not mine:
         raise UserError(f"the results hold no finished run on dataset {dataset!r}; expected one of: "
                         + ", ".join(sorted({b.dataset for b in boards})))
