@@ -121,14 +121,15 @@ def test_leaderboard_table_from_handmade_results(tmp_path: Path) -> None:
     assert board.p_value(alpha, "ndcg@20") == pytest.approx(expected_p)
     assert board.main_metric == "ndcg@20" and board.metrics == ["recall@20", "ndcg@20"]
 
-    boards, written, bad = leaderboard(path, tmp_path / "out")
-    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    boards, written, bad = leaderboard(path, tmp_path / "out" / "board")  # folders made as needed
+    md = (tmp_path / "out" / "board" / "leaderboard.md").read_text()
+    assert md.startswith("# recbole-llm leaderboard\n\nFrom `runs.jsonl`. Mean ± std over seeds")
     alpha_line = next(line for line in md.splitlines() if line.startswith("| AlphaRec(minilm)"))
     assert "**0.3400 ± 0.0100**" in alpha_line and "▲" in alpha_line and f"{expected_p:.3f}" in alpha_line
     assert "| LightGCN ◦" in md and "0.3100 ± 0.0100" in md and "0.99" not in md
     assert "LightGCN 1 trial" in md and "RS [0.8, 0.1, 0.1]" in md and "2 CPU cores" in md
     assert "**Budget:** epoch cap 20; early-stopping patience 11 validations; training batch 4096" in md
-    page = (tmp_path / "out" / "leaderboard.html").read_text()
+    page = (tmp_path / "out" / "board" / "leaderboard.html").read_text()
     assert "<table class=\"sortable\">" in page and "plotly" in page.lower() and "AlphaRec(minilm)" in page
     assert "validation NDCG@20 per epoch" in page and page.count("kept epoch") == 9  # one star per run shown
 
@@ -410,16 +411,16 @@ def test_readme_glance_errors_leave_every_file_as_it_was(tmp_path: Path, capsys:
 
 def test_each_rows_early_stopping_patience_is_stated() -> None:
     """Patience is the model's where it departs from the protocol's (an official code's 2 or 20
-    validations, or a validation every 3 epochs): the budget line names each, never one for all."""
+    validations, or a validation every other epoch): the budget line names each, never one for all."""
     def record(label: str, seed: int, stopping_step: int, eval_step: int | None) -> dict:
         r = _record(label, seed, 0.3 + seed / 100, False)
         r["config"].update(stopping_step=stopping_step, **({"eval_step": eval_step} if eval_step else {}))
         return r
 
-    records = [record("BPR", s, 10, 1) for s in (1, 2)] + [record("RLMRec", s, 4, 3) for s in (1, 2)] \
+    records = [record("BPR", s, 10, 1) for s in (1, 2)] + [record("RLMRec", s, 4, 2) for s in (1, 2)] \
         + [record("SASRec", s, 19, None) for s in (1, 2)]
     [board] = build_boards(records)
-    assert "early-stopping patience 11 validations (BPR), 5 validations 3 epochs apart (RLMRec), " \
+    assert "early-stopping patience 11 validations (BPR), 5 validations 2 epochs apart (RLMRec), " \
            "20 validations (SASRec);" in board.notes["budget"]
     assert board.notes["protocol"].endswith("model selection: best validation NDCG@20 with early stopping "
                                             "(patience: see Budget)")
@@ -483,3 +484,27 @@ def test_the_pages_plots_show_the_tables_numbers(tmp_path: Path) -> None:
     assert list(lines[0].x) == [0, 1, 2] and list(lines[0].y) == pytest.approx([first - 0.03, first - 0.01, first - 0.02])
     assert list(stars[0].x) == [1] and list(stars[0].y) == pytest.approx([first - 0.01])
     assert [t.showlegend for t in lines[:3]] == [True, False, False]
+
+
+@pytest.mark.parametrize("protocol, config, expected", [
+    ("general", {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": {"test": "full"}},
+                 "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)"},
+     "split RS [0.8, 0.1, 0.1] (RO order, split seed 7); ranking: full; filters: user_inter_num_interval [5,inf); "
+     "item_inter_num_interval [5,inf); model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+    ("sequential", {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni100"},
+                    "val_interval": {"rating": "[3,inf)"}},
+     "split LS valid_and_test (TO order, split seed 7); ranking: uni100; filters: val_interval {'rating': '[3,inf)'}; "
+     "model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+    ("ctr", {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "mode": {"test": "labeled"}},
+             "threshold": {"rating": 4, "clicks": 1}},
+     "labels: rating >= 4, clicks >= 1 is a click (1), the rest 0; split RS [0.8, 0.1, 0.1] (TO order, split seed 7); "
+     "scored: each labelled impression; model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+    ("general", {"eval_args": {"split": "RS"}},
+     "split RS (None order, split seed 7); model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+])
+def test_protocol_line_states_labels_split_ranking_and_filters(protocol: str, config: dict, expected: str) -> None:
+    """Each table's protocol line, from its one record's config: what a reader checks first."""
+    record = _record("BPR", 1, 0.3, False, protocol=protocol, split_seed=7)
+    record["config"] = config
+    [board] = build_boards([record])
+    assert board.notes["protocol"] == expected
