@@ -236,6 +236,7 @@ examples:
 
 One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
 t-test over seeds against the best baseline, the protocol, tuning budget, hardware and versions.
+RESULTS.notes.yaml beside RESULTS (if present) maps a table's heading to notes printed under it.
 --readme rewrites each block of FILE between a line '<!-- glance DATASET -->' and a line
 '<!-- glance end -->' with DATASET's rows, main metric, epochs and compute.
 """

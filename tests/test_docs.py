@@ -44,13 +44,17 @@ def test_relative_links_resolve(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: " + ", ".join(broken)
 
 
-def test_readme_summary_is_the_committed_board() -> None:
-    """The README's glance tables are what `leaderboard --readme` renders from results/runs.jsonl
-    today: a record added without regenerating them, or a hand edit, fails here."""
-    from recbole_llm.bench.leaderboard import build_boards, readme_with_glance
+def test_readme_summary_and_board_are_the_committed_records() -> None:
+    """The README's glance tables and results/leaderboard.md are what `leaderboard --readme`
+    renders from results/runs.jsonl (and its notes) today: a record added without regenerating
+    them, or a hand edit, fails here."""
+    from recbole_llm.bench.leaderboard import add_remarks, build_boards, notes_file, readme_with_glance, render_markdown
     from recbole_llm.records import read_records
 
-    readme = ROOT / "README.md"
-    boards = build_boards(list(read_records(ROOT / "results" / "runs.jsonl", [])))
-    assert readme.read_text(encoding="utf-8") == readme_with_glance(readme, boards), (
-        "README.md's glance is stale: run `recbole-llm leaderboard results/runs.jsonl --readme README.md`")
+    readme, results = ROOT / "README.md", ROOT / "results" / "runs.jsonl"
+    boards = build_boards(list(read_records(results, [])))
+    add_remarks(boards, notes_file(results))  # each note names a table of the board
+    stale = "stale: run `recbole-llm leaderboard results/runs.jsonl --readme README.md`"
+    assert readme.read_text(encoding="utf-8") == readme_with_glance(readme, boards), f"README.md's glance is {stale}"
+    assert (results.parent / "leaderboard.md").read_text(encoding="utf-8") == render_markdown(boards, results.name), (
+        f"results/leaderboard.md is {stale}")

@@ -508,3 +508,36 @@ def test_protocol_line_states_labels_split_ranking_and_filters(protocol: str, co
     record["config"] = config
     [board] = build_boards([record])
     assert board.notes["protocol"] == expected
+
+
+def test_notes_beside_the_results_go_under_their_table(tmp_path: Path) -> None:
+    """RESULTS.notes.yaml: a table's heading -> a note or a list of notes, printed after the
+    table's settings in both pages (folded YAML text as one line)."""
+    path = _results(tmp_path)
+    (tmp_path / "runs.notes.yaml").write_text(
+        '"ml-100k, general protocol":\n  - >-\n    Not run: ItemKNN\n    (GPU work).\n  - BPR <stopped> early.\n')
+    leaderboard(path, tmp_path / "board")
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "- **Versions:** recbole 1.2.1\n- **Note:** Not run: ItemKNN (GPU work).\n- **Note:** BPR <stopped> early.\n\n|" in md
+    page = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert "<p class='note'><b>Note:</b> BPR &lt;stopped&gt; early.</p>" in page
+    (tmp_path / "runs.notes.yaml").write_text('"ml-100k, general protocol": One note as text.\n')
+    [board], _, _ = leaderboard(path, tmp_path / "board")
+    assert board.remarks == ["One note as text."]
+
+
+@pytest.mark.parametrize("notes, error", [
+    ('"ml-1m, general protocol": [x]\n', "'ml-1m, general protocol' is no table of the board; "
+                                         "expected one of: 'ml-100k, general protocol'"),
+    ('"ml-100k, general protocol": [3]\n', "holds [3]; expected a note or a list of notes (text)"),
+    ("- a list\n", "holds a list; expected a mapping from a table's heading to its notes"),
+    ("a: [b\n", "is not valid YAML"),
+])
+def test_a_bad_notes_file_is_one_error_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           notes: str, error: str) -> None:
+    path = _results(tmp_path)
+    (tmp_path / "runs.notes.yaml").write_text(notes)
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and error in errors[0] and "runs.notes.yaml" in errors[0]
+    assert not (tmp_path / "board").exists()

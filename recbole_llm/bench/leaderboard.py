@@ -109,6 +109,7 @@ class Board:
     bins: list[str] = field(default_factory=list)            # one metric per popularity bin, bin 1 first
     notes: dict[str, str] = field(default_factory=dict)
     evaluation: str = ""  # how it was ranked and grouped when not the protocol's default, e.g. "uni100 ranking"
+    remarks: list[str] = field(default_factory=list)  # from the notes file: what the records cannot say
 
     @property
     def title(self) -> str:
@@ -522,7 +523,7 @@ def render_markdown(boards: list[Board], source: str) -> str:
                 f"- **Budget:** {board.notes['budget']}",
                 f"- **Tuning:** {board.notes['tuning']}",
                 f"- **Hardware:** {board.notes['hardware']}",
-                f"- **Versions:** {board.notes['versions']}", ""]
+                f"- **Versions:** {board.notes['versions']}", *(f"- **Note:** {r}" for r in board.remarks), ""]
         rows = [_row_cells(board, row, ("**", "**")) for row in board.rows]
         out += [tabulate(rows, headers=_columns(board), tablefmt="github", disable_numparse=True), ""]
         for title, header, cells in _side_tables(board, ("**", "**")):
@@ -680,6 +681,7 @@ def render_html(boards: list[Board], source: str) -> str:
         parts.append(f"<h2>{html.escape(board.title)}</h2>")
         for name in ("protocol", "budget", "tuning", "hardware", "versions"):
             parts.append(f"<p class='note'><b>{name.capitalize()}:</b> {html.escape(board.notes[name])}</p>")
+        parts += [f"<p class='note'><b>Note:</b> {html.escape(remark)}</p>" for remark in board.remarks]
         parts.append(_html_table(board))
         for title, header, cells in _side_tables(board, ("", "")):
             head = "".join(f"<th>{html.escape(m)}</th>" for m in header)
@@ -697,10 +699,43 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def notes_file(results: Path) -> Path:
+    """Where the notes of a results file live: runs.jsonl -> runs.notes.yaml beside it."""
+    return results.with_name(f"{results.stem}.notes.yaml")
+
+
+def add_remarks(boards: list[Board], path: Path) -> None:
+    """Attach the notes of ``path`` (if it exists) to their tables: a mapping from a table's heading
+    (``book-crossing, general protocol``) to a note or a list of notes, for what the records cannot
+    say, such as which rows did not run on a dataset and why."""
+    if not path.is_file():
+        return
+    import yaml
+
+    try:
+        notes = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"notes file {path} is not valid YAML ({str(exc).splitlines()[0]}); expected a mapping "
+                        "from a table's heading to its notes") from None
+    if not isinstance(notes, dict):
+        raise UserError(f"notes file {path} holds a {type(notes).__name__}; expected a mapping from a table's "
+                        "heading to its notes")
+    by_title = {board.title: board for board in boards}
+    for title, remarks in notes.items():
+        if title not in by_title:
+            raise UserError(f"notes file {path}: {title!r} is no table of the board; expected one of: "
+                            + ", ".join(repr(t) for t in by_title))
+        remarks = [remarks] if isinstance(remarks, str) else remarks
+        if not isinstance(remarks, list) or not all(isinstance(r, str) and r.strip() for r in remarks):
+            raise UserError(f"notes file {path}: {title!r} holds {remarks!r}; expected a note or a list of notes (text)")
+        by_title[title].remarks = [" ".join(r.split()) for r in remarks]
+
+
 def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
                 readme: str | os.PathLike | None = None) -> tuple[list[Board], list[Path], list[BadLine]]:
-    """Read ``results``, write leaderboard.md and leaderboard.html into ``out_dir`` and, given
-    ``readme``, rewrite its glance blocks; everything renders before the first file is written."""
+    """Read ``results`` (and its notes file, if any), write leaderboard.md and leaderboard.html into
+    ``out_dir`` and, given ``readme``, rewrite its glance blocks; everything renders before the
+    first file is written."""
     results = Path(results)
     if not results.is_file():
         raise UserError(f"results file {results} does not exist; expected the JSONL written by "
@@ -710,6 +745,7 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
     boards = build_boards(records)
     if not boards:
         raise UserError(f"{results} holds no finished run ({len(records)} records); expected records with status ok")
+    add_remarks(boards, notes_file(results))
     out_dir = Path(out_dir)
     md, page = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
     texts = {md: render_markdown(boards, results.name), page: render_html(boards, results.name)}
