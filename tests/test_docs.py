@@ -55,6 +55,12 @@ def test_readme_summary_and_board_are_the_committed_records() -> None:
     boards = build_boards(list(read_records(results, [])))
     add_remarks(boards, notes_file(results))  # each note names a table of the board
     stale = "stale: run `recbole-llm leaderboard results/runs.jsonl --readme README.md`"
-    assert readme.read_text(encoding="utf-8") == readme_with_glance(readme, boards), f"README.md's glance is {stale}"
-    assert (results.parent / "leaderboard.md").read_text(encoding="utf-8") == render_markdown(boards, results.name), (
-        f"results/leaderboard.md is {stale}")
+    assert cells(readme.read_text(encoding="utf-8")) == cells(readme_with_glance(readme, boards)), (
+        f"README.md's glance is {stale}")
+    assert cells((results.parent / "leaderboard.md").read_text(encoding="utf-8")) == cells(
+        render_markdown(boards, results.name)), f"results/leaderboard.md is {stale}"
+
+
+def cells(markdown: str) -> str:
+    """The text with table padding collapsed: another tabulate release may pad columns differently."""
+    return re.sub(r"(?<=[|\-]) +| +(?=\|)", "", re.sub(r"-{3,}", "---", markdown))
