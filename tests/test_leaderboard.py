@@ -442,10 +442,11 @@ def test_glance_shows_one_datasets_tables_in_protocol_order() -> None:
 
     records = (other("ctr", "auc", "DeepFM") + other("sequential", "ndcg@10", "SASRec")
                + [_record("BPR", s, 0.2, False) for s in (1, 2)] + other("general", "ndcg@20", "ItemKNN", "aaa-small"))
-    # The board: the dataset with the most rows first, whatever its name, its tables in protocol order.
-    assert [b.title for b in build_boards(records)] == [
+    # The board: the dataset with the most rows first, whatever its name, its tables in protocol
+    # order (a protocol of its own after the known ones).
+    assert [b.title for b in build_boards(records + other("a-custom", "auc", "MyCTR"))] == [
         "ml-100k, general protocol", "ml-100k, sequential protocol", "ml-100k, ctr protocol",
-        "aaa-small, general protocol"]
+        "ml-100k, a-custom protocol", "aaa-small, general protocol"]
     text = render_glance(build_boards(records), "ml-100k")
     headings = [line for line in text.splitlines() if line.startswith("**")]
     assert headings == ["**ml-100k, general protocol** (test ndcg@20):",
@@ -501,6 +502,8 @@ def test_the_pages_plots_show_the_tables_numbers(tmp_path: Path) -> None:
      "scored: each labelled impression; model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
     ("general", {"eval_args": {"split": "RS"}},
      "split RS (None order, split seed 7); model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+    ("general", {"epochs": 5}, "model selection: best validation NDCG@20 with early stopping (patience: see Budget)"),
+    ("general", None, ""),  # a record without its config: nothing to state
 ])
 def test_protocol_line_states_labels_split_ranking_and_filters(protocol: str, config: dict, expected: str) -> None:
     """Each table's protocol line, from its one record's config: what a reader checks first."""
@@ -541,3 +544,49 @@ def test_a_bad_notes_file_is_one_error_and_nothing_written(tmp_path: Path, capsy
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and error in errors[0] and "runs.notes.yaml" in errors[0]
     assert not (tmp_path / "board").exists()
+
+
+def test_budget_line_names_each_setting_and_who_has_it() -> None:
+    """One value when every row shares it, else each value with its rows; the history length on
+    sequential and ctr tables only; 'not recorded' when no row says."""
+    def record(label: str, seed: int, protocol: str, **config) -> dict:
+        r = _record(label, seed, 0.3 + seed / 100, False, protocol=protocol)
+        r["config"] = {"epochs": 20, "stopping_step": 10, "train_batch_size": 256, **config}
+        return r
+
+    rows = [record(label, s, "sequential", MAX_ITEM_LIST_LENGTH=history, **extra)
+            for label, history, extra in [("SASRec", 10, {}), ("GRU4Rec", 10, {"train_batch_size": 128}),
+                                          ("NARM", 50, {})] for s in (1, 2)]
+    [board] = build_boards(rows)
+    assert board.notes["budget"] == ("epoch cap 20; early-stopping patience 11 validations; training batch 256 "
+                                     "(SASRec, NARM), 128 (GRU4Rec); history length 10 (SASRec, GRU4Rec), 50 (NARM)")
+    [general] = build_boards([record("BPR", s, "general", MAX_ITEM_LIST_LENGTH=10) for s in (1, 2)])
+    assert general.notes["budget"] == "epoch cap 20; early-stopping patience 11 validations; training batch 256"
+    [ctr] = build_boards([record("DIN", s, "ctr", MAX_ITEM_LIST_LENGTH=20) for s in (1, 2)])
+    assert ctr.notes["budget"].endswith("; history length 20")
+    bare = _record("Pop", 1, 0.1, False)
+    bare["config"] = None
+    [unknown] = build_boards([bare])
+    assert unknown.notes["budget"] == "not recorded"
+
+
+def test_the_page_has_one_document_one_plotly_and_distinct_plot_ids(tmp_path: Path) -> None:
+    """Two tables on one page: plotly's script once, no nested documents, every plot id distinct
+    and named after its table; a table whose runs have no curve gets its two other plots."""
+    from recbole_llm.bench.leaderboard import figures
+
+    path = _results(tmp_path)
+    extra = []
+    for seed in (1, 2):
+        r = _record("SASRec", seed, 0.1, False, protocol="sequential", valid_metric="NDCG@10")
+        r["test"], r["valid_curve"] = {"ndcg@10": 0.1 * seed}, []
+        extra.append(json.dumps(r))
+    path.write_text(path.read_text() + "\n".join(extra) + "\n")
+    boards, _, _ = leaderboard(path, tmp_path / "board")
+    assert [len(figures(board)) for board in boards] == [3, 2]
+    page = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert page.count("<html") == 1 and page.count("<body") == 1
+    assert page.count("window.Plotly = Plotly") == 1  # the bundle, inlined once
+    ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', page)
+    assert ids == ["ml-100k-general-protocol-0", "ml-100k-general-protocol-1", "ml-100k-general-protocol-2",
+                   "ml-100k-sequential-protocol-0", "ml-100k-sequential-protocol-1"]
