@@ -275,9 +275,9 @@ def test_initialisation_as_each_official_model(built, tmp_path: Path) -> None:
     torch.manual_seed(0)
     assert float(model.item_emb.weight.detach().std()) == pytest.approx(math.sqrt(2 / (n + d)), rel=0.15)
     assert float(model.item_emb.weight.detach()[0].abs().sum()) > 0  # the padding row too, as xavier over the table
-    assert float(model.feature_map.bias.abs().max()) == 0.0
+    assert float(model.feature_map.bias.detach().abs().max()) == 0.0
     assert float(model.label_emb.weight.detach().std()) > 0.3  # N(0, 1), not xavier's ~0.17
-    conv = model.encoder.forwards[0].conv1.weight
+    conv = model.encoder.forwards[0].conv1.weight.detach()
     assert float(conv.abs().max()) <= 1 / math.sqrt(d) + 1e-6  # Conv1d's default bound, untouched
     model_class, config, _, (train, _, _) = split_for("LLMCFSASRec", DATASET, root, {"num_negatives": 8,
                                                                                     "weight_init": "xavier"})
