@@ -294,12 +294,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recbole_llm.bench.leaderboard import leaderboard, render_markdown
+    from recbole_llm.bench.leaderboard import leaderboard
     from recbole_llm.records import DEFAULT_RESULTS
 
     results = Path(args.results or DEFAULT_RESULTS)
-    boards, written, bad = leaderboard(results, args.output_dir or results.parent, readme=args.readme)
-    print(render_markdown(boards, results.name))
+    _, written, bad = leaderboard(results, args.output_dir or results.parent, readme=args.readme)
+    print(written[0].read_text(encoding="utf-8"))  # leaderboard.md, as written
     if bad:
         print(f"skipped {len(bad)} corrupt line(s): " + ", ".join(f"{b.path.name}:{b.line_number}" for b in bad))
     print("wrote " + ", ".join(str(p) for p in written))

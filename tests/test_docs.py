@@ -44,21 +44,22 @@ def test_relative_links_resolve(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: " + ", ".join(broken)
 
 
-def test_readme_summary_and_board_are_the_committed_records() -> None:
+def test_readme_summary_and_board_are_the_committed_records(tmp_path: Path) -> None:
     """The README's glance tables and results/leaderboard.md are what `leaderboard --readme`
-    renders from results/runs.jsonl (and its notes) today: a record added without regenerating
-    them, or a hand edit, fails here."""
-    from recbole_llm.bench.leaderboard import add_remarks, build_boards, notes_file, readme_with_glance, render_markdown
-    from recbole_llm.records import read_records
+    writes from results/runs.jsonl (and its notes) today: a record added without regenerating
+    them, or a hand edit, fails here. It writes into a temporary folder, a copy of the README."""
+    import shutil
 
-    readme, results = ROOT / "README.md", ROOT / "results" / "runs.jsonl"
-    boards = build_boards(list(read_records(results, [])))
-    add_remarks(boards, notes_file(results))  # each note names a table of the board
+    from recbole_llm.bench.leaderboard import leaderboard
+
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    leaderboard(ROOT / "results" / "runs.jsonl", tmp_path / "board", readme=readme)
     stale = "stale: run `recbole-llm leaderboard results/runs.jsonl --readme README.md`"
-    assert cells(readme.read_text(encoding="utf-8")) == cells(readme_with_glance(readme, boards)), (
+    assert cells((ROOT / "README.md").read_text(encoding="utf-8")) == cells(readme.read_text(encoding="utf-8")), (
         f"README.md's glance is {stale}")
-    assert cells((results.parent / "leaderboard.md").read_text(encoding="utf-8")) == cells(
-        render_markdown(boards, results.name)), f"results/leaderboard.md is {stale}"
+    assert cells((ROOT / "results" / "leaderboard.md").read_text(encoding="utf-8")) == cells(
+        (tmp_path / "board" / "leaderboard.md").read_text(encoding="utf-8")), f"results/leaderboard.md is {stale}"
 
 
 def cells(markdown: str) -> str:

@@ -549,13 +549,12 @@ def render_glance(boards: list[Board], dataset: str) -> str:
                         + ", ".join(sorted({b.dataset for b in boards})))
     out = []
     for board in mine:
-        cells = [[row.label + ("" if row.llm_enhanced else " ◦"),
-                  f"{len(row.records)}{' †' if board.short_of_seeds(row) else ''}",
-                  _cell(board, row, board.main_metric), row.epochs_cell(), f"{row.compute_s / 3600:.2f}"]
-                 for row in board.rows]
+        # The board's own cells, a few of its columns: the summary cannot drift from the table.
+        columns = _columns(board)
+        keep = [columns.index(c) for c in ("model", "seeds", board.main_metric, "epochs best/run", "compute h")]
+        cells = [[full[i] for i in keep] for full in (_row_cells(board, row, ("**", "**")) for row in board.rows)]
         out += [f"**{board.title}** (test {board.main_metric}):", "",
-                tabulate(cells, headers=["model", "seeds", board.main_metric, "epochs best/run", "compute h"],
-                         tablefmt="github", disable_numparse=True), ""]
+                tabulate(cells, headers=[columns[i] for i in keep], tablefmt="github", disable_numparse=True), ""]
     return "\n".join(out)
 
 
