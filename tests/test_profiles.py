@@ -82,6 +82,24 @@ def test_profiles_resume_after_an_interruption(amazon_root: Path, recording: Rec
     assert read_feature_file(item_ff)[1].shape == (30, 384)
 
 
+def test_only_items_the_filtered_dataset_keeps_get_a_profile(tmp_path: Path, recording: RecordingGenerator) -> None:
+    """The 5-core filter drops an item with 2 interactions and one with none: no profile is written
+    for either (ml-latest-small keeps 3,496 of 9,066 catalogue items), and every kept item has one."""
+    root = tmp_path / "data"
+    folder = write_amazon_fixture(root)
+    with (folder / "amazon-beauty.item").open("a") as f:
+        f.write("B0100\tProduct 100 lotion\tBeauty\t1100\t'Beauty'\t9.99\tBrand0\n")
+        f.write("B0101\tProduct 101 lotion\tBeauty\t1101\t'Beauty'\t9.99\tBrand0\n")
+    with (folder / "amazon-beauty.inter").open("a") as f:
+        f.write("U000\tB0100\t5.0\t1399000000\nU001\tB0100\t4.0\t1399000001\n")
+    item_ff, _ = build_profiles("amazon-beauty", ProfileSettings(checked=False), data_path=root, progress=False)
+    item_prompts = [p for p in recording.prompts if p.startswith("ITEM:")]
+    assert len(item_prompts) == 30
+    assert not [p for p in recording.prompts if "Product 100 lotion" in p or "Product 101 lotion" in p]
+    ids, _ = read_feature_file(item_ff)
+    assert sorted(ids) == [f"B{i:04d}" for i in range(30)]
+
+
 def test_extract_summary() -> None:
     assert extract_summary('{"summarization": "Likes sci-fi.", "reasoning": "x"}') == "Likes sci-fi."
     assert extract_summary('Sure! {"summarization": "Fans of jazz", "reas') == "Fans of jazz"
