@@ -255,7 +255,7 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE", help="results file (default results/runs.jsonl)")
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")
     p.add_argument("--dry-run", action="store_true", help="print the search trials and stop")
-    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows of the grid (a row's label, or its model)")
+    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows of the grid (a row's name: its label, or its model where it has no label)")
     p = sub.add_parser("leaderboard", help="tables and plots from a results file",
                        description="Write leaderboard.md and leaderboard.html from the run records in RESULTS.",
                        epilog=EPILOG_LEADERBOARD, formatter_class=argparse.RawDescriptionHelpFormatter)
