@@ -220,6 +220,8 @@ examples:
   recbole-llm bench benchmarks/grids/ml-100k.yaml --resume        # after an interruption: skip finished trials, continue cut-off final runs
   recbole-llm bench grid.yaml --ray-address auto                  # on a node of an existing Ray cluster
   recbole-llm bench grid.yaml --dry-run                           # list the trials and stop
+  recbole-llm bench benchmarks/grids/ml-100k-ctr.yaml --only BAHE --resume --gpus-per-trial 0.5 --cpus-per-trial 4
+                                                                  # the same rows on a GPU, two trials sharing it
 
 A grid is datasets x models x search space x seeds (see benchmarks/grids/ml-100k.yaml). For each
 (dataset, model) a search phase runs num_samples configurations under ASHA on the per-epoch validation
@@ -256,6 +258,11 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")
     p.add_argument("--dry-run", action="store_true", help="print the search trials and stop")
     p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows of the grid (a row's name: its label, or its model where it has no label)")
+    p.add_argument("--cpus-per-trial", type=int, metavar="N",
+                   help="CPUs (and torch threads) each trial gets, in place of the grid's resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, metavar="F",
+                   help="GPU share each trial gets (0.5: two trials share a GPU; 0: CPU only), in place of the "
+                        "grid's resources.gpu; the same trials, so --resume continues a grid begun on CPUs")
     p = sub.add_parser("leaderboard", help="tables and plots from a results file",
                        description="Write leaderboard.md and leaderboard.html from the run records in RESULTS.",
                        epilog=EPILOG_LEADERBOARD, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,13 +274,16 @@ def _add_bench_parsers(sub: Any) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from recbole_llm.bench.grid import load_grid, only_rows
+    from recbole_llm.bench.grid import load_grid, only_rows, with_resources
     from recbole_llm.bench.tuner import plan, run_grid
     from recbole_llm.records import DEFAULT_RESULTS
 
     grid = load_grid(args.grid)
     if args.only:
         grid = only_rows(grid, args.only)
+    if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
+        gpu = args.gpus_per_trial
+        grid = with_resources(grid, args.cpus_per_trial, int(gpu) if gpu is not None and gpu.is_integer() else gpu)
     if args.dry_run:
         rows = [[dataset, entry.name, len(trials) or "-", t.describe() if trials else "(nothing to tune)"]
                 for dataset, entry, trials in plan(grid) for t in (trials or [None])]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import recbole_llm  # noqa: F401
-from recbole_llm.bench.grid import load_grid, only_rows, sample_space
+from recbole_llm.bench.grid import load_grid, only_rows, sample_space, with_resources
 from recbole_llm.bench.tuner import run_grid
 from recbole_llm.cli import main
 from recbole_llm.errors import UserError
@@ -130,6 +130,58 @@ def test_only_keeps_the_named_rows_in_grid_order(tmp_path: Path) -> None:
         only_rows(grid, ["DeepFMM"])
 
 
+def test_resources_per_trial_replace_the_grids_and_keep_its_trials() -> None:
+    import torch
+
+    grid = load_grid(Path(__file__).resolve().parent.parent / "benchmarks" / "grids" / "ml-100k-ctr.yaml")
+    assert grid.resources == {"cpu": 1, "gpu": 0}
+    wider = with_resources(grid, cpu=4)
+    assert wider.resources == {"cpu": 4, "gpu": 0} and grid.resources == {"cpu": 1, "gpu": 0}
+    assert with_resources(grid, gpu=0).resources == {"cpu": 1, "gpu": 0}
+    assert with_resources(grid).resources == grid.resources
+    # The same trials (what --resume matches records by), only placed differently.
+    for entry, same in zip(grid.models, wider.models):
+        assert entry == same
+        before, after = grid.search_trials("ml-100k", entry), wider.search_trials("ml-100k", same)
+        assert [t.key for t in before] == [t.key for t in after] and [t.overrides for t in before] == [t.overrides for t in after]
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(UserError, match=rf"--cpus-per-trial {bad!r}: expected a positive whole number of CPUs"):
+            with_resources(grid, cpu=bad)
+    for bad in (-0.5, 1.5, True):
+        with pytest.raises(UserError, match=r"--gpus-per-trial .*: expected 0, a share of one GPU"):
+            with_resources(grid, gpu=bad)
+    if torch.cuda.is_available():
+        assert with_resources(grid, gpu=0.5).resources == {"cpu": 1, "gpu": 0.5}
+        assert with_resources(grid, gpu=2).resources == {"cpu": 1, "gpu": 2}
+    else:
+        with pytest.raises(UserError, match=r"--gpus-per-trial 0.5: no CUDA device is visible to torch on this machine; expected 0 here"):
+            with_resources(grid, gpu=0.5)
+
+
+def test_bench_cli_refuses_bad_resources_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from recbole_llm.bench import tuner
+    from recbole_llm.bench.tuner import GridSummary
+
+    path = _write_grid(tmp_path)
+    given = []
+    monkeypatch.setattr(tuner, "run_grid", lambda grid, *a, **k: given.append(grid) or GridSummary())
+    assert main(["bench", str(path), "--cpus-per-trial", "2", "--gpus-per-trial", "0", "-o", str(tmp_path / "r.jsonl")]) == 0
+    assert given[0].resources == {"cpu": 2, "gpu": 0}
+    assert main(["bench", str(path), "-o", str(tmp_path / "r.jsonl")]) == 0
+    assert given[1].resources == {"cpu": 1, "gpu": 0}  # the grid's own
+    assert main(["bench", str(path), "--dry-run", "--cpus-per-trial", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--cpus-per-trial 0: expected a positive whole number" in err
+    if not torch.cuda.is_available():
+        assert main(["bench", str(path), "--dry-run", "--gpus-per-trial", "0.5"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no CUDA device is visible" in err
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_session(session_home: Path):
     import ray
@@ -163,6 +215,16 @@ def test_grid_runs_on_ray_tune_records_failures_and_resumes(tmp_path: Path, amaz
     assert again.skipped == 3 and dict(again.counts) == {"failed": 1}  # failed trials are tried again
     after = list(read_records(results))
     assert len(after) == len(records) + 1 and after[-1]["label"] == "BPR-broken"
+
+
+def test_cpus_per_trial_sets_each_trials_threads(tmp_path: Path, amazon_root: Path, ray_session) -> None:
+    """Two CPUs a trial: every trial trains on two torch threads (the record says so), one at a time."""
+    grid = with_resources(only_rows(load_grid(_write_grid(tmp_path)), ["BPR"]), cpu=2)
+    results = tmp_path / "out" / "runs.jsonl"
+    run_grid(grid, results, progress=False)
+    records = list(read_records(results))
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}  # the final seed 7 reuses its search trial
+    assert {r["hardware"]["torch_threads"] for r in records} == {2}
 
 
 def test_bench_cli_dry_run_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -331,7 +331,7 @@ def test_fresh_stage_two_starts_as_documented(molar_runs: dict) -> None:
     _, train, _, _ = load_split(first)
     torch.manual_seed(0)
     fresh = get_model("Molar")(first, train._dataset)
-    weights = fresh.id_model.item_embedding.weight
+    weights = fresh.id_model.item_embedding.weight.detach()
     assert abs(float(weights.mean())) < 0.01 and float(weights.std()) == pytest.approx(0.02, rel=0.25)
     norms = [m for m in fresh.id_model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)

@@ -232,6 +232,27 @@ def _model_entry(where: str, raw: Any) -> ModelEntry:
     return ModelEntry(str(raw["model"]), raw.get("label"), dict(fixed), dict(space))
 
 
+def with_resources(grid: Grid, cpu: int | None = None, gpu: float | None = None) -> Grid:
+    """The grid with each trial's CPUs and GPU share replaced (``bench --cpus-per-trial``,
+    ``--gpus-per-trial``): the same trials and records on other hardware. Resources are not part of
+    a trial's identity, so ``--resume`` on a GPU machine continues a grid begun on CPUs."""
+    resources = dict(grid.resources)
+    if cpu is not None:
+        if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 1:
+            raise UserError(f"--cpus-per-trial {cpu!r}: expected a positive whole number of CPUs")
+        resources["cpu"] = cpu
+    if gpu is not None:
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not (gpu == 0 or 0 < gpu <= 1 or float(gpu).is_integer()):
+            raise UserError(f"--gpus-per-trial {gpu!r}: expected 0, a share of one GPU (0 < share <= 1) or a whole number of GPUs")
+        if gpu > 0:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"--gpus-per-trial {gpu}: no CUDA device is visible to torch on this machine; expected 0 here")
+        resources["gpu"] = gpu
+    return replace(grid, resources=resources)
+
+
 def only_rows(grid: Grid, names: list[str], where: str = "--only") -> Grid:
     """The grid with the rows named (a row's label, or its model where it has none), in grid order."""
     known = [entry.name for entry in grid.models]
