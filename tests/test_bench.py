@@ -138,6 +138,7 @@ def test_resources_per_trial_replace_the_grids_and_keep_its_trials() -> None:
     wider = with_resources(grid, cpu=4)
     assert wider.resources == {"cpu": 4, "gpu": 0} and grid.resources == {"cpu": 1, "gpu": 0}
     assert with_resources(grid, gpu=0).resources == {"cpu": 1, "gpu": 0}
+    assert with_resources(grid, cpu=1, gpu=0.0).resources == {"cpu": 1, "gpu": 0}
     assert with_resources(grid).resources == grid.resources
     # The same trials (what --resume matches records by), only placed differently.
     for entry, same in zip(grid.models, wider.models):
@@ -147,15 +148,15 @@ def test_resources_per_trial_replace_the_grids_and_keep_its_trials() -> None:
     for bad in (0, -2, 1.5, True):
         with pytest.raises(UserError, match=rf"--cpus-per-trial {bad!r}: expected a positive whole number of CPUs"):
             with_resources(grid, cpu=bad)
-    for bad in (-0.5, 1.5, True):
+    for bad in (-0.5, -2, 1.5, True, "1"):
         with pytest.raises(UserError, match=r"--gpus-per-trial .*: expected 0, a share of one GPU"):
             with_resources(grid, gpu=bad)
-    if torch.cuda.is_available():
-        assert with_resources(grid, gpu=0.5).resources == {"cpu": 1, "gpu": 0.5}
-        assert with_resources(grid, gpu=2).resources == {"cpu": 1, "gpu": 2}
-    else:
-        with pytest.raises(UserError, match=r"--gpus-per-trial 0.5: no CUDA device is visible to torch on this machine; expected 0 here"):
-            with_resources(grid, gpu=0.5)
+    for good in (0.5, 1, 1.0, 2):  # a share of one GPU, or whole GPUs
+        if torch.cuda.is_available():
+            assert with_resources(grid, gpu=good).resources == {"cpu": 1, "gpu": good}
+        else:  # valid, but this machine has no GPU to give
+            with pytest.raises(UserError, match=rf"--gpus-per-trial {good}: no CUDA device is visible to torch on this machine; expected 0 here"):
+                with_resources(grid, gpu=good)
 
 
 def test_bench_cli_refuses_bad_resources_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,

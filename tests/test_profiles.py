@@ -100,6 +100,25 @@ def test_only_items_the_filtered_dataset_keeps_get_a_profile(tmp_path: Path, rec
     assert sorted(ids) == [f"B{i:04d}" for i in range(30)]
 
 
+def test_a_runs_own_filter_decides_which_items_get_a_profile(amazon_root: Path, recording: RecordingGenerator) -> None:
+    """Profiles for a run follow that run's config: a stricter item filter keeps fewer items."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    from recbole_llm.runner import prepare, recbole_argv
+
+    _, config_dict = prepare("Pop", "amazon-beauty", data_path=amazon_root,
+                             overrides={"item_inter_num_interval": "[7,inf)", "user_inter_num_interval": "[1,inf)"})
+    with recbole_argv():
+        kept = create_dataset(Config(model="Pop", dataset="amazon-beauty", config_dict=config_dict))
+    expected = sorted(kept.field2id_token["item_id"][1:].tolist())
+    assert 0 < len(expected) < 30
+    item_ff, _ = build_profiles("amazon-beauty", ProfileSettings(checked=False), data_path=amazon_root,
+                                progress=False, config_dict=config_dict)
+    assert sorted(read_feature_file(item_ff)[0]) == expected
+    assert len([p for p in recording.prompts if p.startswith("ITEM:")]) == len(expected)
+
+
 def test_extract_summary() -> None:
     assert extract_summary('{"summarization": "Likes sci-fi.", "reasoning": "x"}') == "Likes sci-fi."
     assert extract_summary('Sure! {"summarization": "Fans of jazz", "reas') == "Fans of jazz"

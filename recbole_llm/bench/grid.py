@@ -242,7 +242,7 @@ def with_resources(grid: Grid, cpu: int | None = None, gpu: float | None = None)
             raise UserError(f"--cpus-per-trial {cpu!r}: expected a positive whole number of CPUs")
         resources["cpu"] = cpu
     if gpu is not None:
-        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not (gpu == 0 or 0 < gpu <= 1 or float(gpu).is_integer()):
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
             raise UserError(f"--gpus-per-trial {gpu!r}: expected 0, a share of one GPU (0 < share <= 1) or a whole number of GPUs")
         if gpu > 0:
             import torch
