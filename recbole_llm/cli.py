@@ -281,9 +281,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     if args.only:
         grid = only_rows(grid, args.only)
-    if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
-        gpu = args.gpus_per_trial
-        grid = with_resources(grid, args.cpus_per_trial, int(gpu) if gpu is not None and gpu.is_integer() else gpu)
+    grid = with_resources(grid, args.cpus_per_trial, args.gpus_per_trial, local=args.ray_address is None)
     if args.dry_run:
         rows = [[dataset, entry.name, len(trials) or "-", t.describe() if trials else "(nothing to tune)"]
                 for dataset, entry, trials in plan(grid) for t in (trials or [None])]

@@ -155,8 +155,11 @@ def test_resources_per_trial_replace_the_grids_and_keep_its_trials() -> None:
         if torch.cuda.is_available():
             assert with_resources(grid, gpu=good).resources == {"cpu": 1, "gpu": good}
         else:  # valid, but this machine has no GPU to give
-            with pytest.raises(UserError, match=rf"--gpus-per-trial {good}: no CUDA device is visible to torch on this machine; expected 0 here"):
+            with pytest.raises(UserError, match=rf"--gpus-per-trial {good:g}: no CUDA device is visible to torch on this machine; expected 0 here"):
                 with_resources(grid, gpu=good)
+    # On a Ray cluster the workers' GPUs count, not this machine's; whole counts stay whole.
+    assert with_resources(grid, gpu=0.5, local=False).resources == {"cpu": 1, "gpu": 0.5}
+    assert repr(with_resources(grid, gpu=2.0, local=False).resources["gpu"]) == "2"
 
 
 def test_bench_cli_refuses_bad_resources_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -65,3 +65,12 @@ def test_readme_summary_and_board_are_the_committed_records(tmp_path: Path) -> N
 def cells(markdown: str) -> str:
     """The text with table padding collapsed: another tabulate release may pad columns differently."""
     return re.sub(r"(?<=[|\-]) +| +(?=\|)", "", re.sub(r"-{3,}", "---", markdown))
+
+
+def test_the_shipped_profile_count_in_the_docs_is_the_files() -> None:
+    """docs/profiles.md quotes how many ml-latest-small item profiles ship; the file decides."""
+    shipped = ROOT / "recbole_llm" / "resources" / "profiles" / "ml-latest-small.item_profiles_smollm2.jsonl"
+    text = (ROOT / "docs" / "profiles.md").read_text(encoding="utf-8")
+    quoted = re.search(r"checked item profiles written so\s+far \(([\d,]+) of 3,496", text)
+    assert quoted, "docs/profiles.md no longer says how many ml-latest-small item profiles ship"
+    assert int(quoted.group(1).replace(",", "")) == len(shipped.read_text(encoding="utf-8").splitlines())

@@ -232,10 +232,12 @@ def _model_entry(where: str, raw: Any) -> ModelEntry:
     return ModelEntry(str(raw["model"]), raw.get("label"), dict(fixed), dict(space))
 
 
-def with_resources(grid: Grid, cpu: int | None = None, gpu: float | None = None) -> Grid:
+def with_resources(grid: Grid, cpu: int | None = None, gpu: float | None = None, local: bool = True) -> Grid:
     """The grid with each trial's CPUs and GPU share replaced (``bench --cpus-per-trial``,
-    ``--gpus-per-trial``): the same trials and records on other hardware. Resources are not part of
-    a trial's identity, so ``--resume`` on a GPU machine continues a grid begun on CPUs."""
+    ``--gpus-per-trial``; None keeps the grid's): the same trials and records on other hardware.
+    Resources are not part of a trial's identity, so ``--resume`` on a GPU machine continues a grid
+    begun on CPUs. ``local``: trials run on this machine, so a GPU share needs CUDA here (on a Ray
+    cluster the workers' GPUs count, not the driver's)."""
     resources = dict(grid.resources)
     if cpu is not None:
         if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 1:
@@ -244,7 +246,8 @@ def with_resources(grid: Grid, cpu: int | None = None, gpu: float | None = None)
     if gpu is not None:
         if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
             raise UserError(f"--gpus-per-trial {gpu!r}: expected 0, a share of one GPU (0 < share <= 1) or a whole number of GPUs")
-        if gpu > 0:
+        gpu = int(gpu) if float(gpu).is_integer() else gpu  # "2", not "2.0", in messages and Ray's request
+        if gpu > 0 and local:
             import torch
 
             if not torch.cuda.is_available():
