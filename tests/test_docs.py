@@ -68,9 +68,11 @@ def cells(markdown: str) -> str:
 
 
 def test_the_shipped_profile_count_in_the_docs_is_the_files() -> None:
-    """docs/profiles.md quotes how many ml-latest-small item profiles ship; the file decides."""
-    shipped = ROOT / "recbole_llm" / "resources" / "profiles" / "ml-latest-small.item_profiles_smollm2.jsonl"
+    """docs/profiles.md quotes how many ml-latest-small profiles ship; the files decide."""
+    shipped = ROOT / "recbole_llm" / "resources" / "profiles"
     text = (ROOT / "docs" / "profiles.md").read_text(encoding="utf-8")
-    quoted = re.search(r"checked item profiles written so\s+far \(([\d,]+) of 3,496", text)
-    assert quoted, "docs/profiles.md no longer says how many ml-latest-small item profiles ship"
-    assert int(quoted.group(1).replace(",", "")) == len(shipped.read_text(encoding="utf-8").splitlines())
+    quoted = re.search(r"ships ml-latest-small's checked profiles: ([\d,]+) items and\s+([\d,]+) users", text)
+    assert quoted, "docs/profiles.md no longer says how many ml-latest-small profiles ship"
+    for count, kind in zip(quoted.groups(), ("item", "user")):
+        lines = (shipped / f"ml-latest-small.{kind}_profiles_smollm2.jsonl").read_text(encoding="utf-8").splitlines()
+        assert int(count.replace(",", "")) == len(lines), kind
