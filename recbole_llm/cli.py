@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Sequence
 
 from recbole_llm.errors import UserError
+from recbole_llm.llm.profiles import SECONDS_PER_CHECKED_PROFILE  # the profile help quotes the estimate's rates
 
 EPILOG_RUN = """\
 examples:
@@ -123,7 +124,7 @@ def _add_encode_parser(sub: Any) -> None:
     p.add_argument("--show", type=int, metavar="N", help="print the first N item texts and exit")
 
 
-EPILOG_PROFILE = """\
+EPILOG_PROFILE = f"""\
 examples:
   recbole-llm profile -d ml-100k                              # SmolLM2 profiles, MiniLM vectors
   recbole-llm profile -d ml-100k --generator ~/models/Llama-3-8B-Instruct --device cuda --batch-size 64
@@ -134,10 +135,11 @@ those items' profiles). Texts are appended to DATASET.item_profiles_<generator>.
 DATASET.user_profiles_<generator>.jsonl as they are written, so an interrupted run resumes where
 it stopped; then both are encoded into feature files (DATASET.item_profile_<generator>_<encoder>, ...).
 Only training interactions of the general protocol's split (split_seed) reach a user profile.
-Generation with SmolLM2-135M takes about 1.4 s per item and 4.5 s per user profile on a 2-core
-CPU (ml-100k: about 1 h 50 min). ml-100k's profiles ship with the package, so for ml-100k this
-command (and any RLMRec run) only encodes them. `recbole-llm run` writes missing profiles itself,
-after saying how long it expects, unless given --no-generate.
+Checked generation with SmolLM2-135M takes about {SECONDS_PER_CHECKED_PROFILE['item']} s per item
+and {SECONDS_PER_CHECKED_PROFILE['user']} s per user profile on a 2-core CPU. The profiles of ml-100k and
+ml-latest-small ship with the package, so for them this command (and any RLMRec run) only encodes
+them. `recbole-llm run` writes missing
+profiles itself, after saying how long it expects, unless given --no-generate.
 """
 
 

@@ -13,8 +13,8 @@ to a JSONL file one record per id as they are generated: an interrupted run resu
 redoing finished ids. A change of generator, prompts, sample size or split starts afresh.
 
 The feature kinds ``user_profile`` / ``item_profile`` (RLMRec models) build these files for a run
-when they are missing or stale: the profiles of ml-100k behind the committed results ship with the
-package (``recbole_llm/resources/profiles/``) and are only encoded; for another dataset the
+when they are missing or stale: the profiles of ml-100k and ml-latest-small behind the committed
+results ship with the package (``recbole_llm/resources/profiles/``) and are only encoded; for another dataset the
 profiles are generated (announced with an estimate of the time), unless ``llm_generate`` is False,
 in which case the error names the command that writes them and how long it is expected to take.
 """
@@ -385,7 +385,7 @@ def duration(seconds: float) -> str:
 
 
 def seed_packaged_profiles(folder: Path, dataset: str, generator: str) -> None:
-    """Copy the profile texts shipped with the package (ml-100k, SmolLM2) beside the dataset when
+    """Copy the profile texts shipped with the package (ml-100k, ml-latest-small; SmolLM2) beside the dataset when
     none are there; records whose inputs differ from this dataset's are ignored by their fingerprint."""
     import shutil
 
