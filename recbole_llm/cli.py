@@ -237,6 +237,8 @@ examples:
   recbole-llm leaderboard                                  # results/runs.jsonl -> results/leaderboard.{md,html}
   recbole-llm leaderboard my-runs.jsonl -o reports/
   recbole-llm leaderboard results/runs.jsonl --readme README.md   # also refresh README's summary
+  recbole-llm leaderboard results/converged.jsonl -o results/converged --grid benchmarks/grids/ml-100k-plateau.yaml
+                                                           # a grid still running: which rows are done
 
 One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
 t-test over seeds against the best baseline, the protocol, tuning budget, hardware and versions.
@@ -271,6 +273,9 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("results", nargs="?", default=None, metavar="RESULTS", help="results file (default results/runs.jsonl)")
     p.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="where to write them (default: the results file's folder)")
     p.add_argument("--readme", metavar="FILE", help="also rewrite FILE's glance blocks (the summary tables of README.md)")
+    p.add_argument("--grid", action="append", default=[], metavar="GRID",
+                   help="open the board with this grid's progress: per row, the search trials and final seeds "
+                        "already in RESULTS and whether it is complete, running or not started (repeatable)")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -308,7 +313,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from recbole_llm.records import DEFAULT_RESULTS
 
     results = Path(args.results or DEFAULT_RESULTS)
-    _, written, bad = leaderboard(results, args.output_dir or results.parent, readme=args.readme)
+    _, written, bad = leaderboard(results, args.output_dir or results.parent, readme=args.readme, grids=args.grid)
     print(written[0].read_text(encoding="utf-8"))  # leaderboard.md, as written
     if bad:
         print(f"skipped {len(bad)} corrupt line(s): " + ", ".join(f"{b.path.name}:{b.line_number}" for b in bad))

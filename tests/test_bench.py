@@ -342,3 +342,41 @@ def test_a_finished_trial_is_found_when_its_draw_differs_in_the_last_bits(tmp_pa
     assert first not in FinishedTrials([record(first, rate, 0.2, status="failed")])
     no_status = {k: v for k, v in record(first, one_ulp, 0.2).items() if k != "status"}  # records before the field
     assert first in FinishedTrials([no_status])
+
+
+def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> None:
+    """A row is complete when every final seed of its best searched configuration finished ok,
+    running while its search or seeds are part done, not started with nothing in the file. The
+    winning search trial is the final run of the search seed (same configuration, same seed); a
+    final run of a configuration that lost the search, or one that failed, counts for nothing."""
+    from recbole_llm.bench.grid import Trial
+    from recbole_llm.bench.tuner import grid_progress
+
+    grid = load_grid(_write_grid(tmp_path, GRID.replace("seeds: [7]", "seeds: [7, 8, 9]")))
+    bpr, broken = grid.models
+    first, second = grid.search_trials("amazon-beauty", bpr)  # both on the search seed, 7
+
+    def record(trial: Trial, status: str = "ok", score: float = 0.1) -> dict:
+        return {"model": trial.entry.model, "dataset": trial.dataset, "seed": trial.seed, "status": status,
+                "overrides": trial.overrides, "best_valid_score": score, "bench": {"key": trial.key}}
+
+    def final(learning_rate: float | None, seed: int, entry=bpr) -> Trial:
+        chosen = {} if learning_rate is None else {"learning_rate": learning_rate}
+        return Trial("final", "amazon-beauty", entry, {**grid.overrides, **entry.fixed, **chosen}, seed)
+
+    def states(records: list[dict]) -> list[tuple]:
+        return [(p.row, p.search_done, p.search_total, p.seeds_done, p.seeds_total, p.state)
+                for p in grid_progress(grid, records)]
+
+    assert states([]) == [("BPR", 0, 2, 0, 3, "not started"), ("BPR-broken", 0, 0, 0, 3, "not started")]
+    assert states([record(first, "pruned", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "running")
+    # The second draw wins (the first was pruned lower): it is also the final run of seed 7.
+    searched = [record(first, "pruned", 0.05), record(second, "ok", 0.2)]
+    assert states(searched)[0] == ("BPR", 2, 2, 1, 3, "running")
+    lost, won = first.overrides["learning_rate"], second.overrides["learning_rate"]
+    finals = [record(final(lost, 8)), record(final(lost, 9)), record(final(won, 8), "failed")]
+    assert states(searched + finals)[0] == ("BPR", 2, 2, 1, 3, "running")
+    finals += [record(final(won, 8)), record(final(won, 9))]
+    assert states(searched + finals)[0] == ("BPR", 2, 2, 3, 3, "complete")
+    # A row with nothing to tune goes straight to its seeds.
+    assert states([record(final(None, 8, broken))])[1] == ("BPR-broken", 0, 0, 1, 3, "running")

@@ -596,3 +596,32 @@ def test_the_page_has_one_document_one_plotly_and_distinct_plot_ids(tmp_path: Pa
     ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', page)
     assert ids == ["ml-100k-general-protocol-0", "ml-100k-general-protocol-1", "ml-100k-general-protocol-2",
                    "ml-100k-sequential-protocol-0", "ml-100k-sequential-protocol-1"]
+
+
+def test_a_grids_progress_opens_the_board(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`leaderboard --grid` lists every row of the grid with its seeds in the results file, so a
+    board of a grid still running says which rows are missing, not just which are short."""
+    path = _results(tmp_path)
+    # Grid runs carry their trial's key; these are matched the way `bench --resume` matches a run
+    # whose key was computed elsewhere, by dataset, model, seed and settings.
+    lines = [line if '"bench"' in line or not line.endswith("}") else line[:-1] + ', "bench": {"key": "elsewhere"}}'
+             for line in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: progress\ndatasets: [ml-100k]\noverrides: {learning_rate: 0.001}\n"
+                    "final: {seeds: [1, 2, 3]}\nmodels:\n  - model: LightGCN\n"
+                    "  - model: AlphaRec\n    label: AlphaRec(minilm)\n  - model: BPR\n")
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "board"), "--grid", str(grid)]) == 0
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "## Grid progress: 2 of 3 rows complete" in md
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| ml-100k")]
+    assert rows[:3] == [["ml-100k", "LightGCN", "-", "3/3", "complete"],
+                        ["ml-100k", "AlphaRec(minilm)", "-", "3/3", "complete"],
+                        ["ml-100k", "BPR", "-", "0/3", "not started"]]  # its one record failed
+    assert md.index("## Grid progress") < md.index("## ml-100k, general protocol")
+    page = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert "Grid progress: 2 of 3 rows complete" in page and "<td>not started</td>" in page
+    capsys.readouterr()
+    assert main(["leaderboard", str(path), "-o", str(tmp_path / "other"), "--grid", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err and not (tmp_path / "other").exists()

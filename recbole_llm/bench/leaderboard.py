@@ -513,10 +513,28 @@ LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; 
           "still running or stopped early): not final.")
 
 
-def render_markdown(boards: list[Board], source: str) -> str:
+PROGRESS_COLUMNS = ["dataset", "row", "search trials", "final seeds", "state"]
+
+
+def _progress_cells(rows: list[Any]) -> list[list[str]]:
+    return [[r.dataset, r.row, f"{r.search_done}/{r.search_total}" if r.search_total else "-",
+             f"{r.seeds_done}/{r.seeds_total}", r.state] for r in rows]
+
+
+def _progress_heading(grid: str, rows: list[Any]) -> str:
+    complete = sum(r.state == "complete" for r in rows)
+    return f"Grid {grid}: {complete} of {len(rows)} rows complete"
+
+
+def render_markdown(boards: list[Board], source: str, progress: dict[str, list[Any]] | None = None) -> str:
+    """``progress``: a grid's name -> its rows' :class:`~recbole_llm.bench.tuner.RowProgress`, shown
+    first, so a board of a grid still running says what it lacks."""
     from tabulate import tabulate
 
     out = ["# recbole-llm leaderboard", "", f"From `{source}`. {LEGEND}", ""]
+    for grid, rows in (progress or {}).items():
+        out += [f"## {_progress_heading(grid, rows)}", "",
+                tabulate(_progress_cells(rows), headers=PROGRESS_COLUMNS, tablefmt="github", disable_numparse=True), ""]
     for board in boards:
         out += [f"## {board.title}", ""]
         out += [f"- **Protocol:** {board.notes['protocol']}; main metric {board.main_metric}",
@@ -673,9 +691,12 @@ def _validation_curves(board: Board) -> Any:
     return figure
 
 
-def render_html(boards: list[Board], source: str) -> str:
+def render_html(boards: list[Board], source: str, progress: dict[str, list[Any]] | None = None) -> str:
     parts = [f"<h1>recbole-llm leaderboard</h1><p class='note'>From <code>{html.escape(source)}</code>. "
              f"{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')} Click a column header to sort.</p>"]
+    for grid, rows in (progress or {}).items():
+        parts.append(f"<h2>{html.escape(_progress_heading(grid, rows))}</h2>"
+                     + _plain_table(PROGRESS_COLUMNS, _progress_cells(rows)))
     for i, board in enumerate(boards):
         parts.append(f"<h2>{html.escape(board.title)}</h2>")
         for name in ("protocol", "budget", "tuning", "hardware", "versions"):
@@ -683,13 +704,16 @@ def render_html(boards: list[Board], source: str) -> str:
         parts += [f"<p class='note'><b>Note:</b> {html.escape(remark)}</p>" for remark in board.remarks]
         parts.append(_html_table(board))
         for title, header, cells in _side_tables(board, ("", "")):
-            head = "".join(f"<th>{html.escape(m)}</th>" for m in header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
-            parts.append(f"<p class='note'><b>{html.escape(title)}</b></p>"
-                         f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+            parts.append(f"<p class='note'><b>{html.escape(title)}</b></p>" + _plain_table(header, cells))
         parts.append(f"<div class='plots'>{_figures_html(board, include_js=(i == 0))}</div>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recbole-llm leaderboard</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SORT_SCRIPT}</script></body></html>")
+
+
+def _plain_table(header: list[str], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -731,10 +755,15 @@ def add_remarks(boards: list[Board], path: Path) -> None:
 
 
 def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
-                readme: str | os.PathLike | None = None) -> tuple[list[Board], list[Path], list[BadLine]]:
+                readme: str | os.PathLike | None = None,
+                grids: list[str | os.PathLike] = ()) -> tuple[list[Board], list[Path], list[BadLine]]:
     """Read ``results`` (and its notes file, if any), write leaderboard.md and leaderboard.html into
-    ``out_dir`` and, given ``readme``, rewrite its glance blocks; everything renders before the
-    first file is written."""
+    ``out_dir`` and, given ``readme``, rewrite its glance blocks; given ``grids``, the boards open
+    with each grid's progress (which rows have all their seeds, which are running, which have not
+    started). Everything renders before the first file is written."""
+    from recbole_llm.bench.grid import load_grid
+    from recbole_llm.bench.tuner import grid_progress
+
     results = Path(results)
     if not results.is_file():
         raise UserError(f"results file {results} does not exist; expected the JSONL written by "
@@ -745,9 +774,13 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
     if not boards:
         raise UserError(f"{results} holds no finished run ({len(records)} records); expected records with status ok")
     add_remarks(boards, notes_file(results))
+    progress = {}
+    for path in grids:
+        grid = load_grid(path)
+        progress[grid.name] = grid_progress(grid, records)
     out_dir = Path(out_dir)
     md, page = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
-    texts = {md: render_markdown(boards, results.name), page: render_html(boards, results.name)}
+    texts = {md: render_markdown(boards, results.name, progress), page: render_html(boards, results.name, progress)}
     if readme is not None:
         texts[Path(readme)] = readme_with_glance(readme, boards)
     out_dir.mkdir(parents=True, exist_ok=True)

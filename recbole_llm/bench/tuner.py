@@ -300,6 +300,43 @@ def plan(grid: Grid) -> list[tuple[str, ModelEntry, list[Trial]]]:
             for dataset in grid.datasets for entry in grid.models]
 
 
+@dataclass(frozen=True)
+class RowProgress:
+    """Where one row of a grid stands in a results file."""
+
+    dataset: str
+    row: str
+    search_done: int   # search trials finished (ok or pruned)
+    search_total: int  # 0: nothing to tune
+    seeds_done: int    # final seeds finished ok
+    seeds_total: int
+
+    @property
+    def state(self) -> str:
+        if self.seeds_done == self.seeds_total:
+            return "complete"
+        if self.seeds_done or self.search_done:
+            return "running"
+        return "not started"
+
+
+def grid_progress(grid: Grid, records: list[dict[str, Any]]) -> list[RowProgress]:
+    """Every row of ``grid`` with its finished search trials and final seeds among ``records``,
+    matched the way ``run_grid --resume`` matches them, so a row reads complete exactly when a
+    resumed grid would skip it."""
+    finished = FinishedTrials(records)
+    out = []
+    for dataset, entry, trials in plan(grid):
+        search_done = sum(t in finished for t in trials)
+        best = best_settings(entry, trials, finished) if trials else {}
+        seeds_done = 0
+        if best is not None and search_done == len(trials):  # finals start once the search is over
+            runs = [finished.get(t) for t in grid.final_trials(dataset, entry, best)]
+            seeds_done = sum(run is not None and run.get("status", "ok") == "ok" for run in runs)
+        out.append(RowProgress(dataset, entry.name, search_done, len(trials), seeds_done, len(grid.final_seeds)))
+    return out
+
+
 def run_grid(
     grid: Grid,
     output: str | os.PathLike,
