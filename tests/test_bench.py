@@ -370,6 +370,8 @@ def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> 
 
     assert states([]) == [("BPR", 0, 2, 0, 3, "not started"), ("BPR-broken", 0, 0, 0, 3, "not started")]
     assert states([record(first, "pruned", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "running")
+    # A finished draw is no final run while the search is still open: the best may change.
+    assert states([record(first, "ok", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "running")
     # The second draw wins (the first was pruned lower): it is also the final run of seed 7.
     searched = [record(first, "pruned", 0.05), record(second, "ok", 0.2)]
     assert states(searched)[0] == ("BPR", 2, 2, 1, 3, "running")
