@@ -128,6 +128,11 @@ def test_only_keeps_the_named_rows_in_grid_order(tmp_path: Path) -> None:
     assert [e.name for e in kept.models] == ["DeepFM", "LLMCFDeepFM"] and kept.final_seeds == grid.final_seeds
     with pytest.raises(UserError, match=r"--only DeepFMM: no such row in ml-100k-ctr.yaml; expected one of: DeepFM, DCNV2"):
         only_rows(grid, ["DeepFMM"])
+    # An unquoted label in a YAML list arrives cut at its comma: the error says so.
+    plateau = load_grid(grid.path.parent / "ml-100k-plateau.yaml")
+    with pytest.raises(UserError, match=r'AlphaRec\(linear, minilm\): no such row in ml-100k-plateau.yaml \(a YAML list '
+                                        r'splits an unquoted name at its commas: write "AlphaRec\(linear, minilm\)"\)'):
+        only_rows(plateau, ["BPR", "AlphaRec(linear", "minilm)"])
 
 
 def test_resources_per_trial_replace_the_grids_and_keep_its_trials() -> None:

@@ -261,7 +261,11 @@ def only_rows(grid: Grid, names: list[str], where: str = "--only") -> Grid:
     known = [entry.name for entry in grid.models]
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UserError(f"{where} {', '.join(unknown)}: no such row in {grid.path.name}; expected one of: {', '.join(known)}")
+        # YAML's flow list [a, AlphaRec(linear, minilm)] splits the label at its comma into two names.
+        split = [k for k in known if any(u.strip() in [part.strip() for part in k.split(",")] for u in unknown)]
+        hint = f' (a YAML list splits an unquoted name at its commas: write "{split[0]}")' if split else ""
+        raise UserError(f"{where} {', '.join(unknown)}: no such row in {grid.path.name}{hint}; "
+                        f"expected one of: {', '.join(known)}")
     return replace(grid, models=[entry for entry in grid.models if entry.name in names])
 
 
