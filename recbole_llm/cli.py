@@ -238,7 +238,7 @@ examples:
   recbole-llm leaderboard my-runs.jsonl -o reports/
   recbole-llm leaderboard results/runs.jsonl --readme README.md   # also refresh README's summary
   recbole-llm leaderboard results/converged.jsonl -o results/converged --grid benchmarks/grids/ml-100k-plateau.yaml
-                                                           # a grid still running: which rows are done
+                                                           # a grid still running: which rows are done (--grid repeats)
 
 One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
 t-test over seeds against the best baseline, the protocol, tuning budget, hardware and versions.

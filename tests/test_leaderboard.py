@@ -604,9 +604,15 @@ def test_a_grids_progress_opens_the_board(tmp_path: Path, capsys: pytest.Capture
     path = _results(tmp_path)
     # Grid runs carry their trial's key; these are matched the way `bench --resume` matches a run
     # whose key was computed elsewhere, by dataset, model, seed and settings.
-    lines = [line if '"bench"' in line or not line.endswith("}") else line[:-1] + ', "bench": {"key": "elsewhere"}}'
-             for line in path.read_text().splitlines()]
-    path.write_text("\n".join(lines) + "\n")
+    def with_key(line: str) -> str:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line  # the corrupt line stays corrupt
+        record.setdefault("bench", {"key": "elsewhere"})
+        return json.dumps(record)
+
+    path.write_text("\n".join(with_key(line) for line in path.read_text().splitlines()) + "\n")
     grid = tmp_path / "grid.yaml"
     grid.write_text("name: progress\ndatasets: [ml-100k]\noverrides: {learning_rate: 0.001}\n"
                     "final: {seeds: [1, 2, 3]}\nmodels:\n  - model: LightGCN\n"

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from recbole_llm.bench.grid import stable_hash
+from recbole_llm.bench.grid import load_grid, stable_hash
+from recbole_llm.bench.tuner import RowProgress, grid_progress
 from recbole_llm.errors import UserError
 from recbole_llm.records import BadLine, read_records, without_run_keys
 
@@ -516,19 +517,19 @@ LEGEND = ("Mean ± std over seeds of the test split; **bold**: best per metric; 
 PROGRESS_COLUMNS = ["dataset", "row", "search trials", "final seeds", "state"]
 
 
-def _progress_cells(rows: list[Any]) -> list[list[str]]:
+def _progress_cells(rows: list[RowProgress]) -> list[list[str]]:
     return [[r.dataset, r.row, f"{r.search_done}/{r.search_total}" if r.search_total else "-",
              f"{r.seeds_done}/{r.seeds_total}", r.state] for r in rows]
 
 
-def _progress_heading(grid: str, rows: list[Any]) -> str:
+def _progress_heading(grid: str, rows: list[RowProgress]) -> str:
     complete = sum(r.state == "complete" for r in rows)
     return f"Grid {grid}: {complete} of {len(rows)} rows complete"
 
 
-def render_markdown(boards: list[Board], source: str, progress: dict[str, list[Any]] | None = None) -> str:
-    """``progress``: a grid's name -> its rows' :class:`~recbole_llm.bench.tuner.RowProgress`, shown
-    first, so a board of a grid still running says what it lacks."""
+def render_markdown(boards: list[Board], source: str, progress: dict[str, list[RowProgress]] | None = None) -> str:
+    """``progress``: a grid's name -> its rows' progress, shown first, so a board of a grid still
+    running says what it lacks."""
     from tabulate import tabulate
 
     out = ["# recbole-llm leaderboard", "", f"From `{source}`. {LEGEND}", ""]
@@ -691,7 +692,7 @@ def _validation_curves(board: Board) -> Any:
     return figure
 
 
-def render_html(boards: list[Board], source: str, progress: dict[str, list[Any]] | None = None) -> str:
+def render_html(boards: list[Board], source: str, progress: dict[str, list[RowProgress]] | None = None) -> str:
     parts = [f"<h1>recbole-llm leaderboard</h1><p class='note'>From <code>{html.escape(source)}</code>. "
              f"{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')} Click a column header to sort.</p>"]
     for grid, rows in (progress or {}).items():
@@ -761,9 +762,6 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
     ``out_dir`` and, given ``readme``, rewrite its glance blocks; given ``grids``, the boards open
     with each grid's progress (which rows have all their seeds, which are running, which have not
     started). Everything renders before the first file is written."""
-    from recbole_llm.bench.grid import load_grid
-    from recbole_llm.bench.tuner import grid_progress
-
     results = Path(results)
     if not results.is_file():
         raise UserError(f"results file {results} does not exist; expected the JSONL written by "
