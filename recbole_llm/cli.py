@@ -261,7 +261,9 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE", help="results file (default results/runs.jsonl)")
     p.add_argument("--data-path", help="folder holding one sub-folder of atomic files per dataset (overrides the grid's)")
     p.add_argument("--dry-run", action="store_true", help="print the search trials and stop")
-    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows of the grid (a row's name: its label, or its model where it has no label)")
+    p.add_argument("--only", nargs="+", action="extend", metavar="ROW",
+                   help="run only these rows of the grid (a row's name: its label, or its model where it has no "
+                        "label; quote names with spaces or commas); repeatable, the rows add up")
     p.add_argument("--cpus-per-trial", type=int, metavar="N",
                    help="CPUs (and torch threads) each trial gets, in place of the grid's resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, metavar="F",

@@ -241,6 +241,12 @@ def test_bench_cli_dry_run_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "BPR-broken" in out and "learning_rate=" in out and "seeds [7]" in out
+    # --only repeated adds rows; it does not keep only the last one given
+    assert main(["bench", str(path), "--dry-run", "--only", "BPR", "--only", "BPR-broken"]) == 0
+    out = capsys.readouterr().out
+    assert "| BPR " in out and "BPR-broken" in out
+    assert main(["bench", str(path), "--dry-run", "--only", "BPR-broken"]) == 0
+    assert "| BPR " not in capsys.readouterr().out
     assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
