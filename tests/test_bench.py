@@ -357,7 +357,7 @@ def test_a_finished_trial_is_found_when_its_draw_differs_in_the_last_bits(tmp_pa
 
 def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> None:
     """A row is complete when every final seed of its best searched configuration finished ok,
-    running while its search or seeds are part done, not started with nothing in the file. The
+    partial while its search or seeds are part done, nothing finished with nothing in the file. The
     winning search trial is the final run of the search seed (same configuration, same seed); a
     final run of a configuration that lost the search, or one that failed, counts for nothing."""
     from recbole_llm.bench.grid import Trial
@@ -379,17 +379,17 @@ def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> 
         return [(p.row, p.search_done, p.search_total, p.seeds_done, p.seeds_total, p.state)
                 for p in grid_progress(grid, records)]
 
-    assert states([]) == [("BPR", 0, 2, 0, 3, "not started"), ("BPR-broken", 0, 0, 0, 3, "not started")]
-    assert states([record(first, "pruned", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "running")
+    assert states([]) == [("BPR", 0, 2, 0, 3, "nothing finished"), ("BPR-broken", 0, 0, 0, 3, "nothing finished")]
+    assert states([record(first, "pruned", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "partial")
     # A finished draw is no final run while the search is still open: the best may change.
-    assert states([record(first, "ok", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "running")
+    assert states([record(first, "ok", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "partial")
     # The second draw wins (the first was pruned lower): it is also the final run of seed 7.
     searched = [record(first, "pruned", 0.05), record(second, "ok", 0.2)]
-    assert states(searched)[0] == ("BPR", 2, 2, 1, 3, "running")
+    assert states(searched)[0] == ("BPR", 2, 2, 1, 3, "partial")
     lost, won = first.overrides["learning_rate"], second.overrides["learning_rate"]
     finals = [record(final(lost, 8)), record(final(lost, 9)), record(final(won, 8), "failed")]
-    assert states(searched + finals)[0] == ("BPR", 2, 2, 1, 3, "running")
+    assert states(searched + finals)[0] == ("BPR", 2, 2, 1, 3, "partial")
     finals += [record(final(won, 8)), record(final(won, 9))]
     assert states(searched + finals)[0] == ("BPR", 2, 2, 3, 3, "complete")
     # A row with nothing to tune goes straight to its seeds.
-    assert states([record(final(None, 8, broken))])[1] == ("BPR-broken", 0, 0, 1, 3, "running")
+    assert states([record(final(None, 8, broken))])[1] == ("BPR-broken", 0, 0, 1, 3, "partial")

@@ -624,10 +624,10 @@ def test_a_grids_progress_opens_the_board(tmp_path: Path, capsys: pytest.Capture
             if line.startswith("| ml-100k")]
     assert rows[:3] == [["ml-100k", "LightGCN", "-", "3/3", "complete"],
                         ["ml-100k", "AlphaRec(minilm)", "-", "3/3", "complete"],
-                        ["ml-100k", "BPR", "-", "0/3", "not started"]]  # its one record failed
+                        ["ml-100k", "BPR", "-", "0/3", "nothing finished"]]  # its one record failed
     assert md.index("## Grid progress") < md.index("## ml-100k, general protocol")
     page = (tmp_path / "board" / "leaderboard.html").read_text()
-    assert "Grid progress: 2 of 3 rows complete" in page and "<td>not started</td>" in page
+    assert "Grid progress: 2 of 3 rows complete" in page and "<td>nothing finished</td>" in page
     capsys.readouterr()
     assert main(["leaderboard", str(path), "-o", str(tmp_path / "other"), "--grid", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -316,8 +316,8 @@ class RowProgress:
         if self.seeds_done == self.seeds_total:
             return "complete"
         if self.seeds_done or self.search_done:
-            return "running"
-        return "not started"
+            return "partial"
+        return "nothing finished"  # runs in flight write their record when they end
 
 
 def grid_progress(grid: Grid, records: list[dict[str, Any]]) -> list[RowProgress]:
