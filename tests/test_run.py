@@ -105,6 +105,21 @@ def test_reproducibility_selects_deterministic_algorithms(amazon_root: Path) -> 
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def test_a_run_flushes_subnormal_floats_to_zero(amazon_root: Path, tmp_path: Path) -> None:
+    """Subnormal weights (|x| < 1.2e-38) take the CPU's slow path, up to 12x an epoch for LLM-CF;
+    a run makes the arithmetic treat them as zero."""
+    subnormal = torch.tensor([1e-39], dtype=torch.float32)
+    try:
+        torch.set_flush_denormal(False)
+        assert (subnormal * 1.0).item() > 0  # kept, as IEEE arithmetic does by default
+        run("BPR", "amazon-beauty", data_path=amazon_root, epochs=1, output=None, verbose=False,
+            run_dir=tmp_path / "run")
+        assert (subnormal * 1.0).item() == 0.0
+        assert (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @pytest.mark.parametrize("stop_after", [1, 2], ids=["mid-training", "while-testing"])
 def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_after: int, tmp_path: Path) -> None:
     """Stopped after epoch 1 (or after the last epoch, before the test), `resume` ends exactly where
