@@ -525,14 +525,25 @@ def _check_labels(config: Any) -> None:
                         f"column, e.g. ratings")
 
 
-def flush_denormals() -> bool:
-    """Make this process's CPU arithmetic treat float32/float64 subnormals as zero; False where the
-    CPU cannot (then nothing changes)."""
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """CPU arithmetic treats float32/float64 subnormals as zero inside (nothing changes where the CPU
+    cannot); the flag is the whole process's, numpy's too, so it is put back on the way out."""
     import torch
 
-    return torch.set_flush_denormal(True)
+    was_on = float(torch.tensor([1e-39]) * 1.0) == 0.0  # torch has no getter: probe it
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
 
 
+# Weights that decay towards zero pass through float32's subnormal range, where x86 CPUs take a
+# slow path: LLM-CF(DeepFM)'s epoch went from 34 s to 410 s by its seventh epoch with 60 % of one
+# layer's weights subnormal (benchmarks/denormal_speed.py). Flushing them to zero costs nothing a
+# model can learn from (|x| < 1.2e-38) and keeps same seed, same result.
+@flushed_denormals()
 def _train_and_evaluate(
     model: str, dataset: str, config_dict: dict[str, Any], on_epoch: EpochCallback | None,
     progress: bool = False, zero_shot_state: dict[str, Any] | None = None,
@@ -544,11 +555,6 @@ def _train_and_evaluate(
     from recbole.data.transform import construct_transform
     from recbole.utils import get_flops, get_model, get_trainer, init_seed
 
-    # Weights that decay towards zero pass through float32's subnormal range, where x86 CPUs take
-    # a slow path: LLM-CF(DeepFM)'s epoch went from 34 s to 410 s by its seventh epoch with 60 % of
-    # one layer's weights subnormal (benchmarks/denormal_speed.py). Flushing them to zero costs
-    # nothing a model can learn from (|x| < 1.2e-38) and keeps same seed, same result.
-    flush_denormals()
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
     logging.getLogger().info(config)
     data, train_data, valid_data, test_data = load_split(config)

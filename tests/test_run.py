@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,15 +108,21 @@ def test_reproducibility_selects_deterministic_algorithms(amazon_root: Path) -> 
 
 def test_a_run_flushes_subnormal_floats_to_zero(amazon_root: Path, tmp_path: Path) -> None:
     """Subnormal weights (|x| < 1.2e-38) take the CPU's slow path, up to 12x an epoch for LLM-CF;
-    a run makes the arithmetic treat them as zero."""
+    a run treats them as zero while it trains, and puts the process-wide flag back afterwards."""
+    seen = []
+
+    def probe(epoch: int, score: float, best: dict) -> None:
+        seen.append(((torch.tensor([1e-39], dtype=torch.float32) * 1.0).item(),
+                     (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item()))
+
     subnormal = torch.tensor([1e-39], dtype=torch.float32)
     try:
         torch.set_flush_denormal(False)
         assert (subnormal * 1.0).item() > 0  # kept, as IEEE arithmetic does by default
-        run("BPR", "amazon-beauty", data_path=amazon_root, epochs=1, output=None, verbose=False,
-            run_dir=tmp_path / "run")
-        assert (subnormal * 1.0).item() == 0.0
-        assert (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item() == 0.0
+        run("BPR", "amazon-beauty", data_path=amazon_root, epochs=2, output=None, verbose=False,
+            run_dir=tmp_path / "run", on_epoch=probe)
+        assert seen == [(0.0, 0.0), (0.0, 0.0)]
+        assert (subnormal * 1.0).item() > 0 and np.float32(1e-39) * np.float32(1.0) > 0  # restored
     finally:
         torch.set_flush_denormal(False)
 
