@@ -760,7 +760,8 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
                 grids: list[str | os.PathLike] = ()) -> tuple[list[Board], list[Path], list[BadLine]]:
     """Read ``results`` (and its notes file, if any), write leaderboard.md and leaderboard.html into
     ``out_dir`` and, given ``readme``, rewrite its glance blocks; given ``grids``, the boards open
-    with each grid's progress (which rows have all their seeds, which some, which none yet). Everything renders before the first file is written."""
+    with each grid's progress (which rows have all their seeds, which some, which none yet).
+    Everything renders before the first file is written."""
     results = Path(results)
     if not results.is_file():
         raise UserError(f"results file {results} does not exist; expected the JSONL written by "
