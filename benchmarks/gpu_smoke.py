@@ -7,7 +7,7 @@ record kept there; prints the seconds of the epoch (training and validation), th
 and the status. Then a grid of two LightGCN search trials, each given half the GPU, run at once
 by Ray Tune. Nothing is written to results/.
 
-    python benchmarks/gpu_smoke.py [--device cuda] [--models SASRec TIGER ...] [--epochs 1]
+    python benchmarks/gpu_smoke.py [--device cuda] [--models SASRec TIGER ...] [--epochs 1] [--no-grid | --grid-only]
 """
 from __future__ import annotations
 
@@ -73,8 +73,10 @@ def smoke_grid(device: str, epochs: int, work: Path) -> str:
     started = time.time()
     run_grid(load_grid(spec), work / "grid.jsonl")
     records = [json.loads(line) for line in (work / "grid.jsonl").read_text().splitlines()]
-    statuses = [r.get("status", "ok") for r in records]
-    return f"grid: {len(records)} trials at once ({', '.join(statuses)}) in {time.time() - started:.0f} s"
+    # Each trial's own GPU (None on the CPU) and peak memory show that Ray gave it the device.
+    trials = [f"{r.get('status', 'ok')}, GPU {r.get('hardware', {}).get('gpu')}, peak {r.get('peak_gpu_mb')} MB"
+              for r in records]
+    return f"grid: {len(records)} trials at once ({'; '.join(trials)}) in {time.time() - started:.0f} s"
 
 
 def main() -> None:
@@ -82,7 +84,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to try the script itself")
     parser.add_argument("--models", nargs="+", help="models to run (default: every recbole-llm model and the baselines)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--no-grid", action="store_true", help="skip the two-trial grid")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-grid", action="store_true", help="skip the two-trial grid")
+    which.add_argument("--grid-only", action="store_true", help="only the two-trial grid, no model runs")
     args = parser.parse_args()
 
     import torch
@@ -95,11 +99,12 @@ def main() -> None:
           f"device {args.device}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="rl-gpu-smoke-"))
     rows = []
-    for model in args.models or default_models():
+    for model in [] if args.grid_only else args.models or default_models():
         rows.append(smoke_model(model, args.device, args.epochs, work))
         print(f"{model}: {rows[-1]}", flush=True)
-    print()
-    print(tabulate(rows, headers="keys", tablefmt="github"))
+    if rows:
+        print()
+        print(tabulate(rows, headers="keys", tablefmt="github"))
     if not args.no_grid:
         print(smoke_grid(args.device, args.epochs, work))
     print(f"run folders, records and tracebacks: {work}")

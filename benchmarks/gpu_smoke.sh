@@ -3,7 +3,7 @@
 # sharing the GPU; prints each model's epoch time and peak GPU memory (benchmarks/gpu_smoke.py).
 # On a machine without CUDA it says so and exits 0 (CI has none); DEVICE=cpu runs the same steps
 # on the CPU, to try the script itself (with --models to keep it short).
-#   bash benchmarks/gpu_smoke.sh [--models SASRec TIGER ...] [--epochs 1] [--no-grid]
+#   bash benchmarks/gpu_smoke.sh [--models SASRec TIGER ...] [--epochs 1] [--no-grid | --grid-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
