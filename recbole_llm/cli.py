@@ -228,7 +228,9 @@ examples:
 A grid is datasets x models x search space x seeds (see benchmarks/grids/ml-100k.yaml). For each
 (dataset, model) a search phase runs num_samples configurations under ASHA on the per-epoch validation
 metric, then the best configuration runs on the final seeds. Every finished trial (ok, pruned or
-failed, with its error) is appended to the results file at once; the leaderboard reads it. On a
+failed, with its error) is appended to the results file at once; the leaderboard reads it. One
+bench at a time per grid and per results file (a second is refused): to run more rows side by side,
+give them all to one bench (--only A --only B) and let --max-concurrent share the cores. On a
 cluster every node needs the datasets and feature files at the same path.
 """
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,27 @@ def test_bench_cli_dry_run_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_second_bench_on_the_same_grid_or_results_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two benches on one grid would clear each other's final run folders mid-run; on one results
+    file they would write the same trials twice. The second is refused before it does anything,
+    and the claim ends with the bench that held it."""
+    from recbole_llm.bench.tuner import one_bench_at_a_time
+
+    path = _write_grid(tmp_path)
+    results, other = tmp_path / "results" / "runs.jsonl", tmp_path / "other.jsonl"
+    with one_bench_at_a_time("another-grid", results.resolve()):  # a bench writing the same file
+        assert main(["bench", str(path), "-o", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert f"results file {results.resolve()} is in use by a running bench (pid {os.getpid()}" in err
+        assert len(err.strip().splitlines()) == 1
+    with one_bench_at_a_time("fixture", other.resolve()):  # the same grid, another results file
+        assert main(["bench", str(path), "-o", str(results)]) == 2
+        assert "grid 'fixture' is in use by a running bench" in capsys.readouterr().err
+    assert not results.parent.exists()
+    with one_bench_at_a_time("fixture", results.resolve()):  # both claims were given back
+        pass
 
 
 RESUMABLE_GRID = """\

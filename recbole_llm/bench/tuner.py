@@ -12,6 +12,7 @@ recorded as pruned. Records, not Ray's experiment folders, are the source of tru
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from recbole_llm.bench.grid import Grid, ModelEntry, Trial, stable_hash
 from recbole_llm.errors import UserError
@@ -337,6 +338,49 @@ def grid_progress(grid: Grid, records: list[dict[str, Any]]) -> list[RowProgress
     return out
 
 
+@contextlib.contextmanager
+def one_bench_at_a_time(grid: str, output: Path) -> Iterator[None]:
+    """Hold this process's claim on the results file ``output`` and on the grid's run folders.
+
+    Two benches on one grid clear and train the same final run folders (each clears a folder it
+    did not leave, under the other's running trial), and two on one results file write the same
+    trials twice: the second is refused at once, naming the first. The claims are ``flock`` locks
+    under the toolkit home, which the system drops when a bench ends, however it ends.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): nothing to hold
+        yield
+        return
+    from recbole_llm.data.datasets import home
+
+    folder = home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    held = []
+    try:
+        for what, key in ((f"results file {output}", str(output)), (f"grid {grid!r}", f"grid:{grid}")):
+            handle = open(folder / f"bench-{stable_hash(key)}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"the {what} is in use by a running bench ({holder}); expected one bench "
+                                "at a time per grid and per results file: wait for it to end, or stop it and "
+                                "run one bench with every row you want (--only A --only B, side by side "
+                                "under --max-concurrent)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, since {datetime.now().strftime('%Y-%m-%d %H:%M')}")
+            handle.flush()
+            held.append(handle)
+        yield
+    finally:
+        for handle in held:
+            handle.close()  # closing drops the lock
+
+
 def run_grid(
     grid: Grid,
     output: str | os.PathLike,
@@ -347,10 +391,18 @@ def run_grid(
     data_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> GridSummary:
-    """Search, then final seeds, for every (dataset, model) of ``grid``; records go to ``output``."""
+    """Search, then final seeds, for every (dataset, model) of ``grid``; records go to ``output``.
+    Refused while another bench runs the same grid or writes the same results file."""
+    output = Path(output).resolve()
+    with one_bench_at_a_time(grid.name, output):
+        return _run_grid(grid, output, ray_address=ray_address, resume=resume, max_concurrent=max_concurrent,
+                         data_path=data_path, progress=progress)
+
+
+def _run_grid(grid: Grid, output: Path, *, ray_address: str | None, resume: bool, max_concurrent: int | None,
+              data_path: str | os.PathLike | None, progress: bool) -> GridSummary:
     from tqdm.auto import tqdm
 
-    output = Path(output).resolve()
     data_path = str(Path(data_path).expanduser().resolve()) if data_path else grid.data_path
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent {max_concurrent}: expected a positive number")
