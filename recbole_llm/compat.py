@@ -272,6 +272,22 @@ def repair_tune_report() -> None:
     quick_start.tune = _TuneReportingDicts(tune)
 
 
+def repair_sine_anomaly_detection() -> None:
+    """Importing RecBole's sequential models runs SINE's module-level
+    ``torch.autograd.set_detect_anomaly(True)``: anomaly detection turns on for the whole process,
+    so every later backward of every model records a stack trace per operation and checks for NaN
+    (SASRec's step on one thread: 43 ms with it off, 90 ms on). Import the package once now and put
+    the switch back as it was; numerics do not change."""
+    import torch
+
+    before, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's switch, once per process)
+
+    if torch.is_anomaly_enabled() != before:
+        _remember("anomaly detection", before)
+    torch.autograd.set_detect_anomaly(before, check_nan=check_nan)
+
+
 REPAIRS: tuple[Callable[[], None], ...] = (
     repair_numpy_aliases,
     repair_scipy_dok_update,
@@ -282,6 +298,7 @@ REPAIRS: tuple[Callable[[], None], ...] = (
     repair_pop_counts,
     repair_atomic_files_unquoted,
     repair_tune_report,
+    repair_sine_anomaly_detection,
 )
 
 

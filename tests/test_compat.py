@@ -186,3 +186,22 @@ def test_tune_report_repair() -> None:
     shim.report({"mrr@10": 0.1})
     assert recorder.calls == [({"recall@10": 0.5, "ndcg@10": 0.25}, None), ({"mrr@10": 0.1}, None)]
     assert isinstance(quick_start.tune, compat._TuneReportingDicts) and quick_start.tune.Tuner is original.Tuner
+
+
+def test_recbole_sequential_models_leave_anomaly_detection_off() -> None:
+    """RecBole's sine.py switches autograd's anomaly detection on when imported (which every
+    sequential model's import does), doubling SASRec's step time; recbole_llm's import undoes it."""
+    import importlib
+
+    import torch
+    from recbole.utils import get_model
+
+    for name in ("SASRec", "SINE", "BPR"):
+        get_model(name)
+        assert not torch.is_anomaly_enabled(), name
+    sine = importlib.import_module("recbole.model.sequential_recommender.sine")
+    try:
+        importlib.reload(sine)  # the module's own side effect, as a plain import runs it
+        assert torch.is_anomaly_enabled()
+    finally:
+        torch.autograd.set_detect_anomaly(False)
