@@ -278,9 +278,20 @@ def repair_sine_anomaly_detection() -> None:
     so every later backward of every model records a stack trace per operation and checks for NaN
     (SASRec's step on one thread: 43 ms with it off, 90 ms on). Import the package once now and put
     the switch back as it was; numerics do not change."""
+    import sys
+    import warnings
+
     import torch
 
+    sine = "recbole.model.sequential_recommender.sine"
     before, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    if sine in sys.modules and before:
+        # RecBole's models were imported first, so the switch may be sine's rather than the caller's.
+        warnings.warn("recbole_llm turned off autograd's anomaly detection, which RecBole's sine.py switches "
+                      "on when its sequential models are imported (it doubles a SASRec step); call "
+                      "torch.autograd.set_detect_anomaly(True) after importing recbole_llm to keep it",
+                      stacklevel=2)
+        before = False
     import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's switch, once per process)
 
     if torch.is_anomaly_enabled() != before:

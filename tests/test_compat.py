@@ -203,5 +203,10 @@ def test_recbole_sequential_models_leave_anomaly_detection_off() -> None:
     try:
         importlib.reload(sine)  # the module's own side effect, as a plain import runs it
         assert torch.is_anomaly_enabled()
+        # RecBole's models imported before recbole_llm: the repair cannot tell sine's switch from
+        # the caller's, turns it off and says how to keep it
+        with pytest.warns(UserWarning, match="turned off autograd's anomaly detection"):
+            compat.repair_sine_anomaly_detection()
+        assert not torch.is_anomaly_enabled()
     finally:
         torch.autograd.set_detect_anomaly(False)
