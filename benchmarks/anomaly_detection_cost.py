@@ -16,12 +16,11 @@ import itertools
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load  # noqa: E402
+from common import load, step_seconds  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -45,10 +44,7 @@ def median_steps(model: str, steps: int, rounds: int = 2) -> tuple[float, float]
     times: dict[bool, list[float]] = {True: [], False: []}
     for _, anomaly in itertools.product(range(rounds), (True, False)):
         torch.autograd.set_detect_anomaly(anomaly)
-        for batch in batches[1:]:
-            started = time.perf_counter()
-            trainer._train_epoch([batch], 0, show_progress=False)
-            times[anomaly].append(time.perf_counter() - started)
+        times[anomaly] += step_seconds(trainer, batches[1:])
     torch.autograd.set_detect_anomaly(False)
     return statistics.median(times[True]), statistics.median(times[False])
 

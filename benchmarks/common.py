@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from typing import Any, Callable
 
 
@@ -32,3 +33,13 @@ def load(model: str, overrides: dict[str, Any], dataset: str = "ml-100k") -> tup
         return net, trainer
 
     return config, train, test, fresh
+
+
+def step_seconds(trainer: Any, batches: list[Any]) -> list[float]:
+    """Seconds of one training step through RecBole's trainer for each of ``batches``."""
+    times = []
+    for batch in batches:
+        started = time.perf_counter()
+        trainer._train_epoch([batch], 0, show_progress=False)
+        times.append(time.perf_counter() - started)
+    return times

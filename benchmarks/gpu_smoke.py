@@ -1,9 +1,9 @@
 """Every model on a GPU for one epoch, and a two-trial grid sharing it (run by gpu_smoke.sh).
 
 For each model (every recbole-llm model at its defaults, the paper's configuration, plus the
-RecBole baselines of the leaderboard; TIGER's RQ-VAE shortened, see SMOKE_OVERRIDES): one epoch on ml-100k with ``--device DEVICE`` (LLM
-encoders in float16 on CUDA, their default), in a run folder under a temporary directory, the
-record kept there; prints the seconds of the epoch (training and validation), the peak GPU memory
+RecBole baselines of the leaderboard; TIGER's RQ-VAE shortened, see SMOKE_OVERRIDES): one epoch
+on ml-100k with ``--device DEVICE`` (LLM encoders in float16 on CUDA, their default), in a run
+folder under a temporary directory, the record kept there; prints the seconds of the epoch (training and validation), the peak GPU memory
 and the status. Then a grid of two LightGCN search trials, each given half the GPU, run at once
 by Ray Tune. Nothing is written to results/.
 
@@ -52,16 +52,18 @@ def smoke_model(model: str, device: str, epochs: int, work: Path) -> dict:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    overrides = SMOKE_OVERRIDES.get(model)
     started = time.time()
     try:
-        record = run(model, "ml-100k", overrides=SMOKE_OVERRIDES.get(model), device=device, epochs=epochs,
+        record = run(model, "ml-100k", overrides=overrides, device=device, epochs=epochs,
                      output=work / "runs.jsonl", run_dir=work / model, verbose=False)
     except Exception as exc:  # one model's failure must not hide the others' numbers
         (work / f"{model}.error").write_text(traceback.format_exc())
         return {"model": model, "status": f"failed: {type(exc).__name__}: {str(exc)[:120]}",
                 "wall_s": round(time.time() - started, 1)}
     epochs_run = max(1, record.get("epochs_run") or 1)
-    return {"model": model, "status": "ok" + (f" ({SMOKE_OVERRIDES[model]})" if model in SMOKE_OVERRIDES else ""), "s_per_epoch": round(record["train_time_s"] / epochs_run, 2),
+    return {"model": model, "status": f"ok ({overrides})" if overrides else "ok",
+            "s_per_epoch": round(record["train_time_s"] / epochs_run, 2),
             "peak_gpu_mb": record.get("peak_gpu_mb"), "wall_s": round(time.time() - started, 1)}
 
 

@@ -19,12 +19,11 @@ import os
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load  # noqa: E402
+from common import load, step_seconds  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -35,12 +34,7 @@ def step_times(model: str, overrides: dict, steps: int) -> tuple[list[float], in
     batches = list(itertools.islice(train, steps + 1))
     _, trainer = fresh()
     trainer._train_epoch(batches[:1], 0, show_progress=False)  # warm-up: first-call allocations
-    times = []
-    for batch in batches[1:]:
-        started = time.perf_counter()
-        trainer._train_epoch([batch], 0, show_progress=False)
-        times.append(time.perf_counter() - started)
-    return times, len(train)
+    return step_seconds(trainer, batches[1:]), len(train)
 
 
 def main() -> None:

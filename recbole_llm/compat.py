@@ -294,8 +294,6 @@ def repair_sine_anomaly_detection() -> None:
         before = False
     import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's switch, once per process)
 
-    if torch.is_anomaly_enabled() != before:
-        _remember("anomaly detection", before)
     torch.autograd.set_detect_anomaly(before, check_nan=check_nan)
 
 
