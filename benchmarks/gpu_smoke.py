@@ -23,8 +23,9 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 BASELINES = ["Pop", "BPR", "LightGCN", "SASRec", "DeepFM", "DCNV2", "DIN"]
-# Set-up a smoke need not repeat: TIGER's RQ-VAE trains its 20k epochs on the CPU before the first
-# epoch (about 70 min on ml-100k, then cached), which kept it from its GPU epoch on the H200 run.
+# Set-up a smoke need not repeat: TIGER's RQ-VAE trains its 20k epochs before the first epoch (on the
+# CPU then, about 70 min on ml-100k), which kept it from its GPU epoch on the H200 run. 100 epochs
+# still build the codes on the GPU (llm_device), which the smoke then checks.
 SMOKE_OVERRIDES = {"TIGER": {"rqvae_epochs": 100}}
 GRID = """\
 # two LightGCN trials at once, each with half the GPU (with --device cpu: one core each)

@@ -490,6 +490,33 @@ def test_semantic_ids_are_rebuilt_when_the_items_or_their_vectors_change() -> No
     assert semantic_id_file(item_ff, SemanticIdSettings(), same) == semantic_id_file(item_ff, SemanticIdSettings(), same)
 
 
+def test_rqvae_trains_on_the_llm_device_and_gpu_codes_get_a_file_of_their_own() -> None:
+    """The RQ-VAE trains where ``llm_device`` points (the GPU when there is one); its codes then
+    differ from the CPU's, so the file name says so, while CPU-built files keep their old names."""
+    import hashlib
+    from dataclasses import replace
+
+    cpu = SemanticIdSettings.from_config({"semantic_id_method": "rqvae", "llm_device": "cpu"}, 1682)
+    assert cpu.device == "cpu" and "device" not in cpu.relevant()
+    # The CPU name, written out field by field as it was before the device was a setting.
+    before = {"method": "rqvae", "levels": 3, "codebook_sizes": [64, 64, 64], "seed": 2020, "normalize": True,
+              "rqvae_hidden_dims": [512, 256, 128], "rqvae_latent_dim": 32, "rqvae_beta": 0.25,
+              "rqvae_epochs": 20000, "rqvae_batch_size": 1024, "rqvae_learning_rate": 0.001,
+              "rqvae_optimizer": "adamw", "rqvae_weight_decay": 0.0001, "rqvae_loss": "per-item squared norms"}
+    digest = hashlib.sha256(json.dumps({"settings": before, "inputs": "x"}, sort_keys=True).encode()).hexdigest()[:8]
+    item_ff = FeatureFile(Path("/data"), "ds", "item", "minilm")
+    assert semantic_id_file(item_ff, cpu, "x").encoder == f"minilm_rqvae_{digest}"
+    gpu = replace(cpu, device="cuda:1")
+    assert gpu.relevant() == {**before, "device": "cuda"}
+    assert semantic_id_file(item_ff, gpu, "x") != semantic_id_file(item_ff, cpu, "x")
+    # k-means ignores the device (seconds on a CPU): no CUDA needed, the same file everywhere.
+    kmeans = SemanticIdSettings.from_config({"semantic_id_method": "rqkmeans", "llm_device": "cuda"}, 1682)
+    assert kmeans.device == "cpu" and "device" not in replace(kmeans, device="cuda").relevant()
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda: no CUDA device"):
+            SemanticIdSettings.from_config({"semantic_id_method": "rqvae", "llm_device": "cuda"}, 1682)
+
+
 def test_run_records_tiger_numbers(data_root: Path, tmp_path: Path) -> None:
     record = run("TIGER", "amazon-beauty", data_path=data_root, epochs=1, output=tmp_path / "runs.jsonl",
                  verbose=False, overrides={**TINY, "semantic_id_method": "rqvae",
@@ -714,15 +741,15 @@ def test_building_semantic_ids_says_what_it_does_and_records_the_vectors_it_read
     report = {"codebook_usage": [0.5, 1.0], "collision_code_size": 1, "colliding_items": 0, "colliding_tuples": 0,
               "max_items_per_tuple": 1, "reconstruction_mse": 0.25, "random_codes_reconstruction_mse": 0.5}
     monkeypatch.setattr(semantic_ids, "quantize", lambda vectors, settings: (codes, report))
-    config = {"semantic_id_levels": 2, "semantic_id_codebook_size": 8, "rqvae_epochs": 42058}
+    config = {"semantic_id_levels": 2, "semantic_id_codebook_size": 8, "rqvae_epochs": 42058, "llm_device": "cpu"}
     with caplog.at_level("INFO", logger="recbole_llm"):
         built = semantic_ids.ensure_semantic_ids(item_ff, config)
     meta = json.loads(built.meta_path.read_text())
     assert meta["item_features"] == "amazon-beauty.item_minilm" and meta["encoder"] == "minilm"
     assert [r.getMessage() for r in caplog.records] == [
         "building semantic IDs for 30 items with rqvae (2 levels x [8, 8] codes)",
-        "training the RQ-VAE for 42058 epochs (about 3 min for 30 items on one CPU thread; once per dataset and "
-        "settings, then cached)",
+        "training the RQ-VAE for 42058 epochs on the CPU (about 3 min for 30 items on one thread; once per dataset "
+        "and settings, then cached)",
         f"wrote semantic IDs {built.path.name} ({describe({**meta, 'count': 30})})"]
     caplog.clear()
     with caplog.at_level("INFO", logger="recbole_llm"):
@@ -732,3 +759,11 @@ def test_building_semantic_ids_says_what_it_does_and_records_the_vectors_it_read
     with caplog.at_level("INFO", logger="recbole_llm"):
         semantic_ids.ensure_semantic_ids(item_ff, {**config, "semantic_id_method": "rqkmeans"})
     assert "RQ-VAE" not in caplog.text and "with rqkmeans (2 levels" in caplog.text
+    # On a GPU (resolved from llm_device) no CPU estimate, and a file of its own.
+    monkeypatch.setattr("recbole_llm.llm.encoders.resolve_torch_device", lambda device: "cuda:0")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        on_gpu = semantic_ids.ensure_semantic_ids(item_ff, {**config, "llm_device": "cuda:0"})
+    assert on_gpu != built
+    assert caplog.records[1].getMessage() == \
+        "training the RQ-VAE for 42058 epochs on cuda:0 (once per dataset and settings, then cached)"

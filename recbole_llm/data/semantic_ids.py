@@ -79,6 +79,8 @@ class SemanticIdSettings:
     rqvae_weight_decay: float = 0.0001
     rqvae_loss: str = "per-item squared norms"  # v2 of the loss (v1 averaged the quantization terms
                                                 # per dimension); part of the file hash, so old codes are rebuilt
+    device: str = "cpu"              # where the RQ-VAE trains (``llm_device``: the GPU when there is one);
+                                     # in the file hash only off the CPU, where the numbers differ
 
     @classmethod
     def from_config(cls, config: dict[str, Any], n_items: int) -> "SemanticIdSettings":
@@ -108,6 +110,10 @@ class SemanticIdSettings:
         if optimizer not in RQVAE_OPTIMIZERS:
             raise UserError(f"rqvae_optimizer={optimizer!r}: expected one of {', '.join(RQVAE_OPTIMIZERS)}")
         decay = config.get("rqvae_weight_decay")
+        device = "cpu"
+        if method == "rqvae":  # k-means is seconds on a CPU; the RQ-VAE's 20k epochs are an hour there
+            from recbole_llm.llm.encoders import resolve_torch_device
+            device = resolve_torch_device(config.get("llm_device"))
         return cls(
             method=method, levels=levels, codebook_sizes=sizes, seed=int(config.get("semantic_id_seed") or 2020),
             normalize=bool(config.get("semantic_id_normalize", True)),
@@ -117,12 +123,17 @@ class SemanticIdSettings:
             rqvae_epochs=int(config.get("rqvae_epochs") or 20000),
             rqvae_batch_size=int(config.get("rqvae_batch_size") or 1024),
             rqvae_learning_rate=float(config.get("rqvae_learning_rate") or 0.001),
-            rqvae_optimizer=optimizer, rqvae_weight_decay=float(1e-4 if decay is None else decay),
+            rqvae_optimizer=optimizer, rqvae_weight_decay=float(1e-4 if decay is None else decay), device=device,
         )
 
     def relevant(self) -> dict[str, Any]:
         """The settings that matter for this method (rqvae knobs do not rename an rqkmeans file)."""
         out = asdict(self)
+        # Codes trained on a GPU get a file of their own ("cuda", whichever card); CPU-built files keep
+        # the names they had before the device was a setting.
+        device = out.pop("device")
+        if self.method == "rqvae" and device != "cpu":
+            out["device"] = device.split(":")[0]
         prefix = "kmeans_" if self.method == "rqvae" else "rqvae_"
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items() if not k.startswith(prefix)}
 
@@ -140,7 +151,7 @@ def quantize(vectors: np.ndarray, settings: SemanticIdSettings) -> tuple[np.ndar
         disambiguate,
     )
 
-    x = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    x = torch.from_numpy(np.asarray(vectors, dtype=np.float32)).to(settings.device)
     if settings.normalize:
         x = torch.nn.functional.normalize(x, dim=1)
     started = time.time()
@@ -152,22 +163,23 @@ def quantize(vectors: np.ndarray, settings: SemanticIdSettings) -> tuple[np.ndar
             quantizer: Any = ResidualKMeans(settings.levels, settings.codebook_sizes, settings.kmeans_iters, settings.seed).fit(x)
         else:
             quantizer = RQVAE(x.shape[1], settings.levels, settings.codebook_sizes, settings.rqvae_hidden_dims,
-                              settings.rqvae_latent_dim, settings.rqvae_beta)
+                              settings.rqvae_latent_dim, settings.rqvae_beta).to(x.device)
             losses = quantizer.fit(x, settings.rqvae_epochs, settings.rqvae_batch_size, settings.rqvae_learning_rate,
                                    settings.seed, settings.rqvae_optimizer, settings.rqvae_weight_decay)
             report["rqvae_loss_first_last"] = [round(losses[0], 5), round(losses[-1], 5)]
         codes = quantizer.codes(x)
         with torch.no_grad():
             error = float((quantizer.reconstruct(codes) - x).pow(2).sum(1).mean())
-            random_codes = torch.stack([torch.randint(s, (len(x),)) for s in settings.codebook_sizes], dim=1)
+            random_codes = torch.stack([torch.randint(s, (len(x),)) for s in settings.codebook_sizes], dim=1).to(x.device)
             random_error = float((quantizer.reconstruct(random_codes) - x).pow(2).sum(1).mean())
-    codes_np = codes.numpy()
+    codes_np = codes.cpu().numpy()
     report.update({
         "codebook_usage": codebook_usage(codes_np, settings.codebook_sizes),
         **collision_stats(codes_np),
         "reconstruction_mse": round(error, 6),
         "random_codes_reconstruction_mse": round(random_error, 6),
         "quantize_seconds": round(time.time() - started, 2),
+        "device": str(x.device),
     })
     full = disambiguate(codes_np)
     report["collision_code_size"] = int(full[:, -1].max()) + 1
@@ -218,10 +230,13 @@ def ensure_semantic_ids(item_ff: FeatureFile, config: dict[str, Any], force: boo
         return ff
     logger.info("building semantic IDs for %d items with %s (%d levels x %s codes)", len(ids), settings.method,
                 settings.levels, list(settings.codebook_sizes))
-    if settings.method == "rqvae":  # measured: ~0.2 s per epoch of ml-100k's 1,682 items on one CPU thread
-        logger.info("training the RQ-VAE for %d epochs (about %.0f min for %d items on one CPU thread; once per "
-                    "dataset and settings, then cached)", settings.rqvae_epochs,
+    if settings.method == "rqvae" and settings.device == "cpu":  # measured: ~0.2 s per epoch of 1,682 items, one thread
+        logger.info("training the RQ-VAE for %d epochs on the CPU (about %.0f min for %d items on one thread; once "
+                    "per dataset and settings, then cached)", settings.rqvae_epochs,
                     settings.rqvae_epochs * 0.2 * len(ids) / 1682 / 60, len(ids))
+    elif settings.method == "rqvae":
+        logger.info("training the RQ-VAE for %d epochs on %s (once per dataset and settings, then cached)",
+                    settings.rqvae_epochs, settings.device)
     codes, report = quantize(vectors, settings)
     full_meta = {"method": settings.method, "levels": settings.levels,
                  "codebook_sizes": list(settings.codebook_sizes), "settings": settings.relevant(),

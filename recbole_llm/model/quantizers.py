@@ -167,7 +167,7 @@ class RQVAE(nn.Module):
     def _kmeans_init(self, z: torch.Tensor, generator: torch.Generator) -> None:
         """Codebook l = k-means centroids of the level-l residuals of the first batch: every code
         starts where latents are, so none is dead from the start."""
-        residual = z
+        residual = z.cpu()  # k-means draws from the CPU generator, wherever the model trains
         for codebook in self.codebooks:
             size = codebook.shape[0]
             if residual.shape[0] < size:
@@ -216,11 +216,11 @@ class RQVAE(nn.Module):
         self.train()
         if not bool(self.initialised):
             with torch.no_grad():
-                first = x[torch.randperm(x.shape[0], generator=generator)[:max(batch_size, max(self.sizes))]]
+                first = x[torch.randperm(x.shape[0], generator=generator)[:max(batch_size, max(self.sizes))].to(x.device)]
                 self._kmeans_init(self.encoder(first), generator)
         history = []
         for _ in tqdm(range(epochs), desc="RQ-VAE epochs", unit="epoch", leave=False, disable=not shown()):
-            order = torch.randperm(x.shape[0], generator=generator)
+            order = torch.randperm(x.shape[0], generator=generator).to(x.device)
             total = 0.0
             for start in range(0, x.shape[0], batch_size):
                 batch = x[order[start:start + batch_size]]
