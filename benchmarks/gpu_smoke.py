@@ -3,9 +3,9 @@
 For each model (every recbole-llm model at its defaults, the paper's configuration, plus the
 RecBole baselines of the leaderboard; TIGER's RQ-VAE shortened, see SMOKE_OVERRIDES): one epoch
 on ml-100k with ``--device DEVICE`` (LLM encoders in float16 on CUDA, their default), in a run
-folder under a temporary directory, the record kept there; prints the seconds of the epoch (training and validation), the peak GPU memory
-and the status. Then a grid of two LightGCN search trials, each given half the GPU, run at once
-by Ray Tune. Nothing is written to results/.
+folder under a temporary directory, the record kept there; prints the seconds of the epoch
+(training and validation), the peak GPU memory and the status. Then a grid of two LightGCN search
+trials, each given half the GPU, run at once by Ray Tune. Nothing is written to results/.
 
     python benchmarks/gpu_smoke.py [--device cuda] [--models SASRec TIGER ...] [--epochs 1] [--no-grid | --grid-only]
 """
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore")
 BASELINES = ["Pop", "BPR", "LightGCN", "SASRec", "DeepFM", "DCNV2", "DIN"]
 # Set-up a smoke need not repeat: TIGER's RQ-VAE trains its 20k epochs before the first epoch (on the
 # CPU then, about 70 min on ml-100k), which kept it from its GPU epoch on the H200 run. 100 epochs
-# still build the codes on the GPU (llm_device), which the smoke then checks.
+# still train the RQ-VAE on the GPU (llm_device), so the smoke runs that path too.
 SMOKE_OVERRIDES = {"TIGER": {"rqvae_epochs": 100}}
 GRID = """\
 # two LightGCN trials at once, each with half the GPU (with --device cpu: one core each)

@@ -460,3 +460,49 @@ def test_semantic_id_settings_read_each_key_with_its_default_and_refuse_bad_valu
         with pytest.raises(UserError) as caught:
             SemanticIdSettings.from_config(change, 20)
         assert str(caught.value).startswith(message), (change, str(caught.value))
+
+
+def test_rqvae_encoder_and_decoder_are_relu_mlps_with_a_linear_output() -> None:
+    """The paper's encoder (input -> hidden layers -> latent) and its mirror as decoder: a ReLU after
+    every hidden layer and none on the latent or the reconstruction, written out layer by layer."""
+    torch.manual_seed(3)
+    model = RQVAE(6, levels=1, codebook_size=2, hidden_dims=(5, 4), latent_dim=3)
+    x = torch.randn(8, 6)
+
+    def by_hand(layers: list[torch.nn.Linear], h: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(layers):
+            h = h @ layer.weight.T + layer.bias
+            if i < len(layers) - 1:
+                h = torch.clamp(h, min=0.0)
+        return h
+
+    encoder = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    decoder = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in encoder] == [(6, 5), (5, 4), (4, 3)]
+    assert [(m.in_features, m.out_features) for m in decoder] == [(3, 4), (4, 5), (5, 6)]
+    z = model.encoder(x)
+    assert (z < 0).any()  # the latent is not clipped
+    torch.testing.assert_close(z, by_hand(encoder, x))
+    torch.testing.assert_close(model.decoder(z), by_hand(decoder, z))
+
+
+def test_kmeans_with_more_codes_than_distinct_points_keeps_every_point_on_itself() -> None:
+    """Three distinct points (each twice) and k = 4: one code duplicates another and starts empty
+    (the last one, after the three distinct seeds); every point still ends on a centroid equal to it."""
+    x = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]).repeat(2, 1)
+    centroids, assign = kmeans(x, 4, 10, torch.Generator().manual_seed(0))
+    assert centroids.shape == (4, 2) and assign.shape == (6,)
+    torch.testing.assert_close(centroids[assign], x)
+
+
+def test_rqvae_defaults_are_the_papers() -> None:
+    """Called as a library (RQVAE(d) then fit(x)), the RQ-VAE is the paper's: encoder 512-256-128, a
+    32-d latent, 3 levels, beta 0.25, 20k epochs of batches of 1,024; the optimizer is the
+    references' AdamW at 1e-3 with weight decay 1e-4 (the paper's Adagrad diverges, quantizers.py)."""
+    import inspect
+
+    init = {k: p.default for k, p in inspect.signature(RQVAE.__init__).parameters.items()}
+    fit = {k: p.default for k, p in inspect.signature(RQVAE.fit).parameters.items()}
+    assert (init["levels"], tuple(init["hidden_dims"]), init["latent_dim"], init["beta"]) == (3, (512, 256, 128), 32, 0.25)
+    assert (fit["epochs"], fit["batch_size"], fit["lr"], fit["optimizer"], fit["weight_decay"], fit["seed"]) == \
+        (20000, 1024, 1e-3, "adamw", 1e-4, 2020)
