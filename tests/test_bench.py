@@ -196,7 +196,7 @@ def test_bench_cli_refuses_bad_resources_in_one_line(tmp_path: Path, capsys: pyt
 def ray_session(session_home: Path):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RECBOLE_LLM_HOME": str(session_home)}})
     yield
     ray.shutdown()
@@ -415,3 +415,29 @@ def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> 
     assert states(searched + finals)[0] == ("BPR", 2, 2, 3, 3, "complete")
     # A row with nothing to tune goes straight to its seeds.
     assert states([record(final(None, 8, broken))])[1] == ("BPR-broken", 0, 0, 1, 3, "partial")
+
+
+def test_without_an_address_the_bench_starts_a_ray_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ray.init() joins a cluster `ray start` left running on the machine (its CPUs, not the
+    grid's); without --ray-address the bench asks for a new local Ray, and it reports a refused
+    address as one error line that names it."""
+    import ray
+
+    from recbole_llm.bench import tuner
+
+    calls: list[dict] = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        if kwargs["address"] == "ray://nowhere:1":
+            raise ConnectionError("no cluster there\nmore detail")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    assert tuner._init_ray(None) is True
+    assert calls[-1]["address"] == "local"
+    assert "RECBOLE_LLM_HOME" in calls[-1]["runtime_env"]["env_vars"]
+    assert tuner._init_ray("auto") is True
+    assert calls[-1]["address"] == "auto" and "runtime_env" not in calls[-1]
+    with pytest.raises(UserError, match=r"^could not connect to Ray at ray://nowhere:1: no cluster there; expected"):
+        tuner._init_ray("ray://nowhere:1")

@@ -168,7 +168,7 @@ def test_objective_function_inside_ray_tune(fixture_root: Path, tmp_path: Path, 
     from ray import tune
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the trainable below, in the workers
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RECBOLE_LLM_HOME": str(session_home)}})
     try:
         tuner = tune.Tuner(

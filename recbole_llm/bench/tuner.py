@@ -282,6 +282,9 @@ def _init_ray(address: str | None) -> bool:
     if address:
         kwargs["address"] = address
     else:
+        # "local": a Ray of our own even where `ray start` left a cluster running on this machine,
+        # which a bare ray.init() would join (with its CPUs and environment, not this run's).
+        kwargs["address"] = "local"
         # Local workers find the same toolkit home and data root as this process.
         env = {"RECBOLE_LLM_HOME": str(home())}
         if os.environ.get("RECBOLE_LLM_DATA"):
