@@ -255,7 +255,7 @@ def _add_bench_parsers(sub: Any) -> None:
                        description="Run the grid GRID with Ray Tune and append every trial's record to the results file.",
                        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", metavar="GRID", help="grid spec YAML, e.g. benchmarks/grids/ml-100k.yaml")
-    p.add_argument("--ray-address", metavar="ADDRESS", help="auto or ray://HOST:PORT to use an existing Ray cluster (default: start Ray locally)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="auto, the head's HOST:PORT (a cluster `ray start` made) or ray://HOST:PORT (Ray Client) to use an existing Ray cluster (default: start a Ray of its own, even where one is running)")
     p.add_argument("--resume", action="store_true",
                    help="skip trials already finished in the results file (failed ones run again) and continue "
                         "final runs that were in flight from their last validated epoch")

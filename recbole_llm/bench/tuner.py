@@ -294,7 +294,7 @@ def _init_ray(address: str | None) -> bool:
         ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not connect to Ray at {address}: {str(exc).splitlines()[0]}; "
-                        "expected 'auto' on a cluster node or ray://HOST:PORT") from None
+                        "expected 'auto' on a cluster node, the head's HOST:PORT or ray://HOST:PORT") from None
     return True
 
 
