@@ -279,7 +279,7 @@ def _add_bench_parsers(sub: Any) -> None:
     p.add_argument("--readme", metavar="FILE", help="also rewrite FILE's glance blocks (the summary tables of README.md)")
     p.add_argument("--grid", action="append", default=[], metavar="GRID",
                    help="open the board with this grid's progress: per row, the search trials and final seeds "
-                        "already in RESULTS and whether it is complete, partial or has nothing finished (a run in flight "
+                        "already in RESULTS and whether it is complete, partial or has no record yet (a run in flight "
                         "counts when it ends; repeatable)")
 
 

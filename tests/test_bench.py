@@ -379,7 +379,7 @@ def test_a_finished_trial_is_found_when_its_draw_differs_in_the_last_bits(tmp_pa
 
 def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> None:
     """A row is complete when every final seed of its best searched configuration finished ok,
-    partial while its search or seeds are part done, nothing finished with nothing in the file. The
+    partial while its search or seeds are part done, no record yet with nothing in the file. The
     winning search trial is the final run of the search seed (same configuration, same seed); a
     final run of a configuration that lost the search, or one that failed, counts for nothing."""
     from recbole_llm.bench.grid import Trial
@@ -401,7 +401,7 @@ def test_grid_progress_counts_what_a_resumed_grid_would_skip(tmp_path: Path) -> 
         return [(p.row, p.search_done, p.search_total, p.seeds_done, p.seeds_total, p.state)
                 for p in grid_progress(grid, records)]
 
-    assert states([]) == [("BPR", 0, 2, 0, 3, "nothing finished"), ("BPR-broken", 0, 0, 0, 3, "nothing finished")]
+    assert states([]) == [("BPR", 0, 2, 0, 3, "no record yet"), ("BPR-broken", 0, 0, 0, 3, "no record yet")]
     assert states([record(first, "pruned", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "partial")
     # A finished draw is no final run while the search is still open: the best may change.
     assert states([record(first, "ok", 0.05)])[0] == ("BPR", 1, 2, 0, 3, "partial")
@@ -441,3 +441,7 @@ def test_without_an_address_the_bench_starts_a_ray_of_its_own(monkeypatch: pytes
     assert calls[-1]["address"] == "auto" and "runtime_env" not in calls[-1]
     with pytest.raises(UserError, match=r"^could not connect to Ray at ray://nowhere:1: no cluster there; expected"):
         tuner._init_ray("ray://nowhere:1")
+    # A local start that fails says so (not "at None").
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(RuntimeError("out of shared memory")))
+    with pytest.raises(UserError, match=r"^could not start a local Ray for this bench: out of shared memory; expected"):
+        tuner._init_ray(None)

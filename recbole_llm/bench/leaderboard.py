@@ -775,7 +775,7 @@ def leaderboard(results: str | os.PathLike, out_dir: str | os.PathLike,
     progress = {}
     for path in grids:
         grid = load_grid(path)
-        progress[grid.name] = grid_progress(grid, records)
+        progress[grid.name] = grid_progress(grid, records, name=_label)  # named as in the tables
     out_dir = Path(out_dir)
     md, page = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
     texts = {md: render_markdown(boards, results.name, progress), page: render_html(boards, results.name, progress)}

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from recbole_llm.bench.grid import Grid, ModelEntry, Trial, stable_hash
 from recbole_llm.errors import UserError
@@ -293,7 +293,11 @@ def _init_ray(address: str | None) -> bool:
     try:
         ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UserError(f"could not connect to Ray at {address}: {str(exc).splitlines()[0]}; "
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not address:
+            raise UserError(f"could not start a local Ray for this bench: {reason}; expected Ray to start on "
+                            "this machine (or pass --ray-address to join a running cluster)") from None
+        raise UserError(f"could not connect to Ray at {address}: {reason}; "
                         "expected 'auto' on a cluster node, the head's HOST:PORT or ray://HOST:PORT") from None
     return True
 
@@ -321,23 +325,28 @@ class RowProgress:
             return "complete"
         if self.seeds_done or self.search_done:
             return "partial"
-        return "nothing finished"  # runs in flight write their record when they end
+        return "no record yet"  # runs in flight write their record when they end
 
 
-def grid_progress(grid: Grid, records: list[dict[str, Any]]) -> list[RowProgress]:
+def grid_progress(grid: Grid, records: list[dict[str, Any]],
+                  name: Callable[[dict[str, Any]], str] | None = None) -> list[RowProgress]:
     """Every row of ``grid`` with its finished search trials and final seeds among ``records``,
     matched the way ``run_grid --resume`` matches them, so a row reads complete exactly when a
-    resumed grid would skip it."""
+    resumed grid would skip it. ``name`` gives a row with a finished seed the name its record
+    shows under (the board's label, with the model's variant marks); else the grid's name."""
     finished = FinishedTrials(records)
     out = []
     for dataset, entry, trials in plan(grid):
         search_done = sum(t in finished for t in trials)
         best = best_settings(entry, trials, finished) if trials else {}
-        seeds_done = 0
+        seeds_done, row = 0, entry.name
         if best is not None and search_done == len(trials):  # finals start once the search is over
             runs = [finished.get(t) for t in grid.final_trials(dataset, entry, best)]
-            seeds_done = sum(run is not None and run.get("status", "ok") == "ok" for run in runs)
-        out.append(RowProgress(dataset, entry.name, search_done, len(trials), seeds_done, len(grid.final_seeds)))
+            ok = [run for run in runs if run is not None and run.get("status", "ok") == "ok"]
+            seeds_done = len(ok)
+            if ok and name is not None:
+                row = name(ok[0])
+        out.append(RowProgress(dataset, row, search_done, len(trials), seeds_done, len(grid.final_seeds)))
     return out
 
 
