@@ -42,6 +42,14 @@ def mean_of_items(interactions: sp.spmatrix, item_vectors: np.ndarray) -> np.nda
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
+def _join_vector_buffers(module: torch.nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """Checkpoints written before the vectors shared one buffer hold ``user_llm`` and ``item_llm``:
+    joined into ``llm_rows`` (the same values) so they load."""
+    if prefix + "user_llm" in state_dict and prefix + "llm_rows" not in state_dict:
+        state_dict[prefix + "llm_rows"] = torch.cat([state_dict.pop(prefix + "user_llm"),
+                                                     state_dict.pop(prefix + "item_llm")])
+
+
 @register_model
 class AlphaRec(GeneralRecommender):
     input_type = InputType.POINTWISE  # negatives are sampled inside the model, not by RecBole
@@ -77,9 +85,12 @@ class AlphaRec(GeneralRecommender):
         self.n_layers = int(config["n_layers"])
         item_vectors = preloaded_matrix(dataset, config, "item")
         interactions = dataset.inter_matrix(form="csr").astype(np.float32)
-        # Frozen inputs: buffers, never parameters (no gradient reaches them).
-        self.register_buffer("item_llm", torch.from_numpy(item_vectors))
-        self.register_buffer("user_llm", torch.from_numpy(mean_of_items(interactions, item_vectors)))
+        # Frozen inputs: a buffer, never parameters (no gradient reaches them). Users' rows, then
+        # items', in one tensor, as the projector reads them on every step: concatenating the two
+        # tables each step cost about 2 % of it (benchmarks/alpharec_projector_cost.py).
+        user_vectors = mean_of_items(interactions, item_vectors)
+        self.register_buffer("llm_rows", torch.from_numpy(np.concatenate([user_vectors, item_vectors])))
+        self.register_load_state_dict_pre_hook(_join_vector_buffers)
         multiplier = config["projector_hidden_multiplier"]
         self.projector = build_projector(config["projector"], item_vectors.shape[1], int(config["embedding_size"]),
                                          None if multiplier is None else float(multiplier))
@@ -87,8 +98,18 @@ class AlphaRec(GeneralRecommender):
         self.objective = SampledInfoNCE(config, interactions, self.n_items, negative_groups(config, dataset))
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def user_llm(self) -> torch.Tensor:
+        """Each user's LLM input vector (the mean of its training items'), [n_users, d]."""
+        return self.llm_rows[: self.n_users]
+
+    @property
+    def item_llm(self) -> torch.Tensor:
+        """Each item's LLM vector, [n_items, d]."""
+        return self.llm_rows[self.n_users:]
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ego = self.projector(torch.cat([self.user_llm, self.item_llm], dim=0))
+        ego = self.projector(self.llm_rows)
         out = light_propagate(self.graph, ego, self.n_layers)
         return torch.split(out, [self.n_users, self.n_items])
 
