@@ -85,16 +85,25 @@ def test_checkpoint_reload_gives_identical_scores(amazon_root: Path, tmp_path: P
     fresh.load_state_dict(state["state_dict"])
     fresh.eval()
     torch.testing.assert_close(fresh.full_sort_predict(batch), first, rtol=0, atol=0)
-    # A checkpoint of the earlier layout (users' and items' vectors in two buffers) loads and
-    # scores the same; vectors that differ from this dataset's are the checkpoint's, as before.
-    old = {k: v for k, v in state["state_dict"].items() if k != "llm_rows"}
-    rows = state["state_dict"]["llm_rows"]
+
+
+def test_a_checkpoint_of_the_two_buffer_layout_loads(amazon_root: Path) -> None:
+    """Checkpoints written before the users' and items' vectors shared one buffer hold them as
+    ``user_llm`` and ``item_llm``: they load, and the vectors are the checkpoint's."""
+    *_, model = _build(amazon_root, num_negs=16)
+    state = model.state_dict()
+    rows = state["llm_rows"]
+    assert rows.shape[0] == model.n_users + model.n_items
+    old = {k: v for k, v in state.items() if k != "llm_rows"}
+    # Items' vectors shifted so that a swap or a mix-up of the two halves shows.
     old["user_llm"], old["item_llm"] = rows[: model.n_users].clone(), rows[model.n_users:].clone() + 1.0
     older = _build(amazon_root, num_negs=16)[-1]
     older.load_state_dict(old)
     torch.testing.assert_close(older.user_llm, rows[: model.n_users], rtol=0, atol=0)
     torch.testing.assert_close(older.item_llm, rows[model.n_users:] + 1.0, rtol=0, atol=0)
-    assert set(older.state_dict()) == set(state["state_dict"])
+    assert set(older.state_dict()) == set(state)
+    older.load_state_dict(state)  # and the current layout as it is
+    torch.testing.assert_close(older.llm_rows, rows, rtol=0, atol=0)
 
 
 def test_lightgcn_infonce_baseline_runs(amazon_root: Path) -> None:
