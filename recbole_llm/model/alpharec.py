@@ -45,7 +45,7 @@ def mean_of_items(interactions: sp.spmatrix, item_vectors: np.ndarray) -> np.nda
 def _join_vector_buffers(module: torch.nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
     """Checkpoints written before the vectors shared one buffer hold ``user_llm`` and ``item_llm``:
     joined into ``llm_rows`` (the same values) so they load."""
-    if prefix + "user_llm" in state_dict and prefix + "llm_rows" not in state_dict:
+    if prefix + "user_llm" in state_dict:
         state_dict[prefix + "llm_rows"] = torch.cat([state_dict.pop(prefix + "user_llm"),
                                                      state_dict.pop(prefix + "item_llm")])
 
