@@ -88,3 +88,32 @@ def test_alpharec_trains_on_a_combination_and_recommends_zero_shot_elsewhere(two
     target = run("AlphaRec", "ml-latest-small", data_path=two_sources, overrides={k: v for k, v in tiny.items() if k != "num_negs"},
                  output=None, run_dir=tmp_path / "target", verbose=False, zero_shot_from=tmp_path / "source")
     assert target["zero_shot"]["source_dataset"] == "mix" and target["epochs_run"] == 0
+
+
+@pytest.mark.parametrize("model_name", ["AlphaRec", "LightGCNInfoNCE"])
+def test_models_trained_on_a_combination_draw_negatives_within_each_users_source(two_sources: Path,
+                                                                                model_name: str) -> None:
+    """The combination's settings name `negative_groups: source`; the InfoNCE models pass it to
+    their sampler, so a user of one source never gets another source's item as a negative."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model
+
+    from recbole_llm.runner import prepare, recbole_argv
+
+    combine_datasets("mix", ["ml-latest-small", "book-crossing"], data_path=two_sources)
+    tiny = {"user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)", "num_negs": 4,
+            "eval_args": {"split": {"RS": [0.6, 0.2, 0.2]}, "order": "RO", "group_by": "user", "mode": "full"},
+            "train_batch_size": 8, "llm_device": "cpu"}
+    _, config_dict = prepare(model_name, "mix", data_path=two_sources, overrides=tiny)
+    with recbole_argv():
+        config = Config(model=model_name, dataset="mix", config_dict=config_dict)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    dataset = train._dataset
+    model = get_model(model_name)(config, dataset)
+    item_source = [dataset.id2token("source", int(s)) if i else None for i, s in enumerate(dataset.item_feat["source"])]
+    users = model.objective.positives.active_users
+    negatives = model.objective.positives.sample_negatives(users.repeat(50), 4, torch.Generator().manual_seed(0))
+    for user, drawn in zip(users.repeat(50).tolist(), negatives.tolist()):
+        own = dataset.id2token("user_id", user).split("/")[0]
+        assert {item_source[i] for i in drawn} == {own}
