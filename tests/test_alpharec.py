@@ -356,3 +356,21 @@ def test_graph_and_user_mean_on_a_hand_made_graph() -> None:
     np.testing.assert_allclose(dense, expected, rtol=1e-6)
     vectors = np.array([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]], dtype=np.float32)
     np.testing.assert_allclose(mean_of_items(pairs.tocsr(), vectors), [[0.5, 1.0], [0.0, 2.0], [0.0, 0.0]])
+
+
+def test_scores_follow_weights_loaded_between_evaluations(amazon_root: Path) -> None:
+    """Evaluation caches the normalised embeddings; weights loaded afterwards (RecBole loads the
+    best checkpoint, then calls eval()) must be what the next scores use, not the cache."""
+    _, _, _, _, test, model = _build(amazon_root, num_negs=16)
+    batch = next(iter(test))[0]
+    model.eval()
+    before = model.full_sort_predict(batch)
+    other = {k: (v + 0.1 if k.startswith("projector.") else v) for k, v in model.state_dict().items()}
+    model.load_state_dict(other)
+    model.eval()
+    after = model.full_sort_predict(batch)
+    user_all, item_all = model.forward()
+    users = torch.nn.functional.normalize(user_all[batch["user_id"]], dim=-1)
+    expected = (users @ torch.nn.functional.normalize(item_all, dim=-1).T).view(-1)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected)
