@@ -17,8 +17,6 @@ forward and backward, on every step. This script times, on ml-100k's real traini
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load, step_seconds  # noqa: E402
+from common import load, step_seconds, use_threads  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -50,18 +48,15 @@ def main() -> None:
     parser.add_argument("--multiplier", type=float, default=0.28125,
                         help="AlphaRec's projector_hidden_multiplier (the budget width; the bound's variant)")
     args = parser.parse_args()
+    machine = use_threads(args.threads)  # before any model is built
 
     import scipy.sparse as sp
     import torch
-    import torch.nn.functional as F
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import recbole_llm  # noqa: F401
     from recbole_llm.model.layers import _CSRProduct
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ml-100k, batch {args.batch_size}, "
+    print(f"{machine}; ml-100k, batch {args.batch_size}, "
           f"AlphaRec(hidden {args.multiplier:g}x), medians")
 
     models = {}

@@ -10,8 +10,6 @@ earlier 9/32-wide variant), and the ratios to LightGCN. All run through RecBole'
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -19,7 +17,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load  # noqa: E402
+from common import load, use_threads  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -57,16 +55,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    machine = use_threads(args.threads)  # before any model is built
 
     import recbole_llm  # noqa: F401
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ml-100k, batch {args.batch_size}, median of {args.epochs} epochs, "
+    print(f"{machine}; ml-100k, batch {args.batch_size}, median of {args.epochs} epochs, "
           "the models taking turns epoch by epoch")
     runs = [("LightGCN", "LightGCN", {}), ("LightGCNInfoNCE", "LightGCNInfoNCE", {}),
             ("AlphaRec", "AlphaRec", {}),

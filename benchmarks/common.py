@@ -43,3 +43,16 @@ def step_seconds(trainer: Any, batches: list[Any]) -> list[float]:
         trainer._train_epoch([batch], 0, show_progress=False)
         times.append(time.perf_counter() - started)
     return times
+
+
+def use_threads(threads: int | None) -> str:
+    """Set torch's threads (None: torch's default, one per core) and return the benchmark's
+    first words: the machine, its cores, torch's version and the threads the timings use."""
+    import platform
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import statistics
 import sys
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load, step_seconds  # noqa: E402
+from common import load, step_seconds, use_threads  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -44,15 +42,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model (median reported)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
-
-    import torch
+    machine = use_threads(args.threads)  # before any model is built
 
     import recbole_llm  # noqa: F401
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ml-100k, history {args.history}, batch {args.batch_size}, "
+    print(f"{machine}; ml-100k, history {args.history}, batch {args.batch_size}, "
           f"median of {args.steps} steps")
     shared = {"MAX_ITEM_LIST_LENGTH": args.history, "train_batch_size": args.batch_size}
     rows = []
