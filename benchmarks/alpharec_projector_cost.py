@@ -65,6 +65,7 @@ def main() -> None:
         _, train, _, fresh = load(model, {"train_batch_size": args.batch_size, **overrides})
         net, trainer = fresh()
         models[name] = (net, trainer, list(train))
+        inter = train._dataset.inter_matrix(form="csr")  # the training interactions both models read
     # Whole steps, the two models taking turns batch by batch (this machine's speed drifts).
     step_times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(args.steps):
@@ -77,8 +78,8 @@ def main() -> None:
     together = alpha.llm_rows
     first, act, second = projector[0], projector[1], projector[2]
     # The users' rows as the mean of their items' rows: the row-normalised interaction matrix.
-    binary = alpha.graph.matrix().to_dense()[: alpha.n_users, alpha.n_users:]
-    binary = sp.csr_matrix((binary > 0).numpy().astype("float32"))
+    binary = sp.csr_matrix(inter, dtype="float32")
+    binary.data[:] = 1.0
     counts = binary.sum(axis=1).A.ravel()
     mean = sp.diags(1.0 / counts.clip(min=1.0)).dot(binary).tocsr().astype("float32")
     as_csr = lambda m: torch.sparse_csr_tensor(torch.from_numpy(m.indptr).long(), torch.from_numpy(m.indices).long(),  # noqa: E731
