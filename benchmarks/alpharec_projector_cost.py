@@ -65,7 +65,7 @@ def main() -> None:
         _, train, _, fresh = load(model, {"train_batch_size": args.batch_size, **overrides})
         net, trainer = fresh()
         models[name] = (net, trainer, list(train))
-        inter = train._dataset.inter_matrix(form="csr")  # the training interactions both models read
+    inter = train._dataset.inter_matrix(form="csr")  # AlphaRec's training split (both models load the same)
     # Whole steps, the two models taking turns batch by batch (this machine's speed drifts).
     step_times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(args.steps):
