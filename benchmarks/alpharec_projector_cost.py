@@ -50,11 +50,12 @@ def main() -> None:
     args = parser.parse_args()
     machine = use_threads(args.threads)  # before any model is built
 
+    import numpy as np
     import scipy.sparse as sp
     import torch
 
     import recbole_llm  # noqa: F401
-    from recbole_llm.model.layers import _CSRProduct
+    from recbole_llm.model.layers import csr_product
 
     print(f"{machine}; ml-100k, batch {args.batch_size}, "
           f"AlphaRec(hidden {args.multiplier:g}x), medians")
@@ -81,10 +82,10 @@ def main() -> None:
     binary = sp.csr_matrix(inter, dtype="float32")
     binary.data[:] = 1.0
     counts = binary.sum(axis=1).A.ravel()
-    mean = sp.diags(1.0 / counts.clip(min=1.0)).dot(binary).tocsr().astype("float32")
-    as_csr = lambda m: torch.sparse_csr_tensor(torch.from_numpy(m.indptr).long(), torch.from_numpy(m.indices).long(),  # noqa: E731
-                                              torch.from_numpy(m.data), size=m.shape)
-    mean_csr, mean_t_csr = as_csr(mean), as_csr(mean.T.tocsr())
+    mean = sp.diags(1.0 / counts.clip(min=1.0)).dot(binary).tocoo().astype("float32")
+    # x -> mean x with its gradient, as the model's graph products are computed (CSR, A^T built once)
+    mean_of = csr_product(torch.sparse_coo_tensor(torch.from_numpy(np.vstack([mean.row, mean.col])).long(),
+                                                  torch.from_numpy(mean.data), mean.shape))
 
     def backward(out: torch.Tensor) -> None:
         out.backward(torch.ones_like(out))
@@ -98,7 +99,7 @@ def main() -> None:
 
     def users_as_mean() -> None:  # items through the first layer, users as their mean, then the rest
         hidden_items = first(items)
-        hidden_users = _CSRProduct.apply(mean_csr, mean_t_csr, hidden_items)
+        hidden_users = mean_of(hidden_items)
         backward(second(act(torch.cat([hidden_users, hidden_items]))))
 
     repeats = 50
@@ -107,7 +108,7 @@ def main() -> None:
              "projector, users' first layer as the mean of their items'": median_ms(users_as_mean, repeats),
              "the concatenation alone": median_ms(lambda: torch.cat([users, items]), repeats)}
     with torch.no_grad():  # how far apart the two exact-in-real-numbers forms are
-        gap = (projector(together)[: alpha.n_users] - second(act(_CSRProduct.apply(mean_csr, mean_t_csr, first(items)))))
+        gap = (projector(together)[: alpha.n_users] - second(act(mean_of(first(items)))))
         gap = gap[torch.from_numpy(counts > 0)]  # a user without items (padding 0) has no mean
     print(f"\nrows: {users.shape[0]} users + {items.shape[0]} items, {users.shape[1]}-d in, "
           f"{first.out_features} hidden, {second.out_features} out; {mean.nnz} training interactions")

@@ -65,6 +65,22 @@ def test_symmetric_graph_propagation_and_its_gradient_by_hand(built_from: str) -
     np.testing.assert_allclose(ego.grad.numpy(), (wn + dense.T @ wn + dense.T @ dense.T @ wn) / 3, rtol=1e-12)
 
 
+def test_csr_product_of_a_rectangular_matrix_and_its_gradient_by_hand() -> None:
+    """A users x items matrix (2 x 3, e.g. each user's mean over its items): A x and the gradient
+    A^T w against dense numpy products. Its transpose is 3 x 2; built with A's own shape, the CSR
+    conversion read past its buffers and the process aborted."""
+    coo = torch.sparse_coo_tensor(torch.tensor([[0, 0, 1], [0, 2, 2]]), torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64),
+                                  (2, 3), check_invariants=True)
+    dense = coo.to_dense().numpy()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    out = csr_product(coo)(x)
+    np.testing.assert_allclose(out.detach().numpy(), dense @ x.detach().numpy(), rtol=1e-12)
+    (out * w).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), dense.T @ w.numpy(), rtol=1e-12)
+
+
 def test_csr_product_of_an_asymmetric_matrix_and_its_gradient_by_hand() -> None:
     """An edge-dropped view is not symmetric: x -> A x twice, gradient (A^T)^2 w, against dense
     numpy products (a duplicate COO entry is summed, as torch's COO product does; the last node
@@ -94,6 +110,9 @@ def test_symmetric_graph_refuses_an_asymmetric_matrix_and_copies_like_a_module()
     mirrored_edges = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2), check_invariants=True)
     with pytest.raises(ValueError, match="differs from its transpose"):  # the same edges both ways, other weights
         SymmetricGraph(mirrored_edges)
+    rectangular = torch.sparse_coo_tensor(torch.tensor([[0, 1], [0, 1]]), torch.tensor([1.0, 2.0]), (2, 3), check_invariants=True)
+    with pytest.raises(ValueError, match="differs from its transpose"):  # its entries mirror, its shape does not
+        SymmetricGraph(rectangular)
     with pytest.raises(ValueError, match="expected a sparse COO or CSR"):
         SymmetricGraph(torch.eye(2))
     graph = SymmetricGraph(normalized_adjacency(sp.coo_matrix(([1.0], ([0], [0])), shape=(1, 1)), 1, 1))

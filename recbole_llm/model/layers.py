@@ -66,7 +66,8 @@ def csr_product(adjacency: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
 
 def _transposed(coo: torch.Tensor) -> torch.Tensor:
     """The transpose of a coalesced COO matrix, coalesced (its entries in row order)."""
-    return torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape, check_invariants=False).coalesce()
+    rows, cols = coo.shape
+    return torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), (cols, rows), check_invariants=False).coalesce()
 
 
 class SymmetricGraph(nn.Module):
@@ -87,7 +88,8 @@ class SymmetricGraph(nn.Module):
         if adjacency.layout == torch.sparse_coo:  # e.g. RecBole's norm_adj_matrix
             coo = adjacency.coalesce()
             mirrored = _transposed(coo)
-            if not (torch.equal(coo.indices(), mirrored.indices()) and torch.equal(coo.values(), mirrored.values())):
+            if not (coo.shape == mirrored.shape and torch.equal(coo.indices(), mirrored.indices())
+                    and torch.equal(coo.values(), mirrored.values())):
                 raise ValueError("SymmetricGraph: the matrix differs from its transpose; expected a symmetric graph")
             adjacency = coo.to_sparse_csr()
         if adjacency.layout != torch.sparse_csr:
