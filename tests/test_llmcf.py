@@ -228,6 +228,20 @@ def test_cots_resume_and_beam_sampling_keeps_the_scorers_pick(tmp_path: Path) ->
     assert cot.read_cots(path, "other fingerprint") == {}
 
 
+def test_each_cot_line_carries_its_share_of_the_batch_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([100.0, 106.0, 200.0, 203.0, 300.0, 302.5])  # batch starts and ends: 6 s, 3 s, 2.5 s
+    monkeypatch.setattr(cot.time, "perf_counter", lambda: next(clock))
+    path = tmp_path / "cots.jsonl"
+    path.write_text(json.dumps({"key": "old", "cot": "written before timing", "fingerprint": "fp"}) + "\n")
+    prompts = {"old": "prompt old", **{f"k{i}": f"prompt {i}" for i in range(5)}}
+    cot.write_cots(path, prompts, cot.CotSettings(decoding="greedy", batch_size=2), "fp", lambda: _Writer(), None,
+                   progress=False)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line.get("seconds") for line in lines] == [None, 3.0, 3.0, 1.5, 1.5, 2.5]  # batch time / its rows
+    assert cot.pool_seconds(path, "fp") == (5, 11.5)  # the untimed old line is left out, not counted as 0
+    assert cot.pool_seconds(path, "other") == (0, 0.0) and cot.pool_seconds(tmp_path / "none.jsonl", "fp") == (0, 0.0)
+
+
 def test_labels_name_every_departure() -> None:
     assert LLMCF.run_label({}) == "LLM-CF(DeepFM)"
     assert LLMCF.run_label({"cot_generator": "smollm2", "llm_encoder": "minilm", "cot_rows": 0.1,

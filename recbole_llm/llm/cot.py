@@ -17,8 +17,9 @@ What is skipped: the RecGen fine-tuning of LLaMA-2-7B on recommendation data (th
 SmolLM2-135M-Instruct writes the CoTs; any local causal LM folder can), and the sentiment part of
 the official coherence score (TextBlob): coherence here is the word-repetition part alone.
 
-Texts go one line per row to ``DATASET.cot_<generator>.jsonl`` as they are written (resumable);
-vectors to ``DATASET.cot_<generator>_<encoder>.npz``, rebuilt when the texts or encoder change.
+Texts go one line per row to ``DATASET.cot_<generator>.jsonl`` as they are written (resumable), each
+with its share of its batch's wall-clock seconds, so a pool's cost is read back from the pool itself
+(:func:`pool_seconds`); vectors to ``DATASET.cot_<generator>_<encoder>.npz``, rebuilt when the texts or encoder change.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -147,6 +149,22 @@ def read_cots(path: Path, fingerprint: str) -> dict[str, str]:
     return done
 
 
+def pool_seconds(path: Path, fingerprint: str) -> tuple[int, float]:
+    """(rows timed, their summed seconds) of the lines of ``path`` written with ``fingerprint``: the
+    pool's generation cost (lines written before the timing was recorded count as untimed)."""
+    rows, seconds = 0, 0.0
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("fingerprint") == fingerprint and isinstance(record.get("seconds"), (int, float)):
+                rows += 1
+                seconds += float(record["seconds"])
+    return rows, seconds
+
+
 def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, fingerprint: str,
                get_generator: Callable[[], Any], scorer: Callable[[str, list[str]], int] | None,
                progress: bool = True) -> dict[str, str]:
@@ -164,18 +182,24 @@ def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, finge
     with progress_bar(len(todo), "chain-of-thought", "CoT", progress) as bar:
         for start in range(0, len(todo), settings.batch_size):
             keys = todo[start:start + settings.batch_size]
+            started = time.perf_counter()
             answers = generator.generate(COT_SYSTEM_PROMPT, [prompts[k] for k in keys], settings.max_new_tokens,
                                          **({"sampling": BEAM_SAMPLING, "num_return_sequences": n, "sample_seed": start}
                                             if n > 1 else {}))
-            for i, key in enumerate(keys):
-                options = [answer.strip() for answer in answers[i * n:(i + 1) * n]]
-                pick = scorer(prompts[key], options) if n > 1 and scorer is not None else 0
-                record = {"key": key, "cot": options[pick], "fingerprint": fingerprint}
+            picks = [[answer.strip() for answer in answers[i * n:(i + 1) * n]] for i in range(len(keys))]
+            picks = [(options, scorer(prompts[key], options) if n > 1 and scorer is not None else 0)
+                     for key, options in zip(keys, picks)]
+            share = round((time.perf_counter() - started) / len(keys), 3)  # generation and scoring, per row
+            for key, (options, pick) in zip(keys, picks):
+                record = {"key": key, "cot": options[pick], "fingerprint": fingerprint, "seconds": share}
                 if n > 1:
                     record["alternatives"] = [text for j, text in enumerate(options) if j != pick]
                 append_record(record, path)  # one whole line per row: resumable at any point
                 done[key] = options[pick]
             bar.update(len(keys))
+    timed, seconds = pool_seconds(path, fingerprint)
+    logger.info("wrote %d chains of thought to %s; the pool's %d timed rows took %.0f s (%.1f min) to write",
+                len(todo), path, timed, seconds, seconds / 60)
     return {key: done[key] for key in prompts}
 
 
