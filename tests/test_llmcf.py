@@ -228,6 +228,35 @@ def test_cots_resume_and_beam_sampling_keeps_the_scorers_pick(tmp_path: Path) ->
     assert cot.read_cots(path, "other fingerprint") == {}
 
 
+def test_cot_vectors_are_unit_length_and_cached_until_the_texts_or_encoder_change(tmp_path: Path) -> None:
+    calls: list[tuple[list[str], bool]] = []
+
+    class Encoder:
+        def encode(self, texts: list[str], progress: bool) -> np.ndarray:
+            calls.append((texts, progress))
+            return np.array([[3.0, 4.0], [0.0, -2.0]][:len(texts)])
+
+    path, keys = tmp_path / "v.npz", ["a", "b"]
+    texts = {"a": "first", "b": "second", "unused": "x"}
+    vectors = cot.encode_cots(path, keys, texts, "minilm", Encoder, progress=False)
+    np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, -1.0]], rtol=1e-6)  # (3, 4) / 5, (0, -2) / 2
+    assert calls == [(["first", "second"], False)]
+    again = cot.encode_cots(path, keys, texts, "minilm", lambda: 1 / 0, progress=False)  # cached: no encoder
+    np.testing.assert_array_equal(again, vectors)
+    cot.encode_cots(path, keys, {**texts, "b": "changed"}, "minilm", Encoder, progress=True)
+    cot.encode_cots(path, keys, {**texts, "b": "changed"}, "other-encoder", Encoder, progress=False)
+    assert [c[0] for c in calls[1:]] == [["first", "changed"]] * 2 and calls[1][1] is True
+    assert not list(tmp_path.glob("*.tmp*"))  # the cache is written whole, then moved into place
+
+
+def test_cot_time_estimate_scales_greedy_with_its_tokens_and_not_beam_sampling() -> None:
+    # measured rates (benchmarks/llmcf_cot_speed.py): greedy 5.6 s, beam sampling 16.1 s per 256-token CoT
+    assert cot.expected_seconds(10, cot.CotSettings(decoding="greedy", max_new_tokens=128)) == pytest.approx(28.0)
+    assert cot.expected_seconds(3, cot.CotSettings(decoding="greedy", max_new_tokens=512)) == pytest.approx(33.6)
+    assert cot.expected_seconds(10, cot.CotSettings(decoding="beam_sample", max_new_tokens=128)) == pytest.approx(161.0)
+    assert cot.expected_seconds(2, cot.CotSettings(decoding="something new")) == pytest.approx(32.2)
+
+
 def test_each_cot_line_carries_its_share_of_the_batch_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 106.0, 200.0, 203.0, 300.0, 302.5])  # batch starts and ends: 6 s, 3 s, 2.5 s
     monkeypatch.setattr(cot.time, "perf_counter", lambda: next(clock))
