@@ -239,7 +239,7 @@ examples:
   recbole-llm leaderboard                                  # results/runs.jsonl -> results/leaderboard.{md,html}
   recbole-llm leaderboard my-runs.jsonl -o reports/
   recbole-llm leaderboard results/runs.jsonl --readme README.md   # also refresh README's summary
-  recbole-llm leaderboard results/converged.jsonl -o results/converged --grid benchmarks/grids/ml-100k-plateau.yaml
+  recbole-llm leaderboard my-runs.jsonl -o my-board --grid benchmarks/grids/ml-100k-plateau.yaml
                                                            # a grid still running: which rows are done (--grid repeats)
 
 One table per dataset and protocol: mean +- std over seeds, the best per metric in bold, a paired
