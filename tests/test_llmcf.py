@@ -268,6 +268,9 @@ def test_each_cot_line_carries_its_share_of_the_batch_time(tmp_path: Path, monke
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line.get("seconds") for line in lines] == [None, 3.0, 3.0, 1.5, 1.5, 2.5]  # batch time / its rows
     assert cot.pool_seconds(path, "fp") == (5, 11.5)  # the untimed old line is left out, not counted as 0
+    with path.open("a") as f:
+        f.write('7\n{"key": "cut", "cot": "an interrupted wri')  # a stray value and a line cut short
+    assert cot.pool_seconds(path, "fp") == (5, 11.5) and len(cot.read_cots(path, "fp")) == 6
     assert cot.pool_seconds(path, "other") == (0, 0.0) and cot.pool_seconds(tmp_path / "none.jsonl", "fp") == (0, 0.0)
 
 

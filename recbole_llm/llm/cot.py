@@ -134,35 +134,31 @@ def expected_seconds(n: int, settings: CotSettings) -> float:
     return n * SECONDS_PER_COT.get(settings.decoding, SECONDS_PER_COT["beam_sample"]) * scale
 
 
-def read_cots(path: Path, fingerprint: str) -> dict[str, str]:
-    """key -> CoT of the lines of ``path`` written with ``fingerprint`` (others, and a line cut by an
-    interruption, are ignored)."""
-    done: dict[str, str] = {}
+def _pool_lines(path: Path, fingerprint: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` written with ``fingerprint`` (others, and a line cut by an
+    interruption, are left out)."""
+    records = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("fingerprint") == fingerprint and isinstance(record.get("cot"), str):
-                done[record["key"]] = record["cot"]
-    return done
+            if isinstance(record, dict) and record.get("fingerprint") == fingerprint:
+                records.append(record)
+    return records
+
+
+def read_cots(path: Path, fingerprint: str) -> dict[str, str]:
+    """key -> CoT of the lines of ``path`` written with ``fingerprint``."""
+    return {r["key"]: r["cot"] for r in _pool_lines(path, fingerprint) if isinstance(r.get("cot"), str)}
 
 
 def pool_seconds(path: Path, fingerprint: str) -> tuple[int, float]:
     """(rows timed, their summed seconds) of the lines of ``path`` written with ``fingerprint``: the
     pool's generation cost (lines written before the timing was recorded count as untimed)."""
-    rows, seconds = 0, 0.0
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("fingerprint") == fingerprint and isinstance(record.get("seconds"), (int, float)):
-                rows += 1
-                seconds += float(record["seconds"])
-    return rows, seconds
+    timed = [float(r["seconds"]) for r in _pool_lines(path, fingerprint) if isinstance(r.get("seconds"), (int, float))]
+    return len(timed), sum(timed)
 
 
 def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, fingerprint: str,
