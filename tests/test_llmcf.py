@@ -148,10 +148,23 @@ def test_cot_prompt_states_the_true_decision_and_the_items_in_order() -> None:
     negative = cot.cot_prompt("Title: B.", [], 0)
     assert "The user's earlier items: [Title: A1.][Title: A2.]." in positive  # oldest first, as listed
     assert cot.decision_text(1) in positive and cot.decision_text(0) in negative
-    assert cot.decision_text(1) != cot.decision_text(0) and "[none]" in negative
+    assert cot.decision_text(1) != cot.decision_text(0) and "The user's earlier items: [none]. " in negative
     # the decision as the prompt states it (the CoT is written to explain it)
     assert "Decision: the user chose the target item and rated it highly." in positive
     assert "Decision: the user did not rate the target item highly." in negative
+
+
+def test_cot_fingerprint_changes_with_every_setting_that_changes_the_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    greedy, beams = cot.CotSettings(decoding="greedy"), cot.CotSettings(decoding="beam_sample")
+    prints = {greedy.fingerprint("h"), beams.fingerprint("h"), greedy.fingerprint("other prompts"),
+              cot.CotSettings(generator="other", decoding="greedy").fingerprint("h"),
+              cot.CotSettings(decoding="greedy", max_new_tokens=128).fingerprint("h")}
+    assert len(prints) == 5 and all(len(f) == 16 for f in prints)
+    assert greedy.fingerprint("h") == cot.CotSettings(decoding="greedy", batch_size=3).fingerprint("h")  # speed only
+    before_greedy, before_beams = greedy.fingerprint("h"), beams.fingerprint("h")
+    monkeypatch.setattr(cot, "BEAM_SAMPLING", {**cot.BEAM_SAMPLING, "temperature": 0.9})
+    # the sampling settings and the scorer are part of beam sampling's texts, not of greedy decoding's
+    assert beams.fingerprint("h") != before_beams and greedy.fingerprint("h") == before_greedy
 
 
 def test_cot_rows_are_a_seeded_share_or_count_of_the_training_rows() -> None:
@@ -234,12 +247,12 @@ def test_cot_vectors_are_unit_length_and_cached_until_the_texts_or_encoder_chang
     class Encoder:
         def encode(self, texts: list[str], progress: bool) -> np.ndarray:
             calls.append((texts, progress))
-            return np.array([[3.0, 4.0], [0.0, -2.0]][:len(texts)])
+            return np.array([[3.0, 4.0], [0.0, -0.5]][:len(texts)])  # one row longer than 1, one shorter
 
     path, keys = tmp_path / "v.npz", ["a", "b"]
     texts = {"a": "first", "b": "second", "unused": "x"}
     vectors = cot.encode_cots(path, keys, texts, "minilm", Encoder, progress=False)
-    np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, -1.0]], rtol=1e-6)  # (3, 4) / 5, (0, -2) / 2
+    np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, -1.0]], rtol=1e-6)  # (3, 4) / 5, (0, -0.5) / 0.5
     assert calls == [(["first", "second"], False)]
     again = cot.encode_cots(path, keys, texts, "minilm", lambda: 1 / 0, progress=False)  # cached: no encoder
     np.testing.assert_array_equal(again, vectors)
@@ -257,20 +270,24 @@ def test_cot_time_estimate_scales_greedy_with_its_tokens_and_not_beam_sampling()
     assert cot.expected_seconds(2, cot.CotSettings(decoding="something new")) == pytest.approx(32.2)
 
 
-def test_each_cot_line_carries_its_share_of_the_batch_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_cot_line_carries_its_share_of_the_batch_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     clock = iter([100.0, 106.0, 200.0, 203.0, 300.0, 302.5])  # batch starts and ends: 6 s, 3 s, 2.5 s
     monkeypatch.setattr(cot.time, "perf_counter", lambda: next(clock))
     path = tmp_path / "cots.jsonl"
     path.write_text(json.dumps({"key": "old", "cot": "written before timing", "fingerprint": "fp"}) + "\n")
     prompts = {"old": "prompt old", **{f"k{i}": f"prompt {i}" for i in range(5)}}
-    cot.write_cots(path, prompts, cot.CotSettings(decoding="greedy", batch_size=2), "fp", lambda: _Writer(), None,
-                   progress=False)
+    with caplog.at_level("INFO", logger="recbole_llm"):
+        cot.write_cots(path, prompts, cot.CotSettings(decoding="greedy", batch_size=2), "fp", lambda: _Writer(), None,
+                       progress=False)
+    assert f"wrote 5 chains of thought to {path}; the pool's 5 timed rows took 12 s (0.2 min) to write" in caplog.messages
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line.get("seconds") for line in lines] == [None, 3.0, 3.0, 1.5, 1.5, 2.5]  # batch time / its rows
     assert cot.pool_seconds(path, "fp") == (5, 11.5)  # the untimed old line is left out, not counted as 0
-    with path.open("a") as f:
-        f.write('7\n{"key": "cut", "cot": "an interrupted wri')  # a stray value and a line cut short
-    assert cot.pool_seconds(path, "fp") == (5, 11.5) and len(cot.read_cots(path, "fp")) == 6
+    with path.open("a") as f:  # a stray value and a line cut short, then a whole line
+        f.write('7\n{"key": "cut", "cot": "an interrupted wri\n' + json.dumps({"key": "new", "cot": "c", "fingerprint": "fp",
+                                                                                "seconds": 0.25}) + "\n")
+    assert cot.pool_seconds(path, "fp") == (6, 11.75) and set(cot.read_cots(path, "fp")) == {*prompts, "new"}
     assert cot.pool_seconds(path, "other") == (0, 0.0) and cot.pool_seconds(tmp_path / "none.jsonl", "fp") == (0, 0.0)
 
 
