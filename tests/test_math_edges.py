@@ -238,6 +238,30 @@ def test_membership_and_negatives_on_both_lookup_paths(with_mask: bool) -> None:
     assert int(negatives.min()) >= 1 and int(negatives.max()) <= 8
 
 
+def test_the_dense_mask_is_kept_up_to_64m_cells_and_no_further() -> None:
+    cells = 64 * 2**20  # one user: cells = items
+    assert TrainPositives(sp.csr_matrix((1, cells)), cells).mask.shape == (cells,)
+    assert TrainPositives(sp.csr_matrix((1, cells + 1)), cells + 1).mask is None  # sorted keys instead
+    assert TrainPositives(sp.csr_matrix((2, cells // 2 + 1)), cells // 2 + 1).mask is None  # users x items counts
+
+
+def test_negative_groups_reads_the_named_item_field_or_says_what_is_missing() -> None:
+    from types import SimpleNamespace
+
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.errors import UserError
+    from recbole_llm.model.layers import negative_groups
+
+    feat = Interaction({"item_id": torch.arange(3), "source": torch.tensor([0, 1, 1], dtype=torch.int32)})
+    assert negative_groups({"negative_groups": None}, SimpleNamespace(item_feat=feat)) is None
+    groups = negative_groups({"negative_groups": "source"}, SimpleNamespace(item_feat=feat))
+    assert groups.dtype == torch.long and groups.tolist() == [0, 1, 1]
+    for item_feat in (None, Interaction({"item_id": torch.arange(3)})):
+        with pytest.raises(UserError, match="no 'source' field"):
+            negative_groups({"negative_groups": "source"}, SimpleNamespace(item_feat=item_feat))
+
+
 @pytest.mark.parametrize("grouped", [False, True], ids=["all-items", "within-groups"])
 def test_draws_come_from_the_generator_given(grouped: bool) -> None:
     """With a generator, positives and negatives (first draws and redraws) depend on it alone: the
