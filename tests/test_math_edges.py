@@ -3,12 +3,15 @@ item, nodes of degree one, and the first item id (RecBole's padding is 0, so rea
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from recbole.data.interaction import Interaction
 
+from recbole_llm.errors import UserError
 from recbole_llm.model.alpharec import mean_of_items
 from recbole_llm.model.layers import (
     SampledInfoNCE,
@@ -17,6 +20,7 @@ from recbole_llm.model.layers import (
     csr_product,
     info_nce_by_id,
     light_propagate,
+    negative_groups,
     normalized_adjacency,
     sampled_info_nce,
 )
@@ -246,13 +250,6 @@ def test_the_dense_mask_is_kept_up_to_64m_cells_and_no_further() -> None:
 
 
 def test_negative_groups_reads_the_named_item_field_or_says_what_is_missing() -> None:
-    from types import SimpleNamespace
-
-    from recbole.data.interaction import Interaction
-
-    from recbole_llm.errors import UserError
-    from recbole_llm.model.layers import negative_groups
-
     feat = Interaction({"item_id": torch.arange(3), "source": torch.tensor([0, 1, 1], dtype=torch.int32)})
     assert negative_groups({"negative_groups": None}, SimpleNamespace(item_feat=feat)) is None
     groups = negative_groups({"negative_groups": "source"}, SimpleNamespace(item_feat=feat))

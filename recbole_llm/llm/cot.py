@@ -182,9 +182,10 @@ def write_cots(path: Path, prompts: dict[str, str], settings: CotSettings, finge
             answers = generator.generate(COT_SYSTEM_PROMPT, [prompts[k] for k in keys], settings.max_new_tokens,
                                          **({"sampling": BEAM_SAMPLING, "num_return_sequences": n, "sample_seed": start}
                                             if n > 1 else {}))
-            picks = [[answer.strip() for answer in answers[i * n:(i + 1) * n]] for i in range(len(keys))]
-            picks = [(options, scorer(prompts[key], options) if n > 1 and scorer is not None else 0)
-                     for key, options in zip(keys, picks)]
+            picks = []  # (the row's answers, the index of the kept one), scored before the clock stops
+            for i, key in enumerate(keys):
+                options = [answer.strip() for answer in answers[i * n:(i + 1) * n]]
+                picks.append((options, scorer(prompts[key], options) if n > 1 and scorer is not None else 0))
             share = round((time.perf_counter() - started) / len(keys), 3)  # generation and scoring, per row
             for key, (options, pick) in zip(keys, picks):
                 record = {"key": key, "cot": options[pick], "fingerprint": fingerprint, "seconds": share}
